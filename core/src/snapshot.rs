@@ -1,0 +1,150 @@
+//! The catalogue a gateway enforces: one schema, written by the control plane and read by the
+//! filter (embedded in static mode, fetched and verified in live mode).
+//!
+//! Everything is referenced by its public name `org/name/version`, the same string the upstream
+//! receives in `x-tollgate-client` / `x-tollgate-plan`. Contracts carry a numeric id that the
+//! control plane never reuses: it names the contract's counter in Envoy shared data, so counts
+//! survive snapshot updates for as long as the contract exists.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build reads and writes. A snapshot with another value is refused
+/// (the gateway keeps its last good snapshot) rather than half-understood.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub schema: u32,
+    /// Bumped by every committed change that affects gateways.
+    pub revision: u64,
+    #[serde(default)]
+    pub plans: Vec<PlanVersion>,
+    #[serde(default)]
+    pub apis: Vec<ApiVersion>,
+    #[serde(default)]
+    pub clients: Vec<ClientVersion>,
+    #[serde(default)]
+    pub contracts: Vec<Contract>,
+}
+
+/// A locked plan version: the limits every contract through it gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanVersion {
+    /// `org/plan/version`
+    pub id: String,
+    pub limits: Vec<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u64,
+    pub per: Period,
+}
+
+/// Fixed windows aligned to UTC calendar boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+impl Period {
+    pub const ALL: [Period; 5] = [
+        Period::Second,
+        Period::Minute,
+        Period::Hour,
+        Period::Day,
+        Period::Month,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Second => "second",
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiVersion {
+    /// `org/api/version`
+    pub id: String,
+    pub status: ApiStatus,
+    pub public: bool,
+    pub routing: Routing,
+    #[serde(default)]
+    pub forward_api_key: bool,
+}
+
+/// Only published and retired versions reach gateways; drafts stay in the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStatus {
+    Published,
+    Retired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    pub path_prefix: String,
+    /// Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientVersion {
+    /// `org/client/version`
+    pub id: String,
+    /// The current key and, during a rotation's grace period, the previous one.
+    pub keys: Vec<ApiKeyHash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyHash {
+    /// Lowercase hex SHA-256 of the key; the key itself never leaves the client.
+    pub sha256: String,
+    /// Unix seconds after which the key stops working; absent: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// Never reused by the control plane; names the contract's counter.
+    pub id: u64,
+    /// `org/client/version`
+    pub client: String,
+    /// `org/api/version`
+    pub api: String,
+    /// `org/plan/version`
+    pub plan: String,
+}
+
+impl Snapshot {
+    pub fn empty(revision: u64) -> Self {
+        Snapshot {
+            schema: SCHEMA_VERSION,
+            revision,
+            plans: Vec::new(),
+            apis: Vec::new(),
+            clients: Vec::new(),
+            contracts: Vec::new(),
+        }
+    }
+}
