@@ -1,0 +1,259 @@
+//! Plan limits: the per-contract counter state and the one admission algorithm.
+//!
+//! Each contract has exactly one counter key in shared data, holding the current window and
+//! count of every limit of its plan, so one compare-and-swap admits a request against all limits
+//! at once. Keys are therefore bounded by the number of contracts, never by windows or callers.
+//!
+//! A request is admitted only if every limit has room in its current window; then it counts
+//! against all of them. A rejected request writes nothing. A CAS mismatch means another worker
+//! wrote first: re-read and re-check, never write anyway.
+
+use crate::counter::{CounterStore, SetOutcome, StoreError};
+use crate::snapshot::{Period, RateLimit};
+use crate::time::{window, Window};
+
+/// How often a request re-reads after losing a CAS race before it gives up (and is refused,
+/// never admitted). Each lost race means another request was counted, so this is only reached
+/// under pathological contention.
+pub const MAX_CAS_ATTEMPTS: u32 = 64;
+
+/// A shared-data key that exists only to lend its CAS token to inserts; see [`insert_token`].
+pub const INSERT_GUARD_KEY: &str = "tollgate.insert-guard";
+
+const STATE_FORMAT: u8 = 1;
+const SLOT_LEN: usize = 1 + 8 + 8;
+
+pub fn counter_key(contract_id: u64) -> String {
+    format!("tollgate.contract.{contract_id}")
+}
+
+/// What a response tells the caller about the most constraining limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateStatus {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Whole seconds to the end of that limit's window.
+    pub reset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted(RateStatus),
+    /// Some limit is exhausted; nothing was counted.
+    Rejected {
+        status: RateStatus,
+        retry_after: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CountError {
+    Store(StoreError),
+    /// Lost the CAS race [`MAX_CAS_ATTEMPTS`] times in a row.
+    Contention,
+}
+
+impl From<StoreError> for CountError {
+    fn from(e: StoreError) -> Self {
+        CountError::Store(e)
+    }
+}
+
+/// The outcome of [`count_request`] with the number of CAS races lost on the way (a metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub admission: Admission,
+    pub cas_retries: u32,
+}
+
+/// One limit's window and count as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    period: Period,
+    window_start: u64,
+    count: u64,
+}
+
+/// Admits or rejects one request against `limits`, counting it in `store` under `key`.
+pub fn count_request<S: CounterStore + ?Sized>(
+    store: &mut S,
+    key: &str,
+    limits: &[RateLimit],
+    now_ms: u64,
+) -> Result<Counted, CountError> {
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        let current = store.get(key)?;
+        let stored = current.as_ref().map(|(value, _)| value.as_slice());
+        let (admission, next) = evaluate(limits, stored.unwrap_or(&[]), now_ms);
+        let Some(next) = next else {
+            return Ok(Counted {
+                admission,
+                cas_retries: attempt,
+            });
+        };
+        let cas = match &current {
+            Some((_, token)) => *token,
+            None => insert_token(store)?,
+        };
+        match store.set(key, &next, cas)? {
+            SetOutcome::Written => {
+                return Ok(Counted {
+                    admission,
+                    cas_retries: attempt,
+                })
+            }
+            SetOutcome::CasMismatch => continue,
+        }
+    }
+    Err(CountError::Contention)
+}
+
+/// A CAS token for writing a key we saw absent, such that the write fails if someone else has
+/// created the key since.
+///
+/// Envoy ignores the token when the key is absent, so an insert can only be guarded by a token
+/// that the key cannot hold once it exists. Tokens come from one process-wide sequence and each
+/// is handed to one write of one key, so any token ever held by *another* key qualifies: we use
+/// the guard key's. (Only a wrap of the 32-bit sequence between the guard's write and this
+/// insert could collide.)
+fn insert_token<S: CounterStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
+    for _ in 0..2 {
+        if let Some((_, token)) = store.get(INSERT_GUARD_KEY)? {
+            return Ok(token);
+        }
+        // The guard's value is irrelevant; racing creators are harmless.
+        store.set(INSERT_GUARD_KEY, &[], 0)?;
+    }
+    Err(StoreError(format!(
+        "shared data key {INSERT_GUARD_KEY} was written but cannot be read back"
+    )))
+}
+
+/// Decides on one request given the stored counter value; returns the new value to write when
+/// the request is admitted.
+fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Option<Vec<u8>>) {
+    let previous = decode(stored);
+    let mut slots = Vec::with_capacity(limits.len());
+    // (limit, window, count before this request)
+    let mut current = Vec::with_capacity(limits.len());
+    for limit in limits {
+        let w = window(limit.per, now_ms);
+        let count = previous
+            .iter()
+            .find(|s| s.period == limit.per && s.window_start == w.start)
+            .map_or(0, |s| s.count);
+        current.push((limit, w, count));
+        slots.push(Slot {
+            period: limit.per,
+            window_start: w.start,
+            count,
+        });
+    }
+
+    let exhausted = current
+        .iter()
+        .filter(|(limit, _, count)| *count >= limit.requests)
+        .max_by_key(|(_, w, _)| w.end);
+    if let Some((limit, w, _)) = exhausted {
+        let retry_after = w.seconds_left(now_ms);
+        let status = RateStatus {
+            limit: limit.requests,
+            remaining: 0,
+            reset: retry_after,
+        };
+        return (
+            Admission::Rejected {
+                status,
+                retry_after,
+            },
+            None,
+        );
+    }
+
+    for slot in &mut slots {
+        slot.count += 1;
+    }
+    let status = most_constraining(
+        current
+            .iter()
+            .map(|(limit, w, count)| (limit.requests, limit.requests - count - 1, w, now_ms)),
+    );
+    (Admission::Admitted(status), Some(encode(&slots)))
+}
+
+/// The limit with the fewest requests left; among equals, the one whose window ends last.
+fn most_constraining<'a>(
+    candidates: impl Iterator<Item = (u64, u64, &'a Window, u64)>,
+) -> RateStatus {
+    let mut best: Option<(RateStatus, u64)> = None;
+    for (limit, remaining, w, now_ms) in candidates {
+        let status = RateStatus {
+            limit,
+            remaining,
+            reset: w.seconds_left(now_ms),
+        };
+        let better = match &best {
+            None => true,
+            Some((b, end)) => remaining < b.remaining || (remaining == b.remaining && w.end > *end),
+        };
+        if better {
+            best = Some((status, w.end));
+        }
+    }
+    best.map_or(
+        RateStatus {
+            limit: 0,
+            remaining: 0,
+            reset: 0,
+        },
+        |(s, _)| s,
+    )
+}
+
+fn encode(slots: &[Slot]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + slots.len() * SLOT_LEN);
+    out.push(STATE_FORMAT);
+    for slot in slots {
+        out.push(period_tag(slot.period));
+        out.extend_from_slice(&slot.window_start.to_le_bytes());
+        out.extend_from_slice(&slot.count.to_le_bytes());
+    }
+    out
+}
+
+/// Reads what [`encode`] wrote. Anything else (an empty value, another format) holds no
+/// counts: it can only be a key that was never counted under this format.
+fn decode(bytes: &[u8]) -> Vec<Slot> {
+    let Some((&STATE_FORMAT, rest)) = bytes.split_first() else {
+        return Vec::new();
+    };
+    rest.chunks_exact(SLOT_LEN)
+        .filter_map(|chunk| {
+            let period = period_from_tag(chunk[0])?;
+            let window_start = u64::from_le_bytes(chunk[1..9].try_into().ok()?);
+            let count = u64::from_le_bytes(chunk[9..17].try_into().ok()?);
+            Some(Slot {
+                period,
+                window_start,
+                count,
+            })
+        })
+        .collect()
+}
+
+fn period_tag(p: Period) -> u8 {
+    match p {
+        Period::Second => 1,
+        Period::Minute => 2,
+        Period::Hour => 3,
+        Period::Day => 4,
+        Period::Month => 5,
+    }
+}
+
+fn period_from_tag(tag: u8) -> Option<Period> {
+    Period::ALL.into_iter().find(|p| period_tag(*p) == tag)
+}
+
+#[cfg(test)]
+mod tests;
