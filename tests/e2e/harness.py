@@ -12,6 +12,7 @@ import atexit
 import calendar
 import datetime as dt
 import hashlib
+import http.client
 import json
 import re
 import subprocess
@@ -493,3 +494,27 @@ def clear_of_window_end(per: str, margin_s: float = 120.0) -> None:
         return
     target = time.time() + remaining + 0.5
     wait_until(lambda: time.time() >= target, margin_s + 5, f"the next UTC {per} window")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_get(envoy: Envoy, target: str, headers: dict[str, str] | None = None) -> RawResponse:
+    """GET with the request target sent byte for byte (no client-side path clean-up), to test
+    what Envoy's normalisation hands the filter."""
+    connection = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=10)
+    try:
+        connection.request("GET", target, headers=headers or {})
+        response = connection.getresponse()
+        return RawResponse(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
+    finally:
+        connection.close()

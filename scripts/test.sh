@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (`make test`, and CI through .ci/run): installs what is missing,
+# checks formatting and lints on both targets, runs the native tests, builds the filter once,
+# then runs the end-to-end suite against real Envoy 1.40. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==> %s\n' "$*"; }
+
+scripts/setup.sh
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy (native, all targets)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo clippy (filter, wasm32-wasip1)"
+cargo clippy -p tollgate-filter --target wasm32-wasip1 -- -D warnings
+
+section "cargo test (native)"
+cargo test --workspace
+
+section "build target/tollgate.wasm"
+scripts/build-wasm.sh
+
+section "end-to-end tests (Envoy 1.40, --concurrency 2)"
+.venv/bin/python -m pytest tests/e2e "$@"
