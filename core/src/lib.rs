@@ -1,13 +1,25 @@
 //! tollgate's gateway logic, free of proxy-wasm so that all of it is tested natively.
 //!
 //! - [`snapshot`]: the catalogue schema shared by the control plane and the filter;
+//! - [`config`]: the filter's plugin configuration, validated at load;
+//! - [`index`]: the snapshot compiled for per-request lookups (routing, keys, contracts);
+//! - [`path`]: path normal form and the key's query parameter;
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
-//! - [`counter`]: the counter store contract (Envoy shared data semantics) and an in-memory one.
+//! - [`counter`]: the counter store contract (Envoy shared data semantics) and an in-memory one;
+//! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body.
 
+pub mod config;
 pub mod counter;
+pub mod decision;
+pub mod index;
 pub mod keys;
 pub mod limits;
+pub mod path;
+pub mod problem;
 pub mod signing;
 pub mod snapshot;
 pub mod time;
+
+#[cfg(test)]
+mod testkit;

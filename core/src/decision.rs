@@ -1,0 +1,221 @@
+//! The gateway's decision for one request to a matched API version.
+
+use crate::counter::CounterStore;
+use crate::index::{ApiRef, CatalogueIndex, KeyLookup};
+use crate::keys::key_digest;
+use crate::limits::{count_request, Admission, CountError, RateStatus};
+use crate::problem::Problem;
+use crate::snapshot::ApiStatus;
+
+/// Why a request was answered the way it was; also the `decision` label of the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Allow,
+    Public,
+    Unmatched,
+    NoRoute,
+    BadPath,
+    MissingKey,
+    InvalidKey,
+    NoContract,
+    RateLimited,
+    Retired,
+    NotConfigured,
+    CounterUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::Allow,
+        Reason::Public,
+        Reason::Unmatched,
+        Reason::NoRoute,
+        Reason::BadPath,
+        Reason::MissingKey,
+        Reason::InvalidKey,
+        Reason::NoContract,
+        Reason::RateLimited,
+        Reason::Retired,
+        Reason::NotConfigured,
+        Reason::CounterUnavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Allow => "allow",
+            Reason::Public => "public",
+            Reason::Unmatched => "unmatched",
+            Reason::NoRoute => "no_route",
+            Reason::BadPath => "bad_path",
+            Reason::MissingKey => "missing_key",
+            Reason::InvalidKey => "invalid_key",
+            Reason::NoContract => "no_contract",
+            Reason::RateLimited => "rate_limited",
+            Reason::Retired => "retired",
+            Reason::NotConfigured => "not_configured",
+            Reason::CounterUnavailable => "counter_unavailable",
+        }
+    }
+}
+
+/// A response the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub problem: Problem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'i> {
+    /// A public API: no key needed, no identity, no limits.
+    Public,
+    /// A contract admitted the request and counted it.
+    Allow {
+        client: &'i str,
+        plan: &'i str,
+        rate: RateStatus,
+        cas_retries: u32,
+    },
+    Deny(Denial),
+}
+
+/// Decides a request to `api` presenting `api_key`, counting it if it is admitted.
+/// `www_authenticate` is the challenge sent with every 401.
+pub fn decide<'i, S: CounterStore + ?Sized>(
+    index: &'i CatalogueIndex,
+    api: ApiRef,
+    api_key: Option<&str>,
+    now_ms: u64,
+    store: &mut S,
+    www_authenticate: &str,
+) -> Verdict<'i> {
+    let route = index.api(api);
+    if route.status == ApiStatus::Retired {
+        return Verdict::Deny(deny(
+            Reason::Retired,
+            Problem::new(
+                "api-retired",
+                "API version retired",
+                410,
+                format!("API version {} has been retired", route.id),
+            ),
+        ));
+    }
+    if route.public {
+        return Verdict::Public;
+    }
+    let unauthorized = |reason, kind, detail: &str| {
+        let mut d = deny(
+            reason,
+            Problem::new(kind, "Unauthorized", 401, detail.to_owned()),
+        );
+        d.headers
+            .push(("www-authenticate", www_authenticate.to_owned()));
+        Verdict::Deny(d)
+    };
+    let key = match api_key {
+        Some(k) if !k.is_empty() => k,
+        _ => {
+            return unauthorized(
+                Reason::MissingKey,
+                "missing-api-key",
+                "this API requires an API key",
+            )
+        }
+    };
+    let client = match index.lookup_key(&key_digest(key), now_ms) {
+        KeyLookup::Client(c) => c,
+        KeyLookup::Unknown => {
+            return unauthorized(
+                Reason::InvalidKey,
+                "invalid-api-key",
+                "the API key is not valid",
+            )
+        }
+        KeyLookup::Expired => {
+            return unauthorized(
+                Reason::InvalidKey,
+                "invalid-api-key",
+                "the API key has expired",
+            )
+        }
+    };
+    let Some(contract) = index.contract(client, api) else {
+        return Verdict::Deny(deny(
+            Reason::NoContract,
+            Problem::new(
+                "no-contract",
+                "Forbidden",
+                403,
+                format!("this client has no contract for API version {}", route.id),
+            ),
+        ));
+    };
+    let plan = index.plan(contract);
+    match count_request(store, &contract.counter_key, &plan.limits, now_ms) {
+        Ok(counted) => match counted.admission {
+            Admission::Admitted(rate) => Verdict::Allow {
+                client: &contract.client,
+                plan: &plan.id,
+                rate,
+                cas_retries: counted.cas_retries,
+            },
+            Admission::Rejected {
+                status,
+                retry_after,
+            } => {
+                let mut d = deny(
+                    Reason::RateLimited,
+                    Problem::new(
+                        "rate-limited",
+                        "Too Many Requests",
+                        429,
+                        format!(
+                            "plan {} allows {} requests in this window; retry in {retry_after} s",
+                            plan.id, status.limit
+                        ),
+                    ),
+                );
+                d.headers.extend(rate_limit_headers(&status));
+                d.headers.push(("retry-after", retry_after.to_string()));
+                Verdict::Deny(d)
+            }
+        },
+        Err(e) => {
+            let detail = match e {
+                CountError::Store(err) => format!("rate-limit counter unavailable: {}", err.0),
+                CountError::Contention => {
+                    "rate-limit counter busy; the request was not admitted".to_owned()
+                }
+            };
+            Verdict::Deny(deny(
+                Reason::CounterUnavailable,
+                Problem::new("counter-unavailable", "Service Unavailable", 503, detail),
+            ))
+        }
+    }
+}
+
+/// `X-RateLimit-Limit`, `-Remaining`, `-Reset` for one limit.
+pub fn rate_limit_headers(s: &RateStatus) -> [(&'static str, String); 3] {
+    [
+        ("x-ratelimit-limit", s.limit.to_string()),
+        ("x-ratelimit-remaining", s.remaining.to_string()),
+        ("x-ratelimit-reset", s.reset.to_string()),
+    ]
+}
+
+/// A denial with only the problem body and its content type.
+pub fn deny(reason: Reason, problem: Problem) -> Denial {
+    Denial {
+        reason,
+        status: problem.status,
+        headers: Vec::new(),
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests;
