@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,7 @@ class Envoy:
     """
 
     def __init__(self, bootstrap: dict[str, Any], workdir: Path | None = None) -> None:
+        self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tollgate-envoy-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "envoy.json"
@@ -331,6 +333,8 @@ class Envoy:
     def stop(self) -> None:
         _stop(self.process)
         self._log_file.close()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def run_envoy_until_refused(bootstrap: dict[str, Any], deadline_s: float = START_DEADLINE_S) -> "Refusal":

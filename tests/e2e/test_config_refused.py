@@ -57,7 +57,13 @@ def test_unknown_schema_version_is_refused(upstream, wasm) -> None:
 def test_contract_with_an_unknown_plan_is_refused(upstream, wasm) -> None:
     snapshot = good_snapshot()
     snapshot["contracts"][0]["plan"] = "acme/platinum/1"
-    refused_with(upstream, plugin_config(snapshot), "acme/platinum/1")
+    refused_with(upstream, plugin_config(snapshot), "snapshot.contracts[0].plan", "acme/platinum/1")
+
+
+def test_key_hash_that_is_not_sha256_hex_is_refused(upstream, wasm) -> None:
+    snapshot = good_snapshot()
+    snapshot["clients"][0]["keys"][0]["sha256"] = "not-a-hash"
+    refused_with(upstream, plugin_config(snapshot), "snapshot.clients[0].keys[0].sha256")
 
 
 @pytest.mark.parametrize("text", ["not json", "{\"snapshot\": "], ids=["not-json", "truncated"])

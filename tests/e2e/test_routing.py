@@ -65,6 +65,11 @@ def test_host_specific_api_wins_for_its_host(envoy: Envoy) -> None:
     assert get(envoy, "/catalog/v1/items").status_code == 401
 
 
+@pytest.mark.parametrize("host", ["shop.acme.test:8443", "SHOP.Acme.Test"])
+def test_host_match_ignores_port_and_case(envoy: Envoy, host: str) -> None:
+    assert echoed(get(envoy, "/catalog/v1/items", headers={"host": host}))
+
+
 def test_host_specific_api_does_not_serve_other_hosts(envoy: Envoy) -> None:
     response = get(envoy, "/catalog/v1/items", headers={"host": "other.acme.test", "x-api-key": KEY})
     # The any-host version applies: the client has no contract for it.
