@@ -7,11 +7,13 @@
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
 //! - [`counter`]: the counter store contract (Envoy shared data semantics) and an in-memory one;
-//! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body.
+//! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
+//! - [`gateway`]: one request end to end over a request-headers trait the filter implements.
 
 pub mod config;
 pub mod counter;
 pub mod decision;
+pub mod gateway;
 pub mod index;
 pub mod keys;
 pub mod limits;

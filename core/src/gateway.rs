@@ -1,0 +1,168 @@
+//! One request through the gateway, over a small trait for the host's request headers so the
+//! whole flow (routing, key extraction, stripping, identity headers, verdict) runs natively in
+//! tests; the filter implements the trait with proxy-wasm host calls.
+
+use crate::config::{FailureMode, LoadedConfig, Unmatched};
+use crate::counter::{CounterStore, StoreError};
+use crate::decision::{decide, deny, rate_limit_headers, Denial, Reason, Verdict};
+use crate::path::{is_normal, split_query, take_query_param};
+use crate::problem::Problem;
+
+pub const CLIENT_HEADER: &str = "x-tollgate-client";
+pub const PLAN_HEADER: &str = "x-tollgate-plan";
+
+/// The request headers of the request being decided.
+pub trait RequestHeaders {
+    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Sets `name` to `value`, replacing every existing value.
+    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError>;
+    fn remove(&mut self, name: &str) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward upstream, adding these headers to the response.
+    Forward {
+        response_headers: Vec<(&'static str, String)>,
+    },
+    /// Answer locally.
+    Respond(Denial),
+}
+
+/// What happened to a request, for the response and for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub reason: Reason,
+    pub outcome: Outcome,
+    pub cas_retries: u32,
+}
+
+impl Handled {
+    fn forward(reason: Reason, response_headers: Vec<(&'static str, String)>) -> Self {
+        Handled {
+            reason,
+            outcome: Outcome::Forward { response_headers },
+            cas_retries: 0,
+        }
+    }
+
+    fn respond(denial: Denial) -> Self {
+        Handled {
+            reason: denial.reason,
+            outcome: Outcome::Respond(denial),
+            cas_retries: 0,
+        }
+    }
+}
+
+pub fn handle_request<H, S>(
+    config: &LoadedConfig,
+    headers: &mut H,
+    store: &mut S,
+    now_ms: u64,
+) -> Result<Handled, StoreError>
+where
+    H: RequestHeaders + ?Sized,
+    S: CounterStore + ?Sized,
+{
+    let settings = &config.settings;
+    let Some(index) = &config.index else {
+        return Ok(match settings.failure_mode {
+            FailureMode::Open => Handled::forward(Reason::NotConfigured, Vec::new()),
+            FailureMode::Closed => Handled::respond(deny(
+                Reason::NotConfigured,
+                Problem::new(
+                    "not-configured",
+                    "Service Unavailable",
+                    503,
+                    "the gateway has not loaded its configuration yet",
+                ),
+            )),
+        });
+    };
+
+    let raw_path = headers.get(":path")?.unwrap_or_default();
+    let (path, query) = split_query(&raw_path);
+    if !is_normal(path) {
+        return Ok(Handled::respond(deny(
+            Reason::BadPath,
+            Problem::new(
+                "bad-path",
+                "Bad Request",
+                400,
+                "the request path is not in normal form (empty, '.' or '..' segments, or encoded '/', '\\' or '.')",
+            ),
+        )));
+    }
+    let authority = headers.get(":authority")?.unwrap_or_default();
+    let Some(api) = index.route(&authority, path) else {
+        return Ok(match settings.unmatched {
+            Unmatched::Pass => Handled::forward(Reason::Unmatched, Vec::new()),
+            Unmatched::Deny => Handled::respond(deny(
+                Reason::NoRoute,
+                Problem::new(
+                    "no-route",
+                    "Not Found",
+                    404,
+                    "no API is published at this path",
+                ),
+            )),
+        });
+    };
+
+    let header_key = headers.get(&settings.key_header)?;
+    let (query_key, rest_of_query) = match query {
+        Some(q) => take_query_param(q, &settings.key_query_param),
+        None => (None, None),
+    };
+    let key = header_key.as_deref().or(query_key.as_deref());
+
+    let verdict = decide(index, api, key, now_ms, store, &config.www_authenticate);
+    let (reason, identity, response_headers, cas_retries) = match verdict {
+        Verdict::Deny(denial) => return Ok(Handled::respond(denial)),
+        Verdict::Public => (Reason::Public, None, Vec::new(), 0),
+        Verdict::Allow {
+            client,
+            plan,
+            rate,
+            cas_retries,
+        } => (
+            Reason::Allow,
+            Some((client, plan)),
+            rate_limit_headers(&rate).to_vec(),
+            cas_retries,
+        ),
+    };
+
+    // Forwarding: the upstream learns who called from us only.
+    match identity {
+        Some((client, plan)) => {
+            headers.set(CLIENT_HEADER, client)?;
+            headers.set(PLAN_HEADER, plan)?;
+        }
+        None => {
+            headers.remove(CLIENT_HEADER)?;
+            headers.remove(PLAN_HEADER)?;
+        }
+    }
+    if !index.api(api).forward_api_key {
+        if header_key.is_some() {
+            headers.remove(&settings.key_header)?;
+        }
+        if query_key.is_some() {
+            let stripped = match rest_of_query {
+                Some(rest) => format!("{path}?{rest}"),
+                None => path.to_owned(),
+            };
+            headers.set(":path", &stripped)?;
+        }
+    }
+    Ok(Handled {
+        reason,
+        outcome: Outcome::Forward { response_headers },
+        cas_retries,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use super::*;
+use crate::counter::MemoryStore;
+use crate::testkit::*;
+
+const NOW: u64 = 1_749_988_800_000 - 60_000;
+
+/// Request headers as a list, the way Envoy keeps them (names lowercase, repeats allowed).
+#[derive(Default)]
+struct FakeHeaders(Vec<(String, String)>);
+
+impl FakeHeaders {
+    fn new(path: &str, extra: &[(&str, &str)]) -> Self {
+        let mut h = vec![
+            (":path".to_owned(), path.to_owned()),
+            (":authority".to_owned(), "gw.example.com".to_owned()),
+        ];
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        FakeHeaders(h)
+    }
+    fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RequestHeaders for FakeHeaders {
+    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.value(name).map(str::to_owned))
+    }
+    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.0.retain(|(k, _)| k != name);
+        self.0.push((name.to_owned(), value.to_owned()));
+        Ok(())
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StoreError> {
+        self.0.retain(|(k, _)| k != name);
+        Ok(())
+    }
+}
+
+fn config(json_extra: &str, snapshot: &crate::snapshot::Snapshot) -> LoadedConfig {
+    let json = format!(
+        r#"{{{json_extra}"snapshot":{}}}"#,
+        serde_json::to_string(snapshot).unwrap()
+    );
+    LoadedConfig::parse(json.as_bytes()).unwrap()
+}
+
+fn run(cfg: &LoadedConfig, headers: &mut FakeHeaders, store: &mut MemoryStore) -> Handled {
+    handle_request(cfg, headers, store, NOW).unwrap()
+}
+
+#[test]
+fn key_and_forged_identity_are_replaced_before_upstream() {
+    let cfg = config("", &acme());
+    let mut store = MemoryStore::new();
+    let mut h = FakeHeaders::new(
+        "/orders/v1/1?apikey=ignored&x=1",
+        &[
+            ("x-api-key", GOLD_KEY),
+            ("x-tollgate-client", "acme/forged/1"),
+            ("x-tollgate-plan", "acme/platinum/1"),
+        ],
+    );
+    let handled = run(&cfg, &mut h, &mut store);
+    assert_eq!(handled.reason, Reason::Allow);
+    assert_eq!(h.value("x-api-key"), None);
+    assert_eq!(h.value(":path"), Some("/orders/v1/1?x=1"));
+    assert_eq!(h.value("x-tollgate-client"), Some("acme/mobile/1"));
+    assert_eq!(h.value("x-tollgate-plan"), Some("acme/gold/1"));
+    match handled.outcome {
+        Outcome::Forward { response_headers } => {
+            assert_eq!(response_headers[0], ("x-ratelimit-limit", "10000".into()))
+        }
+        other => panic!("expected forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn key_in_query_parameter_is_accepted_and_stripped() {
+    let cfg = config("", &acme());
+    let mut store = MemoryStore::new();
+    let mut h = FakeHeaders::new(&format!("/orders/v1?apikey={GOLD_KEY}"), &[]);
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    assert_eq!(h.value(":path"), Some("/orders/v1"));
+}
+
+#[test]
+fn public_api_strips_key_and_forged_identity() {
+    let cfg = config("", &acme());
+    let mut store = MemoryStore::new();
+    let mut h = FakeHeaders::new(
+        "/status?apikey=k",
+        &[("x-api-key", "k"), ("x-tollgate-client", "forged")],
+    );
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Public);
+    assert_eq!(h.value("x-api-key"), None);
+    assert_eq!(h.value("x-tollgate-client"), None);
+    assert_eq!(h.value(":path"), Some("/status"));
+}
+
+#[test]
+fn forward_api_key_keeps_the_key() {
+    let mut s = acme();
+    s.apis[0].forward_api_key = true;
+    let cfg = config("", &s);
+    let mut store = MemoryStore::new();
+    let mut h = FakeHeaders::new("/orders/v1?apikey=q", &[("x-api-key", GOLD_KEY)]);
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    assert_eq!(h.value("x-api-key"), Some(GOLD_KEY));
+    assert_eq!(h.value(":path"), Some("/orders/v1?apikey=q"));
+}
+
+#[test]
+fn unmatched_passes_untouched_or_is_denied() {
+    let mut store = MemoryStore::new();
+    let pass = config("", &acme());
+    let mut h = FakeHeaders::new(
+        "/elsewhere",
+        &[("x-api-key", "k"), ("x-tollgate-client", "c")],
+    );
+    assert_eq!(run(&pass, &mut h, &mut store).reason, Reason::Unmatched);
+    assert_eq!(h.value("x-api-key"), Some("k"), "untouched");
+    assert_eq!(h.value("x-tollgate-client"), Some("c"), "untouched");
+
+    let deny = config(r#""unmatched":"deny","#, &acme());
+    match run(&deny, &mut FakeHeaders::new("/elsewhere", &[]), &mut store).outcome {
+        Outcome::Respond(d) => assert_eq!(d.status, 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
+}
+
+#[test]
+fn traversal_out_of_a_public_prefix_is_refused() {
+    let cfg = config("", &acme());
+    let mut store = MemoryStore::new();
+    for path in [
+        "/status/../orders/v1",
+        "/nothing/%2e%2e/orders/v1",
+        "//orders/v1",
+    ] {
+        let handled = run(&cfg, &mut FakeHeaders::new(path, &[]), &mut store);
+        assert_eq!(handled.reason, Reason::BadPath, "{path}");
+    }
+}
+
+#[test]
+fn custom_key_header_is_used() {
+    let cfg = config(r#""key_header":"X-Acme-Key","#, &acme());
+    let mut store = MemoryStore::new();
+    let mut h = FakeHeaders::new("/orders/v1", &[("x-acme-key", GOLD_KEY)]);
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    assert_eq!(h.value("x-acme-key"), None);
+    match run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store).outcome {
+        Outcome::Respond(d) => assert!(d.headers.contains(&(
+            "www-authenticate",
+            r#"APIKey realm="tollgate", header="x-acme-key""#.into()
+        ))),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_configuration_fails_closed_by_default() {
+    let mut cfg = config("", &acme());
+    cfg.index = None;
+    let mut store = MemoryStore::new();
+    match run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store).outcome {
+        Outcome::Respond(d) => assert_eq!(d.status, 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    cfg.settings.failure_mode = FailureMode::Open;
+    let handled = run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store);
+    assert!(matches!(handled.outcome, Outcome::Forward { .. }));
+}
