@@ -161,6 +161,7 @@ def envoy_bootstrap(
         }
     )
     return {
+        "stats_config": {"stats_tags": STATS_TAGS},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [
@@ -225,6 +226,13 @@ def envoy_bootstrap(
             ],
         },
     }
+
+
+# proxy-wasm metrics have no labels: the filter names its counters
+# `tollgate_<metric>.decision.<decision>` and Envoy turns that last part into a `decision` tag, so
+# `/stats/prometheus` shows `tollgate_requests_total{decision="allow"}`. Custom wasm stats live
+# under `wasmcustom.`, which Prometheus output drops.
+STATS_TAGS = [{"tag_name": "decision", "regex": r"^wasmcustom\.tollgate_[a-z_]+(\.decision\.([a-z_]+))$"}]
 
 
 class EnvoyFailedToStart(RuntimeError):
