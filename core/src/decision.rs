@@ -207,6 +207,19 @@ pub fn rate_limit_headers(s: &RateStatus) -> [(&'static str, String); 3] {
     ]
 }
 
+/// 503 before any catalogue is loaded (failure mode "closed").
+pub fn not_configured() -> Denial {
+    deny(
+        Reason::NotConfigured,
+        Problem::new(
+            "not-configured",
+            "Service Unavailable",
+            503,
+            "the gateway has not loaded its configuration yet",
+        ),
+    )
+}
+
 /// A denial with only the problem body and its content type.
 pub fn deny(reason: Reason, problem: Problem) -> Denial {
     Denial {

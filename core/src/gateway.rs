@@ -4,7 +4,7 @@
 
 use crate::config::{FailureMode, LoadedConfig, Unmatched};
 use crate::counter::{CounterStore, StoreError};
-use crate::decision::{decide, deny, rate_limit_headers, Denial, Reason, Verdict};
+use crate::decision::{decide, deny, not_configured, rate_limit_headers, Denial, Reason, Verdict};
 use crate::path::{is_normal, split_query, take_query_param};
 use crate::problem::Problem;
 
@@ -69,15 +69,7 @@ where
     let Some(index) = &config.index else {
         return Ok(match settings.failure_mode {
             FailureMode::Open => Handled::forward(Reason::NotConfigured, Vec::new()),
-            FailureMode::Closed => Handled::respond(deny(
-                Reason::NotConfigured,
-                Problem::new(
-                    "not-configured",
-                    "Service Unavailable",
-                    503,
-                    "the gateway has not loaded its configuration yet",
-                ),
-            )),
+            FailureMode::Closed => Handled::respond(not_configured()),
         });
     };
 

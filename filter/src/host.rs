@@ -1,0 +1,261 @@
+//! The host calls the request path makes, each returning a typed error instead of panicking.
+//!
+//! The proxy-wasm SDK's wrappers panic on any status they do not expect, and a panic traps the
+//! VM (every later request on that worker then fails). These declarations call the same ABI
+//! functions and turn every status into a `Result`. Buffers the host returns are allocated
+//! through the SDK's exported `proxy_on_memory_allocate`, i.e. by this module's global
+//! allocator, so they are adopted as `Vec`s exactly as the SDK does.
+
+use std::ptr::{null, null_mut};
+
+use tollgate_core::counter::{CounterStore, SetOutcome, StoreError};
+use tollgate_core::gateway::RequestHeaders;
+
+const STATUS_OK: u32 = 0;
+const STATUS_NOT_FOUND: u32 = 1;
+const STATUS_CAS_MISMATCH: u32 = 8;
+
+const REQUEST_HEADERS: u32 = 0;
+const RESPONSE_HEADERS: u32 = 2;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+fn failed(call: &str, status: u32) -> StoreError {
+    StoreError(format!(
+        "host call {call} failed with proxy-wasm status {status}"
+    ))
+}
+
+/// Adopts a buffer the host allocated in this module's memory.
+///
+/// # Safety
+/// `data` must be null or a `size`-byte allocation made by `proxy_on_memory_allocate`.
+unsafe fn adopt(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// The current request's headers.
+pub struct RequestHeaderMap;
+
+impl RequestHeaders for RequestHeaderMap {
+    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: pointers are valid for the call; the host fills data/size on Ok.
+        let status = unsafe {
+            proxy_get_header_map_value(
+                REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                &mut data,
+                &mut size,
+            )
+        };
+        match status {
+            STATUS_OK => {
+                // SAFETY: on Ok the host allocated `size` bytes through our allocator.
+                let bytes = unsafe { adopt(data, size) };
+                // Header values are bytes; a non-UTF-8 value is read lossily (it can only
+                // fail to match a key or a route, never panic).
+                Ok(Some(match String::from_utf8(bytes) {
+                    Ok(s) => s,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                }))
+            }
+            STATUS_NOT_FOUND => Ok(None),
+            other => Err(failed("get_header_map_value", other)),
+        }
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        // SAFETY: pointers are valid for the call.
+        let status = unsafe {
+            proxy_replace_header_map_value(
+                REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        };
+        match status {
+            STATUS_OK => Ok(()),
+            other => Err(failed("replace_header_map_value", other)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), StoreError> {
+        // SAFETY: pointers are valid for the call.
+        let status =
+            unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) };
+        match status {
+            STATUS_OK | STATUS_NOT_FOUND => Ok(()),
+            other => Err(failed("remove_header_map_value", other)),
+        }
+    }
+}
+
+pub fn add_response_header(name: &str, value: &str) -> Result<(), StoreError> {
+    // SAFETY: pointers are valid for the call.
+    let status = unsafe {
+        proxy_add_header_map_value(
+            RESPONSE_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    match status {
+        STATUS_OK => Ok(()),
+        other => Err(failed("add_header_map_value", other)),
+    }
+}
+
+/// Envoy shared data of this filter's `vm_id`: one map for every worker of the process.
+pub struct SharedData;
+
+impl CounterStore for SharedData {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        let mut cas = 0;
+        // SAFETY: pointers are valid for the call; the host fills them on Ok.
+        let status = unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            // SAFETY: on Ok the host allocated `size` bytes through our allocator.
+            STATUS_OK => Ok(Some((unsafe { adopt(data, size) }, cas))),
+            STATUS_NOT_FOUND => Ok(None),
+            other => Err(failed("get_shared_data", other)),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, StoreError> {
+        // SAFETY: pointers are valid for the call.
+        let status = unsafe {
+            proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        };
+        match status {
+            STATUS_OK => Ok(SetOutcome::Written),
+            STATUS_CAS_MISMATCH => Ok(SetOutcome::CasMismatch),
+            other => Err(failed("set_shared_data", other)),
+        }
+    }
+}
+
+/// Unix time in milliseconds, from Envoy's clock.
+pub fn now_ms() -> Result<u64, StoreError> {
+    let mut nanos = 0u64;
+    // SAFETY: the pointer is valid for the call.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
+        STATUS_OK => Ok(nanos / 1_000_000),
+        other => Err(failed("get_current_time_nanoseconds", other)),
+    }
+}
+
+/// Answers the request locally with these headers and body.
+pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), StoreError> {
+    let serialized = serialize_headers(headers);
+    // SAFETY: pointers are valid for the call.
+    let result = unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            serialized.as_ptr(),
+            serialized.len(),
+            -1,
+        )
+    };
+    match result {
+        STATUS_OK => Ok(()),
+        other => Err(failed("send_local_response", other)),
+    }
+}
+
+pub fn increment_metric(id: u32) {
+    // A failed increment loses one count and nothing else; there is no one to tell.
+    // SAFETY: no pointers involved.
+    let _ = unsafe { proxy_increment_metric(id, 1) };
+}
+
+/// The proxy-wasm map encoding: count, then (name length, value length) pairs, then the
+/// NUL-terminated names and values.
+fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
+    let len_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let size = 4 + headers
+        .iter()
+        .map(|(n, v)| 10 + n.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&len_u32(headers.len()));
+    for (name, value) in headers {
+        out.extend_from_slice(&len_u32(name.len()));
+        out.extend_from_slice(&len_u32(value.len()));
+    }
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
