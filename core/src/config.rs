@@ -1,6 +1,7 @@
 //! The filter's plugin configuration: parsed and validated once, at load.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -42,6 +43,55 @@ pub struct FilterConfig {
     pub key_query_param: String,
     /// Static mode: the catalogue itself.
     pub snapshot: Option<Snapshot>,
+    /// Live mode: where the catalogue comes from.
+    pub control_plane: Option<ControlPlane>,
+}
+
+/// Live mode: the control plane the singleton poller long-polls for signed snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// The Envoy cluster that reaches the control plane.
+    pub cluster: String,
+    /// `:authority` of the snapshot requests.
+    pub authority: String,
+    #[serde(default = "default_snapshot_path")]
+    pub path: String,
+    /// Sent as `Authorization: Bearer <gateway_token>`.
+    pub gateway_token: String,
+    /// The HMAC-SHA256 secret snapshots are signed with.
+    pub snapshot_secret: String,
+    /// How long the control plane may hold a poll open when nothing changes.
+    #[serde(default = "default_poll_timeout_seconds")]
+    pub poll_timeout_seconds: u32,
+    /// First retry delay after a failed poll; doubles up to `retry_max_ms`, with jitter.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u32,
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u32,
+    /// How often each worker looks for a newer snapshot in shared data.
+    #[serde(default = "default_worker_refresh_ms")]
+    pub worker_refresh_ms: u32,
+}
+
+fn default_snapshot_path() -> String {
+    "/v1/snapshot".to_owned()
+}
+
+fn default_poll_timeout_seconds() -> u32 {
+    30
+}
+
+fn default_retry_initial_ms() -> u32 {
+    250
+}
+
+fn default_retry_max_ms() -> u32 {
+    10_000
+}
+
+fn default_worker_refresh_ms() -> u32 {
+    20
 }
 
 fn default_key_header() -> String {
@@ -77,7 +127,9 @@ pub struct LoadedConfig {
     pub settings: FilterConfig,
     /// `APIKey realm="tollgate", header="<key_header>"`
     pub www_authenticate: String,
-    pub index: Option<CatalogueIndex>,
+    /// The catalogue in force: from the configuration (static mode) or the latest snapshot
+    /// adopted from shared data (live mode); `None` until the first one arrives.
+    pub index: Option<Arc<CatalogueIndex>>,
 }
 
 impl LoadedConfig {
@@ -102,16 +154,30 @@ impl LoadedConfig {
                 message: "must not be empty".into(),
             });
         }
-        let Some(snapshot) = &settings.snapshot else {
-            return Err(ConfigError {
-                field: "snapshot".into(),
-                message: "missing: static mode embeds the catalogue here".into(),
-            });
+        let index = match (settings.snapshot.take(), &settings.control_plane) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    field: "control_plane".into(),
+                    message: "give either snapshot (static mode) or control_plane (live mode), not both".into(),
+                })
+            }
+            (None, None) => {
+                return Err(ConfigError {
+                    field: "snapshot".into(),
+                    message: "missing: embed the catalogue here (static mode) or name a control_plane (live mode)".into(),
+                })
+            }
+            (Some(snapshot), None) => {
+                Some(Arc::new(CatalogueIndex::build(&snapshot).map_err(|e| ConfigError {
+                    field: format!("snapshot.{}", e.field),
+                    message: e.message,
+                })?))
+            }
+            (None, Some(cp)) => {
+                check_control_plane(cp)?;
+                None
+            }
         };
-        let index = CatalogueIndex::build(snapshot).map_err(|e| ConfigError {
-            field: format!("snapshot.{}", e.field),
-            message: e.message,
-        })?;
         let www_authenticate = format!(
             "APIKey realm=\"tollgate\", header=\"{}\"",
             settings.key_header
@@ -119,9 +185,53 @@ impl LoadedConfig {
         Ok(LoadedConfig {
             settings,
             www_authenticate,
-            index: Some(index),
+            index,
         })
     }
+
+    /// The same settings enforcing another catalogue.
+    pub fn with_index(&self, index: Arc<CatalogueIndex>) -> Self {
+        LoadedConfig {
+            settings: self.settings.clone(),
+            www_authenticate: self.www_authenticate.clone(),
+            index: Some(index),
+        }
+    }
+}
+
+fn check_control_plane(cp: &ControlPlane) -> Result<(), ConfigError> {
+    let field = |name: &str, message: &str| ConfigError {
+        field: format!("control_plane.{name}"),
+        message: message.to_owned(),
+    };
+    if cp.cluster.is_empty() {
+        return Err(field("cluster", "must name an Envoy cluster"));
+    }
+    if cp.authority.is_empty() {
+        return Err(field("authority", "must not be empty"));
+    }
+    if !cp.path.starts_with('/') {
+        return Err(field("path", "must start with '/'"));
+    }
+    if cp.gateway_token.is_empty() {
+        return Err(field("gateway_token", "must not be empty"));
+    }
+    if cp.snapshot_secret.is_empty() {
+        return Err(field("snapshot_secret", "must not be empty"));
+    }
+    if cp.poll_timeout_seconds == 0 || cp.poll_timeout_seconds > 300 {
+        return Err(field("poll_timeout_seconds", "must be between 1 and 300"));
+    }
+    if cp.retry_initial_ms == 0 || cp.retry_max_ms < cp.retry_initial_ms {
+        return Err(field(
+            "retry_max_ms",
+            "retry_initial_ms must be at least 1 and at most retry_max_ms",
+        ));
+    }
+    if cp.worker_refresh_ms == 0 || cp.worker_refresh_ms > 60_000 {
+        return Err(field("worker_refresh_ms", "must be between 1 and 60000"));
+    }
+    Ok(())
 }
 
 /// RFC 9110 token characters.
@@ -158,6 +268,36 @@ mod tests {
     }
 
     #[test]
+    fn live_mode_needs_a_complete_control_plane() {
+        let cp =
+            r#"{"cluster":"cp","authority":"cp:7100","gateway_token":"t","snapshot_secret":"s"}"#;
+        let c = LoadedConfig::parse(format!(r#"{{"control_plane":{cp}}}"#).as_bytes()).unwrap();
+        assert!(
+            c.index.is_none(),
+            "nothing enforced before the first snapshot"
+        );
+        let cp = c.settings.control_plane.unwrap();
+        assert_eq!(
+            (cp.path.as_str(), cp.poll_timeout_seconds),
+            ("/v1/snapshot", 30)
+        );
+
+        let e = err(r#"{"control_plane":{"cluster":"cp","authority":"a","gateway_token":"t"}}"#);
+        assert!(
+            e.starts_with("control_plane: missing field `snapshot_secret`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"control_plane":{"cluster":"","authority":"a","gateway_token":"t","snapshot_secret":"s"}}"#,
+        );
+        assert_eq!(e, "control_plane.cluster: must name an Envoy cluster");
+        let both = format!(
+            r#"{{"snapshot":{SNAPSHOT},"control_plane":{{"cluster":"c","authority":"a","gateway_token":"t","snapshot_secret":"s"}}}}"#
+        );
+        assert!(err(&both).contains("not both"));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         assert!(err(r#"{"unmatched":"maybe","snapshot":{}}"#)
             .starts_with("unmatched: unknown variant `maybe`"));
@@ -174,10 +314,7 @@ mod tests {
             e,
             "snapshot.plans[0].limits[0].requests: must be at least 1"
         );
-        assert_eq!(
-            err("{}"),
-            "snapshot: missing: static mode embeds the catalogue here"
-        );
+        assert!(err("{}").starts_with("snapshot: missing: embed the catalogue"));
         let e = err(&format!(
             r#"{{"key_header":"x api key","snapshot":{SNAPSHOT}}}"#
         ));

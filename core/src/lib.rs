@@ -5,6 +5,7 @@
 //! - [`index`]: the snapshot compiled for per-request lookups (routing, keys, contracts);
 //! - [`path`]: path normal form and the key's query parameter;
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
+//! - [`distribution`]: verifying fetched snapshots and handing them to every worker;
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
 //! - [`counter`]: the counter store contract (Envoy shared data semantics) and an in-memory one;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod counter;
 pub mod decision;
+pub mod distribution;
 pub mod gateway;
 pub mod index;
 pub mod keys;

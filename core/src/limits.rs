@@ -13,9 +13,11 @@ use crate::snapshot::{Period, RateLimit};
 use crate::time::{window, Window};
 
 /// How often a request re-reads after losing a CAS race before it gives up (and is refused,
-/// never admitted). Each lost race means another request was counted, so this is only reached
-/// under pathological contention.
-pub const MAX_CAS_ATTEMPTS: u32 = 64;
+/// never admitted). Each lost race means another request was counted in between; a worker that
+/// sleeps on Envoy's shared-data mutex between its read and its write can lose many in a row
+/// (a native test with 8 threads on 2 cores saw 100), so the bound is generous: an attempt is
+/// two host calls, about a microsecond each.
+pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
 
 /// A shared-data key that exists only to lend its CAS token to inserts; see [`insert_token`].
 pub const INSERT_GUARD_KEY: &str = "tollgate.insert-guard";
