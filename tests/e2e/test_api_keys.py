@@ -178,3 +178,12 @@ def test_public_api_with_forward_api_key_keeps_the_key(envoy: Envoy) -> None:
 
 def test_public_api_ignores_an_unknown_key(envoy: Envoy) -> None:
     assert echoed(get(envoy, "/status/v1/health", headers={"x-api-key": UNKNOWN_KEY}))
+
+
+def test_method_and_body_reach_upstream_on_allowed_requests(envoy: Envoy) -> None:
+    response = requests.post(
+        f"{envoy.url}/orders/v1/items", headers={"x-api-key": MOBILE_KEY}, data=b"x" * 5000, timeout=10
+    )
+    body = echoed(response)
+    assert body["method"] == "POST"
+    assert body["body_length"] == 5000
