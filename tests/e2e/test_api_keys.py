@@ -187,3 +187,9 @@ def test_method_and_body_reach_upstream_on_allowed_requests(envoy: Envoy) -> Non
     body = echoed(response)
     assert body["method"] == "POST"
     assert body["body_length"] == 5000
+
+
+def test_every_copy_of_the_query_key_is_stripped(envoy: Envoy) -> None:
+    body = echoed(get(envoy, f"/orders/v1/items?apikey={MOBILE_KEY}&a=1&apikey={UNKNOWN_KEY}"))
+    assert body["headers"]["x-tollgate-client"] == "acme/mobile/1"
+    assert parse_qsl(urlsplit(body["path"]).query) == [("a", "1")]
