@@ -17,6 +17,8 @@ const STATUS_CAS_MISMATCH: u32 = 8;
 
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
+const CALL_RESPONSE_HEADERS: u32 = 6;
+const CALL_RESPONSE_BODY: u32 = 4;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -68,6 +70,20 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
 fn failed(call: &str, status: u32) -> StoreError {
@@ -88,22 +104,28 @@ unsafe fn adopt(data: *mut u8, size: usize) -> Vec<u8> {
     }
 }
 
-/// The current request's headers.
-pub struct RequestHeaderMap;
+/// One of the header maps of the current context.
+pub struct HeaderMap(u32);
 
-impl RequestHeaders for RequestHeaderMap {
+impl HeaderMap {
+    /// The headers of the request being decided.
+    pub fn request() -> Self {
+        HeaderMap(REQUEST_HEADERS)
+    }
+
+    /// The headers of the response to the poller's snapshot request.
+    pub fn call_response() -> Self {
+        HeaderMap(CALL_RESPONSE_HEADERS)
+    }
+}
+
+impl RequestHeaders for HeaderMap {
     fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
         let mut data = null_mut();
         let mut size = 0;
         // SAFETY: pointers are valid for the call; the host fills data/size on Ok.
         let status = unsafe {
-            proxy_get_header_map_value(
-                REQUEST_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                &mut data,
-                &mut size,
-            )
+            proxy_get_header_map_value(self.0, name.as_ptr(), name.len(), &mut data, &mut size)
         };
         match status {
             STATUS_OK => {
@@ -125,7 +147,7 @@ impl RequestHeaders for RequestHeaderMap {
         // SAFETY: pointers are valid for the call.
         let status = unsafe {
             proxy_replace_header_map_value(
-                REQUEST_HEADERS,
+                self.0,
                 name.as_ptr(),
                 name.len(),
                 value.as_ptr(),
@@ -140,12 +162,44 @@ impl RequestHeaders for RequestHeaderMap {
 
     fn remove(&mut self, name: &str) -> Result<(), StoreError> {
         // SAFETY: pointers are valid for the call.
-        let status =
-            unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) };
+        let status = unsafe { proxy_remove_header_map_value(self.0, name.as_ptr(), name.len()) };
         match status {
             STATUS_OK | STATUS_NOT_FOUND => Ok(()),
             other => Err(failed("remove_header_map_value", other)),
         }
+    }
+}
+
+/// The body of the response to the poller's snapshot request; empty when Envoy dropped it
+/// (it drains bodies over its 32 MiB callout limit).
+pub fn call_response_body(size: usize) -> Result<Vec<u8>, StoreError> {
+    let mut data = null_mut();
+    let mut len = 0;
+    // SAFETY: pointers are valid for the call; the host fills data/len on Ok.
+    let status =
+        unsafe { proxy_get_buffer_bytes(CALL_RESPONSE_BODY, 0, size, &mut data, &mut len) };
+    match status {
+        // SAFETY: on Ok the host allocated `len` bytes through our allocator.
+        STATUS_OK => Ok(unsafe { adopt(data, len) }),
+        STATUS_NOT_FOUND => Ok(Vec::new()),
+        other => Err(failed("get_buffer_bytes", other)),
+    }
+}
+
+/// A host property such as `plugin_root_id`, as text.
+pub fn property(name: &str) -> Result<Option<String>, StoreError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // A one-segment property path is the name itself (segments are NUL-separated).
+    // SAFETY: pointers are valid for the call; the host fills data/size on Ok.
+    let status = unsafe { proxy_get_property(name.as_ptr(), name.len(), &mut data, &mut size) };
+    match status {
+        // SAFETY: on Ok the host allocated `size` bytes through our allocator.
+        STATUS_OK => Ok(Some(
+            String::from_utf8_lossy(&unsafe { adopt(data, size) }).into_owned(),
+        )),
+        STATUS_NOT_FOUND => Ok(None),
+        other => Err(failed("get_property", other)),
     }
 }
 
@@ -231,10 +285,15 @@ pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Resu
     }
 }
 
-pub fn increment_metric(id: u32) {
-    // A failed increment loses one count and nothing else; there is no one to tell.
+pub fn increment_metric(id: u32, by: u32) {
+    // A failed increment loses a count and nothing else; there is no one to tell.
     // SAFETY: no pointers involved.
-    let _ = unsafe { proxy_increment_metric(id, 1) };
+    let _ = unsafe { proxy_increment_metric(id, i64::from(by)) };
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    // SAFETY: no pointers involved.
+    let _ = unsafe { proxy_record_metric(id, value) };
 }
 
 /// The proxy-wasm map encoding: count, then (name length, value length) pairs, then the

@@ -1,45 +1,52 @@
 //! tollgate's proxy-wasm filter: a thin adapter from Envoy's host calls to `tollgate-core`.
 //!
-//! Each worker thread runs its own VM: the root context parses the plugin configuration once
-//! and shares it with every request context by `Rc`; counters live in Envoy shared data, which
-//! all workers of the process see, so limits are exact across threads.
+//! One module, two roles, chosen by the plugin's `root_id`:
+//! - `tollgate-poller`: the singleton `envoy.bootstrap.wasm` service of an Envoy process
+//!   (main thread) that long-polls the control plane and publishes each verified snapshot into
+//!   shared data ([`poller`]);
+//! - anything else (`tollgate` in our configs): the HTTP filter on every worker thread, which
+//!   enforces the catalogue from its configuration (static mode) or the latest one in shared
+//!   data (live mode) ([`worker`]).
 
 mod host;
 mod metrics;
-
-use std::rc::Rc;
+mod poller;
+mod worker;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
-use tollgate_core::config::LoadedConfig;
-use tollgate_core::decision::{Denial, Reason};
-use tollgate_core::gateway::{handle_request, Outcome};
-use tollgate_core::problem::{self, Problem};
-
-use host::{RequestHeaderMap, SharedData};
-use metrics::Metrics;
+use proxy_wasm::types::{ContextType, LogLevel};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const GIT_COMMIT: &str = env!("TOLLGATE_GIT_COMMIT");
 
+/// The `root_id` that makes a plugin the snapshot poller.
+pub const POLLER_ROOT_ID: &str = "tollgate-poller";
+
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which sends a panic's message to Envoy's log.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TollgateRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::Unconfigured) });
 }}
 
-#[derive(Default)]
-struct TollgateRoot {
-    config: Option<Rc<LoadedConfig>>,
-    metrics: Option<Rc<Metrics>>,
+/// The SDK creates root contexts before their `root_id` is known; the role is settled in
+/// `on_configure`, where the host's `plugin_root_id` property is available.
+enum Root {
+    Unconfigured,
+    Worker(worker::WorkerRoot),
+    Poller(poller::Poller),
 }
 
-impl Context for TollgateRoot {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _: usize) {
+        if let Root::Poller(p) = self {
+            p.on_response(token, headers, body_size);
+        }
+    }
+}
 
-impl RootContext for TollgateRoot {
+impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         log::info!("tollgate filter {VERSION} ({GIT_COMMIT}) starting");
-        self.metrics = Some(Rc::new(Metrics::define()));
         true
     }
 
@@ -48,15 +55,15 @@ impl RootContext for TollgateRoot {
             log::error!("tollgate: refusing to start: the plugin configuration is empty");
             return false;
         };
-        match LoadedConfig::parse(&bytes) {
-            Ok(config) => {
-                if let Some(index) = &config.index {
-                    log::info!(
-                        "tollgate: configured, snapshot revision {}",
-                        index.revision()
-                    );
-                }
-                self.config = Some(Rc::new(config));
+        let root_id = host::property("plugin_root_id").ok().flatten();
+        let configured = if root_id.as_deref() == Some(POLLER_ROOT_ID) {
+            poller::Poller::configure(&bytes).map(Root::Poller)
+        } else {
+            worker::WorkerRoot::configure(&bytes).map(Root::Worker)
+        };
+        match configured {
+            Ok(root) => {
+                *self = root;
                 true
             }
             Err(e) => {
@@ -66,98 +73,25 @@ impl RootContext for TollgateRoot {
         }
     }
 
+    fn on_tick(&mut self) {
+        match self {
+            Root::Worker(w) => w.refresh(),
+            Root::Poller(p) => p.on_tick(),
+            Root::Unconfigured => {}
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TollgateRequest {
-            config: self.config.clone(),
-            metrics: self.metrics.clone(),
-            response_headers: Vec::new(),
-        }))
+        match self {
+            Root::Worker(w) => Some(Box::new(w.request_context())),
+            _ => None,
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct TollgateRequest {
-    config: Option<Rc<LoadedConfig>>,
-    metrics: Option<Rc<Metrics>>,
-    /// Rate-limit headers decided at request time, added to the upstream's response.
-    response_headers: Vec<(&'static str, String)>,
-}
-
-impl Context for TollgateRequest {}
-
-impl HttpContext for TollgateRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
-            self.count(Reason::NotConfigured);
-            return respond(&tollgate_core::decision::not_configured());
-        };
-        let handled = host::now_ms().and_then(|now_ms| {
-            handle_request(&config, &mut RequestHeaderMap, &mut SharedData, now_ms)
-        });
-        match handled {
-            Ok(handled) => {
-                self.count(handled.reason);
-                if let Some(m) = &self.metrics {
-                    m.cas_retries(handled.cas_retries);
-                }
-                match handled.outcome {
-                    Outcome::Forward { response_headers } => {
-                        self.response_headers = response_headers;
-                        Action::Continue
-                    }
-                    Outcome::Respond(denial) => respond(&denial),
-                }
-            }
-            Err(e) => {
-                // Fail closed: a request we could not check is not forwarded.
-                log::warn!("tollgate: {}", e.0);
-                if let Some(m) = &self.metrics {
-                    m.host_error();
-                }
-                respond(&tollgate_core::decision::deny(
-                    Reason::CounterUnavailable,
-                    Problem::new(
-                        "gateway-error",
-                        "Service Unavailable",
-                        503,
-                        "the gateway could not check this request",
-                    ),
-                ))
-            }
+        match self {
+            Root::Poller(_) => None,
+            _ => Some(ContextType::HttpContext),
         }
     }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            if let Err(e) = host::add_response_header(name, &value) {
-                log::warn!("tollgate: {}", e.0);
-            }
-        }
-        Action::Continue
-    }
-}
-
-impl TollgateRequest {
-    fn count(&self, reason: Reason) {
-        if let Some(m) = &self.metrics {
-            m.request(reason);
-        }
-    }
-}
-
-/// Sends a local reply with its headers (a filter's own response-header callback is not
-/// guaranteed to run for local replies) and stops the request.
-fn respond(denial: &Denial) -> Action {
-    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(denial.headers.len() + 1);
-    headers.push(("content-type", problem::CONTENT_TYPE));
-    headers.extend(denial.headers.iter().map(|(n, v)| (*n, v.as_str())));
-    if let Err(e) =
-        host::send_response(denial.status, &headers, denial.problem.to_json().as_bytes())
-    {
-        log::warn!("tollgate: {}", e.0);
-    }
-    Action::Pause
 }

@@ -8,50 +8,94 @@ use proxy_wasm::hostcalls::define_metric;
 use proxy_wasm::types::MetricType;
 use tollgate_core::decision::Reason;
 
-use crate::host::increment_metric;
+use crate::host::{increment_metric, record_metric};
 
-pub struct Metrics {
-    requests: [Option<u32>; Reason::ALL.len()],
-    cas_retries: Option<u32>,
-    host_errors: Option<u32>,
-}
+/// A defined metric; one that could not be defined is logged once and then not counted.
+#[derive(Clone, Copy)]
+pub struct Metric(Option<u32>);
 
-impl Metrics {
-    /// Defines every counter; one that cannot be defined is logged and then not counted.
-    pub fn define() -> Self {
-        let counter = |name: String| match define_metric(MetricType::Counter, &name) {
-            Ok(id) => Some(id),
+impl Metric {
+    fn define(kind: MetricType, name: &str) -> Self {
+        match define_metric(kind, name) {
+            Ok(id) => Metric(Some(id)),
             Err(status) => {
                 log::warn!("tollgate: metric {name} not defined: {status:?}");
-                None
+                Metric(None)
             }
-        };
-        Metrics {
-            requests: Reason::ALL
-                .map(|r| counter(format!("tollgate_requests_total.decision.{}", r.label()))),
-            cas_retries: counter("tollgate_cas_retries_total".to_owned()),
-            host_errors: counter("tollgate_host_errors_total".to_owned()),
+        }
+    }
+
+    pub fn counter(name: &str) -> Self {
+        Self::define(MetricType::Counter, name)
+    }
+
+    pub fn gauge(name: &str) -> Self {
+        Self::define(MetricType::Gauge, name)
+    }
+
+    pub fn add(self, n: u32) {
+        if let (Some(id), true) = (self.0, n > 0) {
+            increment_metric(id, n);
+        }
+    }
+
+    pub fn inc(self) {
+        self.add(1);
+    }
+
+    pub fn set(self, value: u64) {
+        if let Some(id) = self.0 {
+            record_metric(id, value);
+        }
+    }
+}
+
+/// What every worker counts.
+pub struct RequestMetrics {
+    by_reason: [Metric; Reason::ALL.len()],
+    pub cas_retries: Metric,
+    pub host_errors: Metric,
+    pub snapshots_adopted: Metric,
+}
+
+impl RequestMetrics {
+    pub fn define() -> Self {
+        RequestMetrics {
+            by_reason: Reason::ALL.map(|r| {
+                Metric::counter(&format!("tollgate_requests_total.decision.{}", r.label()))
+            }),
+            cas_retries: Metric::counter("tollgate_cas_retries_total"),
+            host_errors: Metric::counter("tollgate_host_errors_total"),
+            snapshots_adopted: Metric::counter("tollgate_snapshot_adoptions_total"),
         }
     }
 
     pub fn request(&self, reason: Reason) {
-        let slot = Reason::ALL.iter().position(|r| *r == reason);
-        if let Some(Some(id)) = slot.and_then(|i| self.requests.get(i)) {
-            increment_metric(*id);
+        if let Some(m) = Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.by_reason.get(i))
+        {
+            m.inc();
         }
     }
+}
 
-    pub fn cas_retries(&self, n: u32) {
-        if let Some(id) = self.cas_retries {
-            for _ in 0..n {
-                increment_metric(id);
-            }
-        }
-    }
+/// What the snapshot poller counts.
+pub struct PollerMetrics {
+    pub updates: Metric,
+    pub rejected: Metric,
+    pub fetch_errors: Metric,
+    pub revision: Metric,
+}
 
-    pub fn host_error(&self) {
-        if let Some(id) = self.host_errors {
-            increment_metric(id);
+impl PollerMetrics {
+    pub fn define() -> Self {
+        PollerMetrics {
+            updates: Metric::counter("tollgate_snapshot_updates_total"),
+            rejected: Metric::counter("tollgate_snapshot_rejected_total"),
+            fetch_errors: Metric::counter("tollgate_snapshot_fetch_errors_total"),
+            revision: Metric::gauge("tollgate_snapshot_revision"),
         }
     }
 }

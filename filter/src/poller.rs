@@ -1,0 +1,187 @@
+//! The snapshot poller: one per Envoy process (a singleton WasmService on the main thread).
+//!
+//! It long-polls the control plane (`GET <path>?wait=<s>` with `If-None-Match`), verifies each
+//! snapshot's signature and compiles it, and only then publishes the body into shared data,
+//! where every worker picks it up on its next refresh tick. Anything else (an error status, a
+//! timeout, a bad signature, bad JSON, an unknown schema) keeps the last good snapshot, is
+//! logged and counted, and is retried with capped exponential backoff and jitter.
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls::{dispatch_http_call, set_tick_period};
+use tollgate_core::config::{ConfigError, ControlPlane, LoadedConfig};
+use tollgate_core::counter::CounterStore;
+use tollgate_core::distribution::{
+    encode_revision, verify_snapshot, Backoff, REVISION_KEY, SNAPSHOT_KEY,
+};
+use tollgate_core::gateway::RequestHeaders;
+use tollgate_core::signing::SIGNATURE_HEADER;
+
+use crate::host::{self, HeaderMap, SharedData};
+use crate::metrics::PollerMetrics;
+
+/// How often the poller checks whether a retry is due.
+const TICK: Duration = Duration::from_millis(50);
+/// Extra time a long poll may take beyond the wait the control plane was asked for.
+const POLL_SLACK: Duration = Duration::from_secs(5);
+
+pub struct Poller {
+    control_plane: ControlPlane,
+    metrics: PollerMetrics,
+    backoff: Backoff,
+    /// The revision last published, sent as `If-None-Match`.
+    revision: Option<u64>,
+    in_flight: Option<u32>,
+    next_poll_at_ms: u64,
+}
+
+impl Poller {
+    pub fn configure(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let config = LoadedConfig::parse(bytes)?;
+        let Some(control_plane) = config.settings.control_plane else {
+            return Err(ConfigError {
+                field: "control_plane".into(),
+                message: "the tollgate-poller service needs a control_plane to poll".into(),
+            });
+        };
+        if let Err(status) = set_tick_period(TICK) {
+            log::warn!("tollgate poller: cannot schedule polling: {status:?}");
+        }
+        log::info!(
+            "tollgate poller: polling cluster {} at {}{}",
+            control_plane.cluster,
+            control_plane.authority,
+            control_plane.path
+        );
+        Ok(Poller {
+            backoff: Backoff::new(control_plane.retry_initial_ms, control_plane.retry_max_ms),
+            control_plane,
+            metrics: PollerMetrics::define(),
+            revision: None,
+            in_flight: None,
+            next_poll_at_ms: 0,
+        })
+    }
+
+    pub fn on_tick(&mut self) {
+        let now = host::now_ms().unwrap_or(u64::MAX);
+        if self.in_flight.is_none() && now >= self.next_poll_at_ms {
+            self.poll();
+        }
+    }
+
+    fn poll(&mut self) {
+        let cp = &self.control_plane;
+        let (path, if_none_match) = match self.revision {
+            // With a snapshot in hand, ask to be told only of a newer one.
+            Some(rev) => (
+                format!("{}?wait={}", cp.path, cp.poll_timeout_seconds),
+                Some(format!("\"{rev}\"")),
+            ),
+            None => (cp.path.clone(), None),
+        };
+        let authorization = format!("Bearer {}", cp.gateway_token);
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", cp.authority.as_str()),
+            ("authorization", authorization.as_str()),
+        ];
+        if let Some(etag) = &if_none_match {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        let timeout = Duration::from_secs(u64::from(cp.poll_timeout_seconds)) + POLL_SLACK;
+        match dispatch_http_call(&cp.cluster, headers, None, Vec::new(), timeout) {
+            Ok(token) => self.in_flight = Some(token),
+            Err(status) => self.failed(&format!(
+                "cannot call cluster {}: {status:?}",
+                self.control_plane.cluster
+            )),
+        }
+    }
+
+    pub fn on_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        if self.in_flight != Some(token) {
+            return;
+        }
+        self.in_flight = None;
+        if num_headers == 0 {
+            return self.failed("no response (timeout or connection failure)");
+        }
+        let status = HeaderMap::call_response().get(":status").ok().flatten();
+        match status.as_deref() {
+            Some("200") => self.received(body_size),
+            Some("304") => {
+                // Nothing changed while we waited: ask again at once.
+                self.backoff.reset();
+                self.poll();
+            }
+            other => self.failed(&format!(
+                "control plane answered {}",
+                other.unwrap_or("without a status")
+            )),
+        }
+    }
+
+    fn received(&mut self, body_size: usize) {
+        let body = match host::call_response_body(body_size) {
+            Ok(body) => body,
+            Err(e) => return self.failed(&e.0),
+        };
+        let signature = HeaderMap::call_response()
+            .get(SIGNATURE_HEADER)
+            .ok()
+            .flatten();
+        let secret = self.control_plane.snapshot_secret.as_bytes();
+        match verify_snapshot(secret, &body, signature.as_deref()) {
+            Ok((_, index)) => {
+                let revision = index.revision();
+                if let Err(e) = publish(&body, revision) {
+                    return self.failed(&e);
+                }
+                log::info!("tollgate poller: published snapshot revision {revision}");
+                self.revision = Some(revision);
+                self.metrics.updates.inc();
+                self.metrics.revision.set(revision);
+                self.backoff.reset();
+                self.poll();
+            }
+            Err(rejected) => {
+                self.metrics.rejected.inc();
+                log::warn!(
+                    "tollgate poller: refused a snapshot ({} bytes): {rejected}; still enforcing revision {}",
+                    body.len(),
+                    self.revision.map_or("none".to_owned(), |r| r.to_string())
+                );
+                self.schedule_retry();
+            }
+        }
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.metrics.fetch_errors.inc();
+        log::warn!(
+            "tollgate poller: snapshot poll failed: {why}; still enforcing revision {}",
+            self.revision.map_or("none".to_owned(), |r| r.to_string())
+        );
+        self.schedule_retry();
+    }
+
+    fn schedule_retry(&mut self) {
+        let now = host::now_ms().unwrap_or(0);
+        // Sub-millisecond clock bits are as good a jitter source as this needs.
+        let entropy = now.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.backoff.failures());
+        self.next_poll_at_ms = now + self.backoff.next_delay_ms(entropy);
+    }
+}
+
+/// Body first, then the revision workers watch, so a worker that sees the new revision finds
+/// a body at least that new.
+fn publish(body: &[u8], revision: u64) -> Result<(), String> {
+    let mut shared = SharedData;
+    shared
+        .set(SNAPSHOT_KEY, body, 0)
+        .and_then(|_| shared.set(REVISION_KEY, &encode_revision(revision), 0))
+        .map(|_| ())
+        .map_err(|e| e.0)
+}

@@ -1,0 +1,173 @@
+//! The HTTP filter on each worker thread: one root per worker holding the configuration and
+//! the catalogue in force, and one small context per request.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls::set_tick_period;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use tollgate_core::config::{ConfigError, LoadedConfig};
+use tollgate_core::counter::CounterStore;
+use tollgate_core::decision::{deny, Denial, Reason};
+use tollgate_core::distribution::{compile, decode_revision, REVISION_KEY, SNAPSHOT_KEY};
+use tollgate_core::gateway::{handle_request, Outcome};
+use tollgate_core::problem::{self, Problem};
+
+use crate::host::{self, HeaderMap, SharedData};
+use crate::metrics::RequestMetrics;
+
+pub struct WorkerRoot {
+    config: Rc<LoadedConfig>,
+    metrics: Rc<RequestMetrics>,
+    /// The revision of the snapshot in force (live mode).
+    revision: Option<u64>,
+}
+
+impl WorkerRoot {
+    pub fn configure(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let config = LoadedConfig::parse(bytes)?;
+        let live = config.settings.control_plane.clone();
+        let mut root = WorkerRoot {
+            revision: config.index.as_ref().map(|i| i.revision()),
+            config: Rc::new(config),
+            metrics: Rc::new(RequestMetrics::define()),
+        };
+        match live {
+            Some(cp) => {
+                if let Err(status) =
+                    set_tick_period(Duration::from_millis(u64::from(cp.worker_refresh_ms)))
+                {
+                    log::warn!("tollgate: cannot schedule snapshot refresh: {status:?}");
+                }
+                // A worker that starts after the poller has a snapshot enforces it at once.
+                root.refresh();
+            }
+            None => log::info!(
+                "tollgate: static mode, snapshot revision {}",
+                root.revision.unwrap_or_default()
+            ),
+        }
+        Ok(root)
+    }
+
+    /// Adopts the poller's latest snapshot from shared data if it is newer than ours.
+    pub fn refresh(&mut self) {
+        let mut shared = SharedData;
+        let published = match shared.get(REVISION_KEY) {
+            Ok(Some((bytes, _))) => decode_revision(&bytes),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("tollgate: {}", e.0);
+                None
+            }
+        };
+        let Some(published) = published else { return };
+        if self.revision == Some(published) {
+            return;
+        }
+        let body = match shared.get(SNAPSHOT_KEY) {
+            Ok(Some((body, _))) => body,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("tollgate: {}", e.0);
+                return;
+            }
+        };
+        // The poller verified this body before publishing it; compiling can still fail only
+        // if the module was upgraded in between, and then the current catalogue stays.
+        match compile(&body) {
+            Ok((_, index)) => {
+                let revision = index.revision();
+                self.config = Rc::new(self.config.with_index(Arc::new(index)));
+                self.revision = Some(revision);
+                self.metrics.snapshots_adopted.inc();
+                log::info!("tollgate: enforcing snapshot revision {revision}");
+            }
+            Err(e) => log::warn!("tollgate: published snapshot not adopted: {e}"),
+        }
+    }
+
+    pub fn request_context(&self) -> RequestContext {
+        RequestContext {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            response_headers: Vec::new(),
+        }
+    }
+}
+
+pub struct RequestContext {
+    /// The configuration in force when the request arrived; a snapshot swap mid-request does
+    /// not change what this request is held to.
+    config: Rc<LoadedConfig>,
+    metrics: Rc<RequestMetrics>,
+    /// Rate-limit headers decided at request time, added to the upstream's response.
+    response_headers: Vec<(&'static str, String)>,
+}
+
+impl Context for RequestContext {}
+
+impl HttpContext for RequestContext {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let handled = host::now_ms().and_then(|now_ms| {
+            handle_request(
+                &self.config,
+                &mut HeaderMap::request(),
+                &mut SharedData,
+                now_ms,
+            )
+        });
+        match handled {
+            Ok(handled) => {
+                self.metrics.request(handled.reason);
+                self.metrics.cas_retries.add(handled.cas_retries);
+                match handled.outcome {
+                    Outcome::Forward { response_headers } => {
+                        self.response_headers = response_headers;
+                        Action::Continue
+                    }
+                    Outcome::Respond(denial) => respond(&denial),
+                }
+            }
+            Err(e) => {
+                // Fail closed: a request we could not check is not forwarded.
+                log::warn!("tollgate: {}", e.0);
+                self.metrics.host_errors.inc();
+                respond(&deny(
+                    Reason::CounterUnavailable,
+                    Problem::new(
+                        "gateway-error",
+                        "Service Unavailable",
+                        503,
+                        "the gateway could not check this request",
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            if let Err(e) = host::add_response_header(name, &value) {
+                log::warn!("tollgate: {}", e.0);
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// Sends a local reply with its headers (a filter's own response-header callback is not
+/// guaranteed to run for local replies) and stops the request.
+fn respond(denial: &Denial) -> Action {
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(denial.headers.len() + 1);
+    headers.push(("content-type", problem::CONTENT_TYPE));
+    headers.extend(denial.headers.iter().map(|(n, v)| (*n, v.as_str())));
+    if let Err(e) =
+        host::send_response(denial.status, &headers, denial.problem.to_json().as_bytes())
+    {
+        log::warn!("tollgate: {}", e.0);
+    }
+    Action::Pause
+}
