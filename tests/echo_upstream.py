@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
+    ThreadingHTTPServer.request_queue_size = 1024  # Envoy may open many connections at once
     server = ThreadingHTTPServer((args.host, args.port), EchoHandler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
