@@ -1,0 +1,760 @@
+//! The `tollgate` command line: `serve` runs the service; every other command is a client of
+//! its HTTP API, addressing things by their public names (`acme/gold/1`).
+
+mod client;
+mod output;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use self::client::{ApiClient, ClientError};
+use crate::catalogue::{ApplyReport, Catalogue};
+use crate::domain::{parse_pair, period_from_str, VersionRef};
+use crate::secrets::{read_secret, SecretKind};
+use crate::server::{self, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "API management inside Envoy: control plane and CLI"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+struct GlobalArgs {
+    /// Control plane to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_SERVER",
+        default_value = "http://127.0.0.1:7100"
+    )]
+    server: String,
+    /// Data directory: where `serve` keeps its database and secrets, and where the CLI finds
+    /// the admin token when TOLLGATE_ADMIN_TOKEN is unset.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_DATA_DIR",
+        default_value = "./.tollgate"
+    )]
+    data_dir: PathBuf,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Serve(ServeArgs),
+    /// Organizations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Plans and plan versions.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// APIs and API versions.
+    #[command(subcommand)]
+    Api(ApiCommand),
+    /// Clients, client versions and their API keys.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Contracts between client versions and API versions.
+    #[command(subcommand)]
+    Contract(ContractCommand),
+    /// Converge the catalogue towards a YAML document (idempotent; never deletes).
+    Apply {
+        /// The catalogue file; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Print the whole catalogue as YAML that `apply` accepts.
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgCommand {
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List,
+    Get {
+        id: String,
+    },
+    Rename {
+        id: String,
+        name: String,
+    },
+}
+
+/// Shared verbs of plans, APIs and clients, addressed as `org/id`.
+#[derive(Debug, Subcommand)]
+enum OwnedCommand {
+    /// Create `org/id`.
+    Create {
+        /// org/id
+        name: String,
+        #[arg(long = "name")]
+        display_name: Option<String>,
+    },
+    /// List an org's.
+    List { org: String },
+    /// Show `org/id`.
+    Get { name: String },
+    /// Rename `org/id`.
+    Rename { name: String, display_name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PlanCommand {
+    #[command(flatten)]
+    Owned(OwnedCommand),
+    /// Plan versions (draft → locked).
+    #[command(subcommand)]
+    Version(PlanVersionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PlanVersionCommand {
+    /// Create a draft `org/plan/version`.
+    Create {
+        name: String,
+        /// A limit such as `10000/day` (periods: second, minute, hour, day, month); repeatable.
+        #[arg(long = "limit")]
+        limits: Vec<String>,
+        /// Start from the limits of this existing version.
+        #[arg(long)]
+        copy_from: Option<String>,
+    },
+    /// Replace a draft's limits.
+    Update {
+        name: String,
+        #[arg(long = "limit")]
+        limits: Vec<String>,
+    },
+    /// Lock a draft forever.
+    Lock {
+        name: String,
+    },
+    /// List versions of `org/plan`.
+    List {
+        plan: String,
+    },
+    Get {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCommand {
+    #[command(flatten)]
+    Owned(OwnedCommand),
+    /// API versions (draft → published → retired).
+    #[command(subcommand)]
+    Version(ApiVersionCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+struct ApiVersionSettings {
+    /// Path prefix routed to this version, e.g. /orders/v1.
+    #[arg(long)]
+    path_prefix: String,
+    /// Host to match; repeatable; none matches any host.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Anyone may call it, no key needed.
+    #[arg(long)]
+    public: bool,
+    /// Offered locked plan version `org/plan/version`; repeatable.
+    #[arg(long = "plan")]
+    plans: Vec<String>,
+    /// Send the API key on to the upstream (default: stripped).
+    #[arg(long)]
+    forward_api_key: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiVersionCommand {
+    /// Create a draft `org/api/version`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        settings: ApiVersionSettings,
+    },
+    /// Replace a draft's settings.
+    Update {
+        name: String,
+        #[command(flatten)]
+        settings: ApiVersionSettings,
+    },
+    Publish {
+        name: String,
+    },
+    Retire {
+        name: String,
+    },
+    /// List versions of `org/api`.
+    List {
+        api: String,
+    },
+    Get {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    #[command(flatten)]
+    Owned(OwnedCommand),
+    /// Client versions and their keys.
+    #[command(subcommand)]
+    Version(ClientVersionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientVersionCommand {
+    /// Create `org/client/version`; prints its API key once.
+    Create {
+        name: String,
+    },
+    /// Issue a new key; the old one works for the grace period.
+    RotateKey {
+        name: String,
+        #[arg(long)]
+        grace_seconds: u64,
+    },
+    /// List versions of `org/client`.
+    List {
+        client: String,
+    },
+    Get {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContractCommand {
+    /// Contract `org/client/version` with an API version through one of its plans.
+    Create {
+        client_version: String,
+        /// org/api/version
+        #[arg(long)]
+        api: String,
+        /// org/plan or org/plan/version (one the API version offers)
+        #[arg(long)]
+        plan: String,
+    },
+    /// List a client version's contracts.
+    List {
+        client_version: String,
+    },
+    Get {
+        client_version: String,
+        id: u64,
+    },
+    /// Revoke a contract.
+    Delete {
+        client_version: String,
+        id: u64,
+    },
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    if let Command::Serve(args) = cli.command {
+        return serve(args, cli.global.data_dir);
+    }
+    match run(&cli.global, cli.command) {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(mut args: ServeArgs, data_dir: PathBuf) -> ExitCode {
+    args.data_dir = data_dir;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(global: &GlobalArgs, command: Command) -> Result<String, ClientError> {
+    let token = read_secret(SecretKind::AdminToken, &global.data_dir)
+        .map_err(|e| ClientError::Other(e.to_string()))?
+        .ok_or_else(|| {
+            ClientError::Other(format!(
+                "no admin token: set TOLLGATE_ADMIN_TOKEN or pass --data-dir to where the \
+                 server wrote admin-token (looked in {})",
+                global.data_dir.display()
+            ))
+        })?;
+    let api = ApiClient::new(&global.server, &token);
+    let out = Output { json: global.json };
+    match command {
+        Command::Serve(_) => Ok(String::new()),
+        Command::Org(c) => org(&api, &out, c),
+        Command::Plan(PlanCommand::Owned(c)) => owned(&api, &out, "plans", c),
+        Command::Plan(PlanCommand::Version(c)) => plan_version(&api, &out, c),
+        Command::Api(ApiCommand::Owned(c)) => owned(&api, &out, "apis", c),
+        Command::Api(ApiCommand::Version(c)) => api_version(&api, &out, c),
+        Command::Client(ClientCommand::Owned(c)) => owned(&api, &out, "clients", c),
+        Command::Client(ClientCommand::Version(c)) => client_version(&api, &out, c),
+        Command::Contract(c) => contract(&api, &out, c),
+        Command::Apply { file } => apply(&api, &out, &file),
+        Command::Export => export(&api, &out),
+    }
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn item(&self, value: &Value) -> String {
+        if self.json {
+            pretty(value)
+        } else {
+            output::item(value)
+        }
+    }
+
+    fn list(&self, items: &[Value], columns: &[&str]) -> String {
+        if self.json {
+            pretty(&Value::Array(items.to_vec()))
+        } else {
+            output::list(items, columns)
+        }
+    }
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn bad(e: crate::error::Error) -> ClientError {
+    ClientError::Other(e.to_string())
+}
+
+fn version_ref(field: &str, value: &str) -> Result<VersionRef, ClientError> {
+    VersionRef::parse(field, value).map_err(bad)
+}
+
+fn pair(field: &str, value: &str) -> Result<(String, String), ClientError> {
+    parse_pair(field, value).map_err(bad)
+}
+
+fn org(api: &ApiClient, out: &Output, command: OrgCommand) -> Result<String, ClientError> {
+    match command {
+        OrgCommand::Create { id, name } => {
+            let created: Value = api.post("/v1/orgs", &json!({"id": id, "name": name}))?;
+            Ok(out.item(&created))
+        }
+        OrgCommand::List => Ok(out.list(&api.get_all("/v1/orgs")?, &["id", "name", "created_at"])),
+        OrgCommand::Get { id } => Ok(out.item(&api.get(&format!("/v1/orgs/{id}"))?)),
+        OrgCommand::Rename { id, name } => {
+            let renamed: Value = api.put(&format!("/v1/orgs/{id}"), &json!({"name": name}))?;
+            Ok(out.item(&renamed))
+        }
+    }
+}
+
+fn owned(
+    api: &ApiClient,
+    out: &Output,
+    collection: &str,
+    command: OwnedCommand,
+) -> Result<String, ClientError> {
+    match command {
+        OwnedCommand::Create { name, display_name } => {
+            let (org, id) = pair("name", &name)?;
+            let created: Value = api.post(
+                &format!("/v1/orgs/{org}/{collection}"),
+                &json!({"id": id, "name": display_name}),
+            )?;
+            Ok(out.item(&created))
+        }
+        OwnedCommand::List { org } => Ok(out.list(
+            &api.get_all(&format!("/v1/orgs/{org}/{collection}"))?,
+            &["org", "id", "name", "created_at"],
+        )),
+        OwnedCommand::Get { name } => {
+            let (org, id) = pair("name", &name)?;
+            Ok(out.item(&api.get(&format!("/v1/orgs/{org}/{collection}/{id}"))?))
+        }
+        OwnedCommand::Rename { name, display_name } => {
+            let (org, id) = pair("name", &name)?;
+            let renamed: Value = api.put(
+                &format!("/v1/orgs/{org}/{collection}/{id}"),
+                &json!({"name": display_name}),
+            )?;
+            Ok(out.item(&renamed))
+        }
+    }
+}
+
+/// `10000/day` → `{"requests": 10000, "per": "day"}`.
+fn parse_limits(limits: &[String]) -> Result<Vec<Value>, ClientError> {
+    limits
+        .iter()
+        .map(|limit| {
+            let parsed = limit.split_once('/').and_then(|(n, per)| {
+                Some((n.trim().parse::<u64>().ok()?, period_from_str(per.trim())?))
+            });
+            match parsed {
+                Some((requests, per)) => Ok(json!({"requests": requests, "per": per.as_str()})),
+                None => Err(ClientError::Other(format!(
+                    "--limit {limit:?}: expected REQUESTS/PERIOD such as 10000/day \
+                     (second, minute, hour, day, month)"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn plan_version(
+    api: &ApiClient,
+    out: &Output,
+    command: PlanVersionCommand,
+) -> Result<String, ClientError> {
+    const COLUMNS: &[&str] = &["version", "status", "limits", "created_at", "locked_at"];
+    match command {
+        PlanVersionCommand::Create {
+            name,
+            limits,
+            copy_from,
+        } => {
+            let r = version_ref("name", &name)?;
+            let limits = if limits.is_empty() && copy_from.is_some() {
+                Value::Null
+            } else {
+                Value::Array(parse_limits(&limits)?)
+            };
+            let created: Value = api.post(
+                &format!("/v1/orgs/{}/plans/{}/versions", r.org, r.name),
+                &json!({"version": r.version, "limits": limits, "copy_from": copy_from}),
+            )?;
+            Ok(out.item(&created))
+        }
+        PlanVersionCommand::Update { name, limits } => {
+            let r = version_ref("name", &name)?;
+            let updated: Value = api.put(
+                &format!("/v1/orgs/{}/plans/{}/versions/{}", r.org, r.name, r.version),
+                &json!({"limits": parse_limits(&limits)?}),
+            )?;
+            Ok(out.item(&updated))
+        }
+        PlanVersionCommand::Lock { name } => {
+            let r = version_ref("name", &name)?;
+            let locked: Value = api.post_empty(&format!(
+                "/v1/orgs/{}/plans/{}/versions/{}/lock",
+                r.org, r.name, r.version
+            ))?;
+            Ok(out.item(&locked))
+        }
+        PlanVersionCommand::List { plan } => {
+            let (org, plan) = pair("plan", &plan)?;
+            Ok(out.list(
+                &api.get_all(&format!("/v1/orgs/{org}/plans/{plan}/versions"))?,
+                COLUMNS,
+            ))
+        }
+        PlanVersionCommand::Get { name } => {
+            let r = version_ref("name", &name)?;
+            Ok(out.item(&api.get(&format!(
+                "/v1/orgs/{}/plans/{}/versions/{}",
+                r.org, r.name, r.version
+            ))?))
+        }
+    }
+}
+
+fn api_settings(settings: &ApiVersionSettings) -> Result<Value, ClientError> {
+    let plans = settings
+        .plans
+        .iter()
+        .map(|p| {
+            let r = version_ref("--plan", p)?;
+            Ok(json!({"org": r.org, "plan": r.name, "version": r.version}))
+        })
+        .collect::<Result<Vec<_>, ClientError>>()?;
+    Ok(json!({
+        "public": settings.public,
+        "routing": {"path_prefix": settings.path_prefix, "hosts": settings.hosts},
+        "plans": plans,
+        "forward_api_key": settings.forward_api_key,
+    }))
+}
+
+fn api_version(
+    api: &ApiClient,
+    out: &Output,
+    command: ApiVersionCommand,
+) -> Result<String, ClientError> {
+    const COLUMNS: &[&str] = &[
+        "version",
+        "status",
+        "public",
+        "routing",
+        "plans",
+        "published_at",
+    ];
+    let path =
+        |r: &VersionRef| format!("/v1/orgs/{}/apis/{}/versions/{}", r.org, r.name, r.version);
+    match command {
+        ApiVersionCommand::Create { name, settings } => {
+            let r = version_ref("name", &name)?;
+            let mut body = api_settings(&settings)?;
+            body["version"] = json!(r.version);
+            let created: Value = api.post(
+                &format!("/v1/orgs/{}/apis/{}/versions", r.org, r.name),
+                &body,
+            )?;
+            Ok(out.item(&created))
+        }
+        ApiVersionCommand::Update { name, settings } => {
+            let r = version_ref("name", &name)?;
+            let updated: Value = api.put(&path(&r), &api_settings(&settings)?)?;
+            Ok(out.item(&updated))
+        }
+        ApiVersionCommand::Publish { name } => {
+            let r = version_ref("name", &name)?;
+            Ok(out.item(&api.post_empty(&format!("{}/publish", path(&r)))?))
+        }
+        ApiVersionCommand::Retire { name } => {
+            let r = version_ref("name", &name)?;
+            Ok(out.item(&api.post_empty(&format!("{}/retire", path(&r)))?))
+        }
+        ApiVersionCommand::List { api: name } => {
+            let (org, id) = pair("api", &name)?;
+            Ok(out.list(
+                &api.get_all(&format!("/v1/orgs/{org}/apis/{id}/versions"))?,
+                COLUMNS,
+            ))
+        }
+        ApiVersionCommand::Get { name } => {
+            let r = version_ref("name", &name)?;
+            Ok(out.item(&api.get(&path(&r))?))
+        }
+    }
+}
+
+fn client_version(
+    api: &ApiClient,
+    out: &Output,
+    command: ClientVersionCommand,
+) -> Result<String, ClientError> {
+    let path = |r: &VersionRef| {
+        format!(
+            "/v1/orgs/{}/clients/{}/versions/{}",
+            r.org, r.name, r.version
+        )
+    };
+    match command {
+        ClientVersionCommand::Create { name } => {
+            let r = version_ref("name", &name)?;
+            let created: Value = api.post(
+                &format!("/v1/orgs/{}/clients/{}/versions", r.org, r.name),
+                &json!({"version": r.version}),
+            )?;
+            if out.json {
+                return Ok(pretty(&created));
+            }
+            let key = created.get("api_key").and_then(Value::as_str).unwrap_or("");
+            Ok(format!(
+                "created client version {r}\nAPI key (shown once, store it now): {key}"
+            ))
+        }
+        ClientVersionCommand::RotateKey {
+            name,
+            grace_seconds,
+        } => {
+            let r = version_ref("name", &name)?;
+            let rotated: Value = api.post(
+                &format!("{}/keys/rotate", path(&r)),
+                &json!({"grace_seconds": grace_seconds}),
+            )?;
+            if out.json {
+                return Ok(pretty(&rotated));
+            }
+            let key = rotated.get("api_key").and_then(Value::as_str).unwrap_or("");
+            let until = output::item(&json!({"previous_key_expires_at":
+                rotated.get("previous_key_expires_at").cloned().unwrap_or(Value::Null)}));
+            Ok(format!(
+                "new API key for {r} (shown once, store it now): {key}\n{until}"
+            ))
+        }
+        ClientVersionCommand::List { client } => {
+            let (org, id) = pair("client", &client)?;
+            Ok(out.list(
+                &api.get_all(&format!("/v1/orgs/{org}/clients/{id}/versions"))?,
+                &["version", "keys", "created_at"],
+            ))
+        }
+        ClientVersionCommand::Get { name } => {
+            let r = version_ref("name", &name)?;
+            Ok(out.item(&api.get(&path(&r))?))
+        }
+    }
+}
+
+fn contract(
+    api: &ApiClient,
+    out: &Output,
+    command: ContractCommand,
+) -> Result<String, ClientError> {
+    let contracts_path = |r: &VersionRef| {
+        format!(
+            "/v1/orgs/{}/clients/{}/versions/{}/contracts",
+            r.org, r.name, r.version
+        )
+    };
+    match command {
+        ContractCommand::Create {
+            client_version,
+            api: api_name,
+            plan,
+        } => {
+            let client = version_ref("client_version", &client_version)?;
+            let target = version_ref("--api", &api_name)?;
+            let plan_ref = match plan.split('/').count() {
+                3 => {
+                    let r = version_ref("--plan", &plan)?;
+                    (r.org, r.name)
+                }
+                _ => pair("--plan", &plan)?,
+            };
+            let created: Value = api.post(
+                &contracts_path(&client),
+                &json!({
+                    "api_org": target.org, "api": target.name, "api_version": target.version,
+                    "plan_org": plan_ref.0, "plan": plan_ref.1,
+                }),
+            )?;
+            Ok(out.item(&created))
+        }
+        ContractCommand::List { client_version } => {
+            let client = version_ref("client_version", &client_version)?;
+            let items = api.get_all(&contracts_path(&client))?;
+            let rows: Vec<Value> = items
+                .iter()
+                .map(|c| {
+                    let name = |a: &str, b: &str, v: &str| {
+                        format!(
+                            "{}/{}/{}",
+                            c[a].as_str().unwrap_or(""),
+                            c[b].as_str().unwrap_or(""),
+                            c[v].as_str().unwrap_or("")
+                        )
+                    };
+                    json!({
+                        "id": c["id"],
+                        "api": name("api_org", "api", "api_version"),
+                        "plan": name("plan_org", "plan", "plan_version"),
+                        "created_at": c["created_at"],
+                    })
+                })
+                .collect();
+            if out.json {
+                return Ok(pretty(&Value::Array(items)));
+            }
+            Ok(output::list(&rows, &["id", "api", "plan", "created_at"]))
+        }
+        ContractCommand::Get { client_version, id } => {
+            let client = version_ref("client_version", &client_version)?;
+            Ok(out.item(&api.get(&format!("{}/{id}", contracts_path(&client)))?))
+        }
+        ContractCommand::Delete { client_version, id } => {
+            let client = version_ref("client_version", &client_version)?;
+            api.delete(&format!("{}/{id}", contracts_path(&client)))?;
+            Ok(if out.json {
+                String::new()
+            } else {
+                format!("revoked contract {id} of {client}")
+            })
+        }
+    }
+}
+
+fn apply(api: &ApiClient, out: &Output, file: &PathBuf) -> Result<String, ClientError> {
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| ClientError::Other(format!("reading standard input: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| ClientError::Other(format!("reading {}: {e}", file.display())))?
+    };
+    // Parsed here first so YAML mistakes are reported with their line and column.
+    let document: Catalogue = yaml_serde::from_str(&text)
+        .map_err(|e| ClientError::Other(format!("{}: {e}", file.display())))?;
+    let report: ApplyReport = api.post("/v1/apply", &document)?;
+    if out.json {
+        return Ok(serde_json::to_string_pretty(&report).unwrap_or_default());
+    }
+    if report.changes.is_empty() {
+        return Ok(format!("no changes (revision {})", report.revision));
+    }
+    let mut lines = report.changes.clone();
+    for key in &report.issued_keys {
+        lines.push(format!(
+            "API key for {} (shown once, store it now): {}",
+            key.client_version, key.api_key
+        ));
+    }
+    lines.push(format!(
+        "{} change(s) applied; revision {}",
+        report.changes.len(),
+        report.revision
+    ));
+    Ok(lines.join("\n"))
+}
+
+fn export(api: &ApiClient, out: &Output) -> Result<String, ClientError> {
+    let document: Catalogue = api.get("/v1/export")?;
+    if out.json {
+        return Ok(serde_json::to_string_pretty(&document).unwrap_or_default());
+    }
+    yaml_serde::to_string(&document)
+        .map(|yaml| yaml.trim_end().to_owned())
+        .map_err(|e| ClientError::Other(format!("encoding YAML: {e}")))
+}

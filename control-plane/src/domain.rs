@@ -1,0 +1,294 @@
+//! The catalogue's vocabulary and the input rules every path shares: what an id, a version, a
+//! routing and a set of limits may look like. Validation lives here once, so the HTTP API and
+//! `apply` refuse the same things with the same words.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use tollgate_core::snapshot::{Period, RateLimit, Routing};
+
+use crate::error::Error;
+
+/// Org, plan, API and client ids: `[a-z0-9][a-z0-9-]{0,63}` (DESIGN.md §1).
+pub fn check_slug(field: &str, value: &str) -> Result<(), Error> {
+    let bytes = value.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 64
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_field(
+            field,
+            format!("{value:?} is not a slug: [a-z0-9][a-z0-9-]{{0,63}}"),
+        ))
+    }
+}
+
+/// Version names of plans, APIs and clients: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`. No `/`, so
+/// the public name `org/name/version` always splits back unambiguously.
+pub fn check_version(field: &str, value: &str) -> Result<(), Error> {
+    let bytes = value.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_field(
+            field,
+            format!("{value:?} is not a version: [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}"),
+        ))
+    }
+}
+
+/// Human-readable names: anything printable, bounded.
+pub fn check_name(field: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() || value.chars().count() > 200 || value.chars().any(char::is_control)
+    {
+        return Err(Error::invalid_field(
+            field,
+            "must be 1 to 200 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `org/name/version`, the form gateways and upstreams see (`x-tollgate-plan: acme/gold/1`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VersionRef {
+    pub org: String,
+    pub name: String,
+    pub version: String,
+}
+
+impl VersionRef {
+    pub fn new(org: &str, name: &str, version: &str) -> Self {
+        VersionRef {
+            org: org.to_owned(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
+        let parts: Vec<&str> = value.split('/').collect();
+        let [org, name, version] = parts.as_slice() else {
+            return Err(Error::invalid_field(
+                field,
+                format!("{value:?} is not of the form org/name/version"),
+            ));
+        };
+        check_slug(field, org)?;
+        check_slug(field, name)?;
+        check_version(field, version)?;
+        Ok(VersionRef::new(org, name, version))
+    }
+}
+
+impl fmt::Display for VersionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.org, self.name, self.version)
+    }
+}
+
+/// `org/name`, how the CLI names a plan, API or client.
+pub fn parse_pair(field: &str, value: &str) -> Result<(String, String), Error> {
+    let Some((org, name)) = value.split_once('/') else {
+        return Err(Error::invalid_field(
+            field,
+            format!("{value:?} is not of the form org/name"),
+        ));
+    };
+    check_slug(field, org)?;
+    check_slug(field, name)?;
+    Ok((org.to_owned(), name.to_owned()))
+}
+
+/// Highest request count a limit may carry; SQLite integers are signed 64-bit.
+const MAX_REQUESTS: u64 = i64::MAX as u64;
+
+/// Limits come back sorted by period, so two equal sets compare equal.
+pub fn normalize_limits(field: &str, limits: &[RateLimit]) -> Result<Vec<RateLimit>, Error> {
+    let mut seen = BTreeSet::new();
+    for (i, limit) in limits.iter().enumerate() {
+        if limit.requests == 0 || limit.requests > MAX_REQUESTS {
+            return Err(Error::unprocessable(
+                "invalid-limit",
+                format!("{field}[{i}].requests must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
+        if !seen.insert(limit.per) {
+            return Err(Error::unprocessable(
+                "invalid-limit",
+                format!(
+                    "{field}: more than one limit per {}; a plan has at most one limit per period",
+                    limit.per.as_str()
+                ),
+            ));
+        }
+    }
+    let mut sorted = limits.to_vec();
+    sorted.sort_by_key(|l| l.per);
+    Ok(sorted)
+}
+
+pub fn period_from_str(value: &str) -> Option<Period> {
+    Period::ALL.into_iter().find(|p| p.as_str() == value)
+}
+
+/// Routing in canonical form: the prefix is checked, hosts are lowercased, sorted and
+/// deduplicated. Two routings collide exactly when their canonical forms are equal.
+pub fn normalize_routing(field: &str, routing: &Routing) -> Result<Routing, Error> {
+    check_path_prefix(&format!("{field}.path_prefix"), &routing.path_prefix)?;
+    let mut hosts = BTreeSet::new();
+    for (i, host) in routing.hosts.iter().enumerate() {
+        let host = host.to_ascii_lowercase();
+        check_host(&format!("{field}.hosts[{i}]"), &host)?;
+        hosts.insert(host);
+    }
+    Ok(Routing {
+        path_prefix: routing.path_prefix.clone(),
+        hosts: hosts.into_iter().collect(),
+    })
+}
+
+/// The gateway matches prefixes on segment boundaries, so a prefix is a clean absolute path:
+/// no trailing slash (except `/` itself), no empty, `.` or `..` segments, no query or fragment.
+fn check_path_prefix(field: &str, prefix: &str) -> Result<(), Error> {
+    let reason = if !prefix.starts_with('/') {
+        Some("must start with /")
+    } else if prefix.len() > 1024 {
+        Some("must be at most 1024 bytes")
+    } else if prefix.len() > 1 && prefix.ends_with('/') {
+        Some("must not end with / (prefixes match on segment boundaries)")
+    } else if prefix
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'%'))
+    {
+        Some("must be printable ASCII without ?, # or %")
+    } else if prefix.len() > 1
+        && prefix[1..]
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        Some("must not contain empty, . or .. segments")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::invalid_field(field, format!("{prefix:?} {reason}"))),
+        None => Ok(()),
+    }
+}
+
+/// A host name with an optional port, as it appears in `:authority` / `Host`.
+fn check_host(field: &str, host: &str) -> Result<(), Error> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_field(
+            field,
+            format!("{host:?} is not a host name (letters, digits, '.', '-', optional :port)"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_follow_the_design() {
+        assert!(check_slug("id", "acme-2").is_ok());
+        assert!(check_slug("id", "-acme").is_err());
+        assert!(check_slug("id", "Acme").is_err());
+        assert!(check_slug("id", &"a".repeat(65)).is_err());
+        assert!(check_slug("id", "").is_err());
+    }
+
+    #[test]
+    fn versions_never_contain_a_slash() {
+        assert!(check_version("version", "1.2.0-beta_1").is_ok());
+        assert!(check_version("version", "1/2").is_err());
+        assert!(check_version("version", ".1").is_err());
+    }
+
+    #[test]
+    fn public_names_split_back() {
+        let r = VersionRef::parse("plan", "acme/gold/1").unwrap();
+        assert_eq!(r.to_string(), "acme/gold/1");
+        assert!(VersionRef::parse("plan", "acme/gold").is_err());
+        assert!(VersionRef::parse("plan", "acme/gold/1/2").is_err());
+    }
+
+    #[test]
+    fn routing_is_canonical() {
+        let r = normalize_routing(
+            "routing",
+            &Routing {
+                path_prefix: "/orders/v1".into(),
+                hosts: vec![
+                    "B.example".into(),
+                    "a.example:8080".into(),
+                    "b.example".into(),
+                ],
+            },
+        )
+        .unwrap();
+        assert_eq!(r.hosts, vec!["a.example:8080", "b.example"]);
+        for bad in ["orders", "/orders/", "/a//b", "/a/../b", "/a?b"] {
+            let routing = Routing {
+                path_prefix: bad.into(),
+                hosts: vec![],
+            };
+            assert!(normalize_routing("routing", &routing).is_err(), "{bad}");
+        }
+        assert!(normalize_routing(
+            "routing",
+            &Routing {
+                path_prefix: "/".into(),
+                hosts: vec![]
+            }
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn limits_are_one_per_period() {
+        let day = |n| RateLimit {
+            requests: n,
+            per: Period::Day,
+        };
+        assert!(normalize_limits("limits", &[day(1), day(2)]).is_err());
+        assert!(normalize_limits("limits", &[day(0)]).is_err());
+        let sorted = normalize_limits(
+            "limits",
+            &[
+                day(10),
+                RateLimit {
+                    requests: 1,
+                    per: Period::Second,
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(sorted[0].per, Period::Second);
+    }
+}

@@ -1,0 +1,168 @@
+//! The one error type of the control plane and the only place that decides HTTP status codes.
+//! Every error answers `application/problem+json` (RFC 9457) with a stable `type`
+//! `urn:tollgate:problem:<kind>` that clients may match on.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:tollgate:problem:";
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not JSON, or not the JSON this path takes.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// A field or path segment is malformed (slug, version, routing…).
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
+    /// Missing or wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A lifecycle rule or uniqueness rule refuses the request; `kind` names the rule.
+    #[error("{detail}")]
+    Conflict { kind: &'static str, detail: String },
+    /// Well-formed input that makes no sense (two limits per period, a plan not offered…).
+    #[error("{detail}")]
+    Unprocessable { kind: &'static str, detail: String },
+    #[error("the request body is larger than this path accepts")]
+    PayloadTooLarge,
+    /// A step of `apply`: the inner error decides the status, the path says where.
+    #[error("{at}: {source}")]
+    At { at: String, source: Box<Error> },
+    /// Storage or another internal failure; details are logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidField {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn conflict(kind: &'static str, detail: impl Into<String>) -> Self {
+        Error::Conflict {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn unprocessable(kind: &'static str, detail: impl Into<String>) -> Self {
+        Error::Unprocessable {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn at(self, at: impl Into<String>) -> Self {
+        Error::At {
+            at: at.into(),
+            source: Box::new(self),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidBody(_) | Error::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::AlreadyExists(_) | Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::At { source, .. } => source.status(),
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable `<kind>` of `urn:tollgate:problem:<kind>`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidBody(_) => "invalid-body",
+            Error::InvalidField { .. } => "invalid-field",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::NotFound(_) => "not-found",
+            Error::AlreadyExists(_) => "already-exists",
+            Error::Conflict { kind, .. } | Error::Unprocessable { kind, .. } => kind,
+            Error::PayloadTooLarge => "payload-too-large",
+            Error::At { source, .. } => source.kind(),
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "Invalid request",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
+            StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable request",
+            _ => "Internal error",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let detail = match self {
+            Error::Internal(_) => {
+                "the control plane failed to handle the request; see its log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Problem {
+            r#type: format!("{PROBLEM_TYPE_PREFIX}{}", self.kind()),
+            title: self.title().to_owned(),
+            status: self.status().as_u16(),
+            detail,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(format!("storage: {e}"))
+    }
+}
+
+/// RFC 9457 problem details.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:tollgate:problem:<kind>`, stable across releases.
+    #[schema(example = "urn:tollgate:problem:plan-version-locked")]
+    pub r#type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let status = self.status();
+        let unauthorized = matches!(self, Error::Unauthorized(_));
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        if unauthorized {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tollgate\""),
+            );
+        }
+        response
+    }
+}

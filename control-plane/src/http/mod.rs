@@ -1,0 +1,209 @@
+//! The HTTP service: one module per resource with its routes and handlers, the shared state,
+//! the extractors that turn every rejection into [`Error`], and the two bearer-token gates.
+
+mod apis;
+mod catalogue;
+mod clients;
+mod contracts;
+mod orgs;
+mod owned;
+mod plans;
+mod service;
+mod snapshot;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::error::Error;
+use crate::metrics::{HttpLabels, Metrics};
+use crate::openapi::{add_security, ApiDoc};
+use crate::secrets::BearerToken;
+use crate::store::Store;
+
+pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
+
+/// Management bodies are small; a whole catalogue for `apply` may be larger.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const MAX_APPLY_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub admin_token: BearerToken,
+    pub gateway_token: BearerToken,
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the server stops, so long polls answer at once instead of holding
+    /// graceful shutdown for up to their full wait.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin = OpenApiRouter::new()
+        .merge(orgs::routes())
+        .merge(plans::routes())
+        .merge(apis::routes())
+        .merge(clients::routes())
+        .merge(contracts::routes())
+        .merge(catalogue::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let gateway = snapshot::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_gateway,
+    ));
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin)
+        .merge(gateway)
+        .merge(service::routes())
+        .split_for_parts();
+    add_security(&mut doc);
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = Arc::clone(&doc);
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { Error::NotFound("this path".to_owned()) })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn bearer(parts: &Request) -> Option<&str> {
+    let value = parts.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    match bearer(&request) {
+        Some(token) if state.admin_token.matches(token) => Ok(next.run(request).await),
+        Some(_) => Err(Error::Unauthorized(
+            "the bearer token is not the admin token",
+        )),
+        None => Err(Error::Unauthorized(
+            "send the admin token as Authorization: Bearer <token>",
+        )),
+    }
+}
+
+async fn require_gateway(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    match bearer(&request) {
+        Some(token) if state.gateway_token.matches(token) => Ok(next.run(request).await),
+        Some(_) => Err(Error::Unauthorized(
+            "the bearer token is not the gateway token",
+        )),
+        None => Err(Error::Unauthorized(
+            "send the gateway token as Authorization: Bearer <token>",
+        )),
+    }
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// `axum::Json` whose rejections are [`Error`]s (problem+json, 400 or 413).
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(Error::PayloadTooLarge)
+            }
+            Err(JsonRejection::JsonDataError(e)) => Err(Error::InvalidBody(format!(
+                "the body does not match this path's schema: {}",
+                e.body_text()
+            ))),
+            Err(e) => Err(Error::InvalidBody(e.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejections are [`Error`]s.
+pub struct PathParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PathParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| PathParams(v))
+            .map_err(|e: PathRejection| Error::invalid_field("path", e.body_text()))
+    }
+}
+
+/// `axum::extract::Query` whose rejections are [`Error`]s.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| QueryParams(v))
+            .map_err(|e: QueryRejection| Error::invalid_field("query", e.body_text()))
+    }
+}

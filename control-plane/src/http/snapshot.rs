@@ -1,0 +1,134 @@
+//! `GET /v1/snapshot`: the signed catalogue gateways enforce, with revision-based caching and
+//! long polling. Served from the snapshot the store rendered at commit; no database access.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tollgate_core::signing::SIGNATURE_HEADER;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{AppState, QueryParams};
+use crate::error::Error;
+use crate::openapi::problems::{BadRequest, Unauthorized};
+use crate::openapi::SnapshotSchema;
+use crate::store::SignedSnapshot;
+
+/// Longest a long poll is held; a larger `wait` is capped to this.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_snapshot))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotQuery {
+    /// With `If-None-Match` naming the current revision: hold the request up to this many
+    /// seconds (at most 60) until a new revision commits, then answer it at once; 304 if none
+    /// did.
+    pub wait: Option<u64>,
+}
+
+/// The whole catalogue a gateway needs, in `core`'s snapshot schema. Headers: `ETag:
+/// "<revision>"`, `x-tollgate-signature: base64(HMAC-SHA256(snapshot secret, body))`.
+/// `If-None-Match: "<revision>"` answers 304 while the revision is unchanged.
+#[utoipa::path(get, path = "/v1/snapshot", tag = "gateway", params(SnapshotQuery,
+        ("If-None-Match" = Option<String>, Header, description = "\"<revision>\" already held")),
+    responses(
+        (status = 200, body = SnapshotSchema, headers(
+            ("ETag" = String, description = "\"<revision>\""),
+            ("x-tollgate-signature" = String, description = "base64 HMAC-SHA256 of the body"))),
+        (status = 304, description = "The revision in If-None-Match is still current"),
+        BadRequest, Unauthorized))]
+async fn get_snapshot(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<SnapshotQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let mut updates = state.store.subscribe();
+    let current = Arc::clone(&updates.borrow_and_update());
+    let Some(held) = held_revision(&headers).filter(|held| *held == current.revision) else {
+        state.metrics.snapshot_served("full");
+        return Ok(full(&current));
+    };
+    let wait = query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
+    if wait == 0 {
+        state.metrics.snapshot_served("not_modified");
+        return Ok(not_modified(held));
+    }
+    state.metrics.long_polls_waiting.inc();
+    let mut shutdown = state.shutdown.clone();
+    let newer = tokio::select! {
+        changed = updates.wait_for(|s| s.revision != held) => changed.ok().map(|s| Arc::clone(&s)),
+        _ = tokio::time::sleep(Duration::from_secs(wait)) => None,
+        _ = shutdown.wait_for(|stopping| *stopping) => None,
+    };
+    state.metrics.long_polls_waiting.dec();
+    Ok(match newer {
+        Some(snapshot) => {
+            state.metrics.snapshot_served("woken");
+            full(&snapshot)
+        }
+        None => {
+            state.metrics.snapshot_served("not_modified");
+            not_modified(held)
+        }
+    })
+}
+
+/// The revision named by `If-None-Match`: `"7"`, `W/"7"` or a bare `7`.
+fn held_revision(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(IF_NONE_MATCH)?.to_str().ok()?.trim();
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    value.trim_matches('"').parse().ok()
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    // Digits and quotes only: always a valid header value.
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn full(snapshot: &SignedSnapshot) -> Response {
+    let mut response = (StatusCode::OK, snapshot.body.clone()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ETAG, etag(snapshot.revision));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(signature) = HeaderValue::from_str(&snapshot.signature) {
+        headers.insert(SIGNATURE_HEADER, signature);
+    }
+    response
+}
+
+fn not_modified(revision: u64) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    response.headers_mut().insert(ETAG, etag(revision));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_forms() {
+        for (value, expected) in [
+            ("\"7\"", Some(7)),
+            ("W/\"7\"", Some(7)),
+            ("7", Some(7)),
+            ("\"x\"", None),
+            ("*", None),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(IF_NONE_MATCH, HeaderValue::from_static(value));
+            assert_eq!(held_revision(&headers), expected, "{value}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The management API's resources and request bodies, as they travel in JSON.
+//!
+//! Rate limits and routings reuse `core`'s snapshot types so that what an operator writes is
+//! exactly what a gateway receives; `crate::openapi` documents their shape.
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::snapshot::{RateLimit, Routing};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::openapi::{RateLimitSchema, RoutingSchema};
+
+/// Unix seconds.
+pub type Timestamp = i64;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// A plan, an API or a client: something an org owns that has versions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Owned {
+    pub org: String,
+    pub id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanVersionStatus {
+    Draft,
+    Locked,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanVersion {
+    pub org: String,
+    pub plan: String,
+    pub version: String,
+    pub status: PlanVersionStatus,
+    #[schema(value_type = Vec<RateLimitSchema>)]
+    pub limits: Vec<RateLimit>,
+    pub created_at: Timestamp,
+    pub locked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersionStatus {
+    Draft,
+    Published,
+    Retired,
+}
+
+impl ApiVersionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersionStatus::Draft => "draft",
+            ApiVersionStatus::Published => "published",
+            ApiVersionStatus::Retired => "retired",
+        }
+    }
+}
+
+/// A plan version an API version is offered through.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct OfferedPlan {
+    pub org: String,
+    pub plan: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiVersion {
+    pub org: String,
+    pub api: String,
+    pub version: String,
+    pub status: ApiVersionStatus,
+    pub public: bool,
+    #[schema(value_type = RoutingSchema)]
+    pub routing: Routing,
+    pub plans: Vec<OfferedPlan>,
+    pub forward_api_key: bool,
+    pub created_at: Timestamp,
+    pub published_at: Option<Timestamp>,
+    pub retired_at: Option<Timestamp>,
+}
+
+/// What is known about one of a client version's keys. The key itself is never stored.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub created_at: Timestamp,
+    /// Set on a key rotated out: it works until then. Absent on the current key.
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClientVersion {
+    pub org: String,
+    pub client: String,
+    pub version: String,
+    pub created_at: Timestamp,
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+/// The answer to creating a client version: the only time its key is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedClientVersion {
+    pub org: String,
+    pub client: String,
+    pub version: String,
+    pub created_at: Timestamp,
+    /// Shown once; only its SHA-256 is kept.
+    pub api_key: String,
+}
+
+/// The answer to a key rotation: the only time the new key is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RotatedKey {
+    /// Shown once; only its SHA-256 is kept.
+    pub api_key: String,
+    /// The previous key keeps working until then (unix seconds).
+    pub previous_key_expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Contract {
+    /// Never reused: it names the contract's rate-limit counter at the gateways.
+    pub id: u64,
+    pub client_org: String,
+    pub client: String,
+    pub client_version: String,
+    pub api_org: String,
+    pub api: String,
+    pub api_version: String,
+    pub plan_org: String,
+    pub plan: String,
+    pub plan_version: String,
+    pub created_at: Timestamp,
+}
+
+// ---- request bodies ----
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub id: String,
+    /// Defaults to the id.
+    pub name: Option<String>,
+}
+
+/// Creates a plan, an API or a client.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOwned {
+    pub id: String,
+    /// Defaults to the id.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rename {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlanVersion {
+    pub version: String,
+    /// Required unless `copy_from` is given.
+    #[schema(value_type = Option<Vec<RateLimitSchema>>)]
+    pub limits: Option<Vec<RateLimit>>,
+    /// An existing version of the same plan whose limits the new draft starts with.
+    pub copy_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePlanVersion {
+    #[schema(value_type = Vec<RateLimitSchema>)]
+    pub limits: Vec<RateLimit>,
+}
+
+/// A plan version to offer; `org` defaults to the API's org.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChoice {
+    pub org: Option<String>,
+    pub plan: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiVersion {
+    pub version: String,
+    #[serde(default)]
+    pub public: bool,
+    #[schema(value_type = RoutingSchema)]
+    pub routing: Routing,
+    /// Locked plan versions this API version is offered through; private versions need one.
+    #[serde(default)]
+    pub plans: Vec<PlanChoice>,
+    /// Keep the key on the upstream request (default: stripped).
+    #[serde(default)]
+    pub forward_api_key: bool,
+}
+
+/// Replaces a draft API version's settings.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiVersion {
+    #[serde(default)]
+    pub public: bool,
+    #[schema(value_type = RoutingSchema)]
+    pub routing: Routing,
+    #[serde(default)]
+    pub plans: Vec<PlanChoice>,
+    #[serde(default)]
+    pub forward_api_key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClientVersion {
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the previous key keeps working (at most 30 days).
+    pub grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContract {
+    /// Defaults to the client's org.
+    pub api_org: Option<String>,
+    pub api: String,
+    pub api_version: String,
+    /// A plan the API version is offered through; defaults to the API's org.
+    pub plan: String,
+    pub plan_org: Option<String>,
+}
+
+// ---- pagination ----
+
+/// Every list answers a page; pass `next_cursor` back as `cursor` for the next one.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<u32>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Absent on the last page.
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,201 @@
+//! The OpenAPI document. Paths and bodies come from the handlers' annotations as the router is
+//! built (utoipa-axum), so the document lists exactly the routes that exist. This module adds
+//! what the annotations cannot see: schemas for `core`'s types, and which token each path takes.
+
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::{OpenApi, ToSchema};
+
+/// Shape of `core`'s `RateLimit` (documentation only; `core` has no OpenAPI dependency).
+#[derive(Serialize, ToSchema)]
+#[schema(as = RateLimit)]
+pub struct RateLimitSchema {
+    /// At least 1.
+    pub requests: u64,
+    pub per: PeriodSchema,
+}
+
+/// Fixed windows aligned to UTC calendar boundaries.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Period)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodSchema {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+/// Shape of `core`'s `Routing`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Routing)]
+pub struct RoutingSchema {
+    /// An absolute path without a trailing slash; matched on segment boundaries.
+    #[schema(example = "/orders/v1")]
+    pub path_prefix: String,
+    /// Host names (optionally with :port); empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Shape of `core`'s `Snapshot`, the body of `GET /v1/snapshot`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Snapshot)]
+pub struct SnapshotSchema {
+    pub schema: u32,
+    pub revision: u64,
+    pub plans: Vec<SnapshotPlanSchema>,
+    pub apis: Vec<SnapshotApiSchema>,
+    pub clients: Vec<SnapshotClientSchema>,
+    pub contracts: Vec<SnapshotContractSchema>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = SnapshotPlanVersion)]
+pub struct SnapshotPlanSchema {
+    /// `org/plan/version`
+    pub id: String,
+    pub limits: Vec<RateLimitSchema>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = SnapshotApiVersion)]
+pub struct SnapshotApiSchema {
+    /// `org/api/version`
+    pub id: String,
+    /// `published` or `retired`
+    pub status: String,
+    pub public: bool,
+    pub routing: RoutingSchema,
+    pub forward_api_key: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = SnapshotClientVersion)]
+pub struct SnapshotClientSchema {
+    /// `org/client/version`
+    pub id: String,
+    pub keys: Vec<SnapshotKeySchema>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = SnapshotApiKeyHash)]
+pub struct SnapshotKeySchema {
+    /// Lowercase hex SHA-256 of the key.
+    pub sha256: String,
+    /// Unix seconds after which the key no longer works; absent on the current key.
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = SnapshotContract)]
+pub struct SnapshotContractSchema {
+    pub id: u64,
+    pub client: String,
+    pub api: String,
+    pub plan: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tollgate control plane",
+        description = "Catalogue management (`/v1/*`, admin token) and the signed gateway \
+                       snapshot (`/v1/snapshot`, gateway token). Errors are \
+                       `application/problem+json` with a stable `type` \
+                       `urn:tollgate:problem:<kind>`."
+    ),
+    components(schemas(crate::error::Problem))
+)]
+pub struct ApiDoc;
+
+pub const ADMIN_TOKEN: &str = "admin_token";
+pub const GATEWAY_TOKEN: &str = "gateway_token";
+
+/// Declares both bearer schemes and marks each operation with the one the router enforces:
+/// the gateway token on `/v1/snapshot`, the admin token on every other `/v1` path, none
+/// elsewhere.
+pub fn add_security(doc: &mut OpenApiDoc) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (name, description) in [
+        (
+            ADMIN_TOKEN,
+            "Admin token: TOLLGATE_ADMIN_TOKEN or <data-dir>/admin-token",
+        ),
+        (
+            GATEWAY_TOKEN,
+            "Gateway token: TOLLGATE_GATEWAY_TOKEN or <data-dir>/gateway-token",
+        ),
+    ] {
+        components.add_security_scheme(
+            name,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            ),
+        );
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let scheme = if path == crate::http::SNAPSHOT_PATH {
+            GATEWAY_TOKEN
+        } else if path.starts_with("/v1/") {
+            ADMIN_TOKEN
+        } else {
+            continue;
+        };
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            operation.security = Some(vec![SecurityRequirement::new(scheme, Vec::<String>::new())]);
+        }
+    }
+}
+
+/// Documented error answers, shared by the path annotations. Each is a problem+json body; the
+/// operation's description names the `type` kinds it can answer.
+pub mod problems {
+    use crate::error::Problem;
+    use utoipa::IntoResponses;
+
+    /// invalid-body (malformed JSON, unknown or missing field) or invalid-field (bad id,
+    /// version, routing, cursor)
+    #[derive(IntoResponses)]
+    #[response(status = 400, content_type = "application/problem+json")]
+    pub struct BadRequest(pub Problem);
+
+    /// not-found: a resource in the path or the body does not exist
+    #[derive(IntoResponses)]
+    #[response(status = 404, content_type = "application/problem+json")]
+    pub struct NotFound(pub Problem);
+
+    /// A lifecycle or uniqueness rule refuses the change (see the operation for its kinds)
+    #[derive(IntoResponses)]
+    #[response(status = 409, content_type = "application/problem+json")]
+    pub struct Conflict(pub Problem);
+
+    /// payload-too-large: the body exceeds this path's limit (1 MiB; 16 MiB for apply)
+    #[derive(IntoResponses)]
+    #[response(status = 413, content_type = "application/problem+json")]
+    pub struct TooLarge(pub Problem);
+
+    /// Well-formed but semantically invalid input (see the operation for its kinds)
+    #[derive(IntoResponses)]
+    #[response(status = 422, content_type = "application/problem+json")]
+    pub struct Unprocessable(pub Problem);
+
+    /// unauthorized: missing or wrong bearer token
+    #[derive(IntoResponses)]
+    #[response(status = 401, content_type = "application/problem+json")]
+    pub struct Unauthorized(pub Problem);
+}

@@ -1,0 +1,377 @@
+//! API versions: `draft` → `published` → `retired`. Drafts are edited freely and never reach
+//! gateways; publishing puts a version in the snapshot and claims its routing; retiring keeps
+//! it there (gateways answer 410) and keeps its routing claimed, so no newer version can
+//! silently take over the paths old clients still call.
+
+use rusqlite::{params, Connection};
+use tollgate_core::snapshot::Routing;
+
+use super::orgs::{get_owned, OwnedKind};
+use super::plans::get_locked;
+use super::{query_opt, required, PageRequest, Tx};
+use crate::domain::{normalize_routing, VersionRef};
+use crate::error::Error;
+use crate::model::{ApiVersion, ApiVersionStatus, OfferedPlan, Page, PlanChoice};
+
+/// A validated, canonical API version configuration: equal specs mean equal behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiVersionSpec {
+    pub public: bool,
+    pub routing: Routing,
+    /// Sorted, at most one version per plan, all locked.
+    pub plans: Vec<OfferedPlan>,
+    pub forward_api_key: bool,
+}
+
+impl ApiVersionSpec {
+    /// Validates and canonicalizes; needs the connection to check the plans are locked.
+    pub fn resolve(
+        conn: &Connection,
+        api_org: &str,
+        public: bool,
+        routing: &Routing,
+        plans: &[PlanChoice],
+        forward_api_key: bool,
+    ) -> Result<Self, Error> {
+        let routing = normalize_routing("routing", routing)?;
+        let mut offered = Vec::with_capacity(plans.len());
+        for (i, choice) in plans.iter().enumerate() {
+            let field = format!("plans[{i}]");
+            let org = choice.org.as_deref().unwrap_or(api_org);
+            crate::domain::check_slug(&format!("{field}.org"), org)?;
+            crate::domain::check_slug(&format!("{field}.plan"), &choice.plan)?;
+            crate::domain::check_version(&format!("{field}.version"), &choice.version)?;
+            let plan = VersionRef::new(org, &choice.plan, &choice.version);
+            get_locked(conn, &plan)?;
+            offered.push(OfferedPlan {
+                org: plan.org,
+                plan: plan.name,
+                version: plan.version,
+            });
+        }
+        offered.sort();
+        if let Some(pair) = offered
+            .windows(2)
+            .find(|w| w[0].org == w[1].org && w[0].plan == w[1].plan)
+        {
+            return Err(Error::unprocessable(
+                "plan-offered-twice",
+                format!(
+                    "plans: plan {}/{} is listed twice; an API version offers one version of each plan",
+                    pair[0].org, pair[0].plan
+                ),
+            ));
+        }
+        if !public && offered.is_empty() {
+            return Err(Error::unprocessable(
+                "private-api-without-plans",
+                "plans: a private API version must be offered through at least one locked plan version",
+            ));
+        }
+        Ok(ApiVersionSpec {
+            public,
+            routing,
+            plans: offered,
+            forward_api_key,
+        })
+    }
+
+    pub fn of(version: &ApiVersion) -> Self {
+        ApiVersionSpec {
+            public: version.public,
+            routing: version.routing.clone(),
+            plans: version.plans.clone(),
+            forward_api_key: version.forward_api_key,
+        }
+    }
+}
+
+pub fn create_version(
+    tx: &mut Tx<'_>,
+    org: &str,
+    api: &str,
+    version: &str,
+    spec: &ApiVersionSpec,
+) -> Result<ApiVersion, Error> {
+    get_owned(tx, OwnedKind::Api, org, api)?;
+    if find_version(tx, org, api, version)?.is_some() {
+        return Err(Error::AlreadyExists(format!(
+            "api version {org}/{api}/{version}"
+        )));
+    }
+    tx.execute(
+        "INSERT INTO api_versions
+             (org, api, version, status, public, path_prefix, hosts, forward_api_key, created_at)
+         VALUES (?1, ?2, ?3, 'draft', ?4, ?5, ?6, ?7, ?8)",
+        params![
+            org,
+            api,
+            version,
+            spec.public,
+            spec.routing.path_prefix,
+            hosts_json(&spec.routing)?,
+            spec.forward_api_key,
+            tx.now
+        ],
+    )?;
+    write_plans(tx, org, api, version, &spec.plans)?;
+    get_version(tx, org, api, version)
+}
+
+pub fn update_version(
+    tx: &mut Tx<'_>,
+    org: &str,
+    api: &str,
+    version: &str,
+    spec: &ApiVersionSpec,
+) -> Result<ApiVersion, Error> {
+    let current = get_version(tx, org, api, version)?;
+    if current.status != ApiVersionStatus::Draft {
+        return Err(not_draft(&current, "edited"));
+    }
+    tx.execute(
+        "UPDATE api_versions SET public = ?4, path_prefix = ?5, hosts = ?6, forward_api_key = ?7
+         WHERE org = ?1 AND api = ?2 AND version = ?3",
+        params![
+            org,
+            api,
+            version,
+            spec.public,
+            spec.routing.path_prefix,
+            hosts_json(&spec.routing)?,
+            spec.forward_api_key
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM api_version_plans WHERE org = ?1 AND api = ?2 AND version = ?3",
+        params![org, api, version],
+    )?;
+    write_plans(tx, org, api, version, &spec.plans)?;
+    get_version(tx, org, api, version)
+}
+
+pub fn publish_version(
+    tx: &mut Tx<'_>,
+    org: &str,
+    api: &str,
+    version: &str,
+) -> Result<ApiVersion, Error> {
+    let current = get_version(tx, org, api, version)?;
+    if current.status != ApiVersionStatus::Draft {
+        return Err(not_draft(&current, "published"));
+    }
+    let hosts = hosts_json(&current.routing)?;
+    let holder = query_opt(
+        tx,
+        "SELECT org || '/' || api || '/' || version, status FROM api_versions
+         WHERE path_prefix = ?1 AND hosts = ?2 AND status IN ('published', 'retired')
+         LIMIT 1",
+        params![current.routing.path_prefix, hosts],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    if let Some((holder, status)) = holder {
+        let hosts = if current.routing.hosts.is_empty() {
+            "any host".to_owned()
+        } else {
+            current.routing.hosts.join(", ")
+        };
+        return Err(Error::conflict(
+            "routing-collision",
+            format!(
+                "api version {holder} ({status}) already routes {} on {hosts}",
+                current.routing.path_prefix
+            ),
+        ));
+    }
+    tx.execute(
+        "UPDATE api_versions SET status = 'published', published_at = ?4
+         WHERE org = ?1 AND api = ?2 AND version = ?3",
+        params![org, api, version, tx.now],
+    )?;
+    tx.gateway_changed();
+    get_version(tx, org, api, version)
+}
+
+pub fn retire_version(
+    tx: &mut Tx<'_>,
+    org: &str,
+    api: &str,
+    version: &str,
+) -> Result<ApiVersion, Error> {
+    let current = get_version(tx, org, api, version)?;
+    if current.status != ApiVersionStatus::Published {
+        return Err(not_published(&current, "retired"));
+    }
+    tx.execute(
+        "UPDATE api_versions SET status = 'retired', retired_at = ?4
+         WHERE org = ?1 AND api = ?2 AND version = ?3",
+        params![org, api, version, tx.now],
+    )?;
+    tx.gateway_changed();
+    get_version(tx, org, api, version)
+}
+
+fn not_draft(current: &ApiVersion, verb: &str) -> Error {
+    Error::conflict(
+        "api-version-not-draft",
+        format!(
+            "api version {}/{}/{} is {}; only drafts can be {verb}",
+            current.org,
+            current.api,
+            current.version,
+            current.status.as_str()
+        ),
+    )
+}
+
+pub fn not_published(current: &ApiVersion, verb: &str) -> Error {
+    Error::conflict(
+        "api-version-not-published",
+        format!(
+            "api version {}/{}/{} is {}; only published versions can be {verb}",
+            current.org,
+            current.api,
+            current.version,
+            current.status.as_str()
+        ),
+    )
+}
+
+fn hosts_json(routing: &Routing) -> Result<String, Error> {
+    serde_json::to_string(&routing.hosts).map_err(|e| Error::Internal(format!("hosts: {e}")))
+}
+
+fn write_plans(
+    tx: &Tx<'_>,
+    org: &str,
+    api: &str,
+    version: &str,
+    plans: &[OfferedPlan],
+) -> Result<(), Error> {
+    let mut insert = tx.prepare(
+        "INSERT INTO api_version_plans (org, api, version, plan_org, plan, plan_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for p in plans {
+        insert.execute(params![org, api, version, p.org, p.plan, p.version])?;
+    }
+    Ok(())
+}
+
+pub fn find_version(
+    conn: &Connection,
+    org: &str,
+    api: &str,
+    version: &str,
+) -> Result<Option<ApiVersion>, Error> {
+    let row = query_opt(
+        conn,
+        "SELECT status, public, path_prefix, hosts, forward_api_key, created_at, published_at,
+                retired_at
+         FROM api_versions WHERE org = ?1 AND api = ?2 AND version = ?3",
+        [org, api, version],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+            ))
+        },
+    )?;
+    let Some((
+        status,
+        public,
+        path_prefix,
+        hosts,
+        forward_api_key,
+        created_at,
+        published_at,
+        retired_at,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let status = match status.as_str() {
+        "draft" => ApiVersionStatus::Draft,
+        "published" => ApiVersionStatus::Published,
+        "retired" => ApiVersionStatus::Retired,
+        other => return Err(Error::Internal(format!("unknown api status {other:?}"))),
+    };
+    let hosts: Vec<String> = serde_json::from_str(&hosts)
+        .map_err(|e| Error::Internal(format!("stored hosts of {org}/{api}/{version}: {e}")))?;
+    Ok(Some(ApiVersion {
+        org: org.to_owned(),
+        api: api.to_owned(),
+        version: version.to_owned(),
+        status,
+        public,
+        routing: Routing { path_prefix, hosts },
+        plans: offered_plans(conn, org, api, version)?,
+        forward_api_key,
+        created_at,
+        published_at,
+        retired_at,
+    }))
+}
+
+pub fn get_version(
+    conn: &Connection,
+    org: &str,
+    api: &str,
+    version: &str,
+) -> Result<ApiVersion, Error> {
+    required(find_version(conn, org, api, version)?, || {
+        format!("api version {org}/{api}/{version}")
+    })
+}
+
+fn offered_plans(
+    conn: &Connection,
+    org: &str,
+    api: &str,
+    version: &str,
+) -> Result<Vec<OfferedPlan>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT plan_org, plan, plan_version FROM api_version_plans
+         WHERE org = ?1 AND api = ?2 AND version = ?3 ORDER BY plan_org, plan",
+    )?;
+    let plans = stmt
+        .query_map([org, api, version], |r| {
+            Ok(OfferedPlan {
+                org: r.get(0)?,
+                plan: r.get(1)?,
+                version: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(plans)
+}
+
+pub fn list_versions(
+    conn: &Connection,
+    org: &str,
+    api: &str,
+    page: &PageRequest,
+) -> Result<Page<ApiVersion>, Error> {
+    get_owned(conn, OwnedKind::Api, org, api)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, version FROM api_versions
+         WHERE org = ?1 AND api = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+    )?;
+    let keys = stmt
+        .query_map(
+            params![org, api, page.after_seq()?, page.sql_limit()],
+            |r| Ok((r.get::<_, i64>(0)?.to_string(), r.get::<_, String>(1)?)),
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = Vec::with_capacity(keys.len());
+    for (seq, version) in keys {
+        rows.push((seq, get_version(conn, org, api, &version)?));
+    }
+    Ok(page.page(rows))
+}

@@ -1,0 +1,298 @@
+//! The catalogue in SQLite, and the signed snapshot that follows it.
+//!
+//! Every write runs in one immediate transaction. Operations that change what gateways see call
+//! [`Tx::gateway_changed`]; the store then bumps the revision, renders and signs the new
+//! snapshot inside that same transaction, commits, and only then publishes the snapshot to
+//! long-polling gateways. So a revision always names exactly one snapshot body, and reads or
+//! no-op writes never move it.
+
+pub mod apis;
+pub mod clients;
+pub mod contracts;
+pub mod orgs;
+pub mod plans;
+mod snapshot;
+
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite_migration::{Migrations, M};
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::model::{Page, PageQuery, Timestamp};
+
+pub const DATABASE_FILE: &str = "tollgate.db";
+
+/// A snapshot body as served, with its signature; rendered once per revision.
+#[derive(Debug)]
+pub struct SignedSnapshot {
+    pub revision: u64,
+    pub body: Bytes,
+    /// base64 HMAC-SHA256 of `body` under the snapshot secret.
+    pub signature: String,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    snapshot_secret: Vec<u8>,
+    published: watch::Sender<Arc<SignedSnapshot>>,
+}
+
+/// A write in progress. Dereferences to the connection so read helpers work inside writes.
+pub struct Tx<'c> {
+    tx: Transaction<'c>,
+    /// The time of this write, the same for all its steps.
+    pub now: Timestamp,
+    gateway_change: bool,
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+impl Tx<'_> {
+    /// Marks this write as changing the snapshot: the revision moves when it commits.
+    pub fn gateway_changed(&mut self) {
+        self.gateway_change = true;
+    }
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+}
+
+pub fn unix_now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as Timestamp)
+        .unwrap_or(0)
+}
+
+impl Store {
+    pub fn open(path: &Path, snapshot_secret: Vec<u8>) -> Result<Arc<Store>, Error> {
+        let mut conn = Connection::open(path)
+            .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
+        // WAL lets reads proceed during a write; synchronous=FULL fsyncs the WAL on every commit,
+        // so an acknowledged write survives kill -9 and power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
+        let revision = current_revision(&conn)?;
+        let first = sign_snapshot(&conn, revision, &snapshot_secret)?;
+        let (published, _) = watch::channel(Arc::new(first));
+        Ok(Arc::new(Store {
+            conn: Mutex::new(conn),
+            snapshot_secret,
+            published,
+        }))
+    }
+
+    /// The latest committed snapshot.
+    pub fn snapshot(&self) -> Arc<SignedSnapshot> {
+        self.published.borrow().clone()
+    }
+
+    /// Wakes on every newly committed revision.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<SignedSnapshot>> {
+        self.published.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a closure rolled its transaction back on unwind; the connection is fine.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&store.lock()))
+            .await
+            .map_err(|e| Error::Internal(format!("read task: {e}")))?
+    }
+
+    pub async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.write_blocking(f))
+            .await
+            .map_err(|e| Error::Internal(format!("write task: {e}")))?
+    }
+
+    fn write_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = Tx {
+            tx,
+            now: unix_now(),
+            gateway_change: false,
+        };
+        // On error `tx` drops here and rolls back: nothing half-written.
+        let out = f(&mut tx)?;
+        if !tx.gateway_change {
+            tx.tx.commit()?;
+            return Ok(out);
+        }
+        // Rotated-out keys past their grace ride along with this change: the snapshot changes
+        // anyway, and gateways already ignore them by `expires_at`.
+        tx.execute(
+            "DELETE FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            [tx.now],
+        )?;
+        let revision: i64 = tx.query_row(
+            "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+            [],
+            |row| row.get(0),
+        )?;
+        let revision = revision as u64;
+        let signed = sign_snapshot(&tx, revision, &self.snapshot_secret)?;
+        tx.tx.commit()?;
+        self.published.send_replace(Arc::new(signed));
+        tracing::info!(revision, "snapshot revision committed");
+        Ok(out)
+    }
+}
+
+fn current_revision(conn: &Connection) -> Result<u64, Error> {
+    let revision: i64 = conn.query_row(
+        "SELECT revision FROM gateway_revision WHERE id = 1",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(revision as u64)
+}
+
+fn sign_snapshot(conn: &Connection, revision: u64, secret: &[u8]) -> Result<SignedSnapshot, Error> {
+    let snapshot = snapshot::render(conn, revision)?;
+    let body = serde_json::to_vec(&snapshot)
+        .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
+    let signature = tollgate_core::signing::sign(secret, &body);
+    Ok(SignedSnapshot {
+        revision,
+        body: Bytes::from(body),
+        signature,
+    })
+}
+
+/// A validated page request: keyset pagination on each list's sort key.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: usize,
+    /// The sort key of the last item of the previous page.
+    pub after: Option<String>,
+}
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+impl PageRequest {
+    pub fn from_query(query: &PageQuery) -> Result<Self, Error> {
+        let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(Error::invalid_field(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
+        }
+        let after = match &query.cursor {
+            None => None,
+            Some(cursor) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(cursor)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| Error::invalid_field("cursor", "not a cursor from this API"))?,
+            ),
+        };
+        Ok(PageRequest {
+            limit: limit as usize,
+            after,
+        })
+    }
+
+    /// Everything, for exports and internal walks.
+    pub fn all() -> Self {
+        PageRequest {
+            limit: usize::MAX - 1,
+            after: None,
+        }
+    }
+
+    /// For lists sorted by an integer sequence.
+    pub fn after_seq(&self) -> Result<i64, Error> {
+        match &self.after {
+            None => Ok(0),
+            Some(s) => s
+                .parse()
+                .map_err(|_| Error::invalid_field("cursor", "not a cursor from this list")),
+        }
+    }
+
+    /// The SQL LIMIT: one more than the page, to know whether another page follows.
+    pub fn sql_limit(&self) -> i64 {
+        i64::try_from(self.limit + 1).unwrap_or(i64::MAX)
+    }
+
+    /// Cuts the extra row and derives the cursor from the last item's sort key.
+    pub fn page<T>(&self, mut rows: Vec<(String, T)>) -> Page<T> {
+        let next_cursor = if rows.len() > self.limit {
+            rows.truncate(self.limit);
+            rows.last().map(|(key, _)| URL_SAFE_NO_PAD.encode(key))
+        } else {
+            None
+        };
+        Page {
+            items: rows.into_iter().map(|(_, item)| item).collect(),
+            next_cursor,
+        }
+    }
+}
+
+/// Maps "no row" to a 404 naming the thing looked for.
+pub fn required<T>(found: Option<T>, what: impl FnOnce() -> String) -> Result<T, Error> {
+    found.ok_or_else(|| Error::NotFound(what()))
+}
+
+/// `query_row` that answers `None` for no row.
+pub fn query_opt<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, Error> {
+    Ok(conn.query_row(sql, params, f).optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+}
