@@ -3,7 +3,19 @@
 import pytest
 import requests
 
-from harness import Catalogue, Envoy, api, client, echoed, limit, plan, plugin_config, problem
+from harness import (
+    Catalogue,
+    Envoy,
+    api,
+    client,
+    echoed,
+    limit,
+    plan,
+    plugin_config,
+    problem,
+    requests_by_decision,
+    wait_until,
+)
 
 KEY = "deny-mobile-key-51aa"
 
@@ -29,3 +41,10 @@ def test_unmatched_request_is_404_problem(envoy: Envoy, path: str) -> None:
 def test_matched_requests_still_pass_when_unmatched_is_denied(envoy: Envoy) -> None:
     assert echoed(requests.get(f"{envoy.url}/status/v1/health", timeout=10))
     assert echoed(requests.get(f"{envoy.url}/orders/v1/1", headers={"x-api-key": KEY}, timeout=10))
+
+
+def test_denied_unmatched_requests_are_counted_as_no_route(envoy: Envoy) -> None:
+    before = requests_by_decision(envoy).get("no_route", 0)
+    for _ in range(3):
+        assert requests.get(f"{envoy.url}/nowhere", timeout=10).status_code == 404
+    wait_until(lambda: requests_by_decision(envoy).get("no_route", 0) - before == 3, 5, "no_route +3")
