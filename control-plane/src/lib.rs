@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod cli;
 pub mod domain;
+pub mod envoy_config;
 pub mod error;
 pub mod http;
 pub mod metrics;
