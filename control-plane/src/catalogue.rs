@@ -349,35 +349,38 @@ fn apply_plan(
     for entry in &plan.versions {
         let name = format!("{org}/{}/{}", plan.id, entry.version);
         let limits = normalize_limits("limits", &entry.limits)?;
-        let current =
-            match plans::find_version(tx, org, &plan.id, &entry.version)? {
-                None => {
-                    report.changes.push(format!("created plan version {name}"));
-                    plans::create_version(tx, org, &plan.id, &entry.version, &limits)?
-                }
-                Some(current) if current.limits == limits => current,
-                Some(current) if current.status == PlanVersionStatus::Draft => {
-                    report.changes.push(format!("updated plan version {name}"));
-                    plans::update_version(tx, org, &plan.id, &entry.version, &limits)?
-                }
-                Some(_) => return Err(Error::conflict(
+        let current = match plans::find_version(tx, org, &plan.id, &entry.version)? {
+            None => {
+                report.changes.push(format!("created plan version {name}"));
+                plans::create_version(tx, org, &plan.id, &entry.version, &limits)?
+            }
+            Some(current) if current.limits == limits => current,
+            Some(current) if current.status == PlanVersionStatus::Draft => {
+                report.changes.push(format!("updated plan version {name}"));
+                plans::update_version(tx, org, &plan.id, &entry.version, &limits)?
+            }
+            Some(_) => {
+                return Err(Error::conflict(
                     "plan-version-locked",
                     format!(
                         "plan version {name} is locked with other limits; declare a new version"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         match (current.status, entry.locked) {
             (PlanVersionStatus::Draft, true) => {
                 plans::lock_version(tx, org, &plan.id, &entry.version)?;
                 report.changes.push(format!("locked plan version {name}"));
             }
-            (PlanVersionStatus::Locked, false) => return Err(Error::conflict(
-                "plan-version-locked",
-                format!(
+            (PlanVersionStatus::Locked, false) => {
+                return Err(Error::conflict(
+                    "plan-version-locked",
+                    format!(
                     "plan version {name} is locked and locking is one-way; declare locked: true"
                 ),
-            )),
+                ))
+            }
             _ => {}
         }
     }

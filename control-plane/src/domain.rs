@@ -188,24 +188,20 @@ fn check_path_prefix(field: &str, prefix: &str) -> Result<(), Error> {
     }
 }
 
-/// A host name with an optional port, as it appears in `:authority` / `Host`.
+/// A host name as gateways match it: lowercase, without a port (gateways ignore the port of
+/// `:authority`, so `a.example:8080` and `a.example` would be the same route).
 fn check_host(field: &str, host: &str) -> Result<(), Error> {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (host, None),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 253
-        && name
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
-    if name_ok && port_ok {
+    if ok {
         Ok(())
     } else {
         Err(Error::invalid_field(
             field,
-            format!("{host:?} is not a host name (letters, digits, '.', '-', optional :port)"),
+            format!("{host:?} is not a host name (letters, digits, '.', '-'; no port)"),
         ))
     }
 }
@@ -244,15 +240,16 @@ mod tests {
             "routing",
             &Routing {
                 path_prefix: "/orders/v1".into(),
-                hosts: vec![
-                    "B.example".into(),
-                    "a.example:8080".into(),
-                    "b.example".into(),
-                ],
+                hosts: vec!["B.example".into(), "a.example".into(), "b.example".into()],
             },
         )
         .unwrap();
-        assert_eq!(r.hosts, vec!["a.example:8080", "b.example"]);
+        assert_eq!(r.hosts, vec!["a.example", "b.example"]);
+        let with_port = Routing {
+            path_prefix: "/".into(),
+            hosts: vec!["a.example:8080".into()],
+        };
+        assert!(normalize_routing("routing", &with_port).is_err());
         for bad in ["orders", "/orders/", "/a//b", "/a/../b", "/a?b"] {
             let routing = Routing {
                 path_prefix: bad.into(),

@@ -44,7 +44,10 @@ fn socket_address(field: &str, value: &str) -> Result<Value, Error> {
         .parse()
         .map_err(|_| Error::invalid_field(field, format!("'{port}' is not a port number")))?;
     if host.is_empty() {
-        return Err(Error::invalid_field(field, format!("'{value}' has no host")));
+        return Err(Error::invalid_field(
+            field,
+            format!("'{value}' has no host"),
+        ));
     }
     Ok(json!({ "socket_address": { "address": host, "port_value": port } }))
 }
@@ -96,7 +99,10 @@ pub fn bootstrap(o: &GatewayOptions<'_>) -> Result<Value, Error> {
         return Err(Error::invalid_field("unmatched", "must be pass or deny"));
     }
     if !matches!(o.failure_mode, "closed" | "open") {
-        return Err(Error::invalid_field("failure-mode", "must be closed or open"));
+        return Err(Error::invalid_field(
+            "failure-mode",
+            "must be closed or open",
+        ));
     }
     let plugin_configuration = json!({
         "unmatched": o.unmatched,

@@ -1,7 +1,6 @@
 //! API versions: `draft` → `published` → `retired`. Drafts are edited freely and never reach
-//! gateways; publishing puts a version in the snapshot and claims its routing; retiring keeps
-//! it there (gateways answer 410) and keeps its routing claimed, so no newer version can
-//! silently take over the paths old clients still call.
+//! gateways; publishing puts a version in the snapshot and claims its routes; retiring keeps it
+//! there (gateways answer 410 on its routes) until a published version claims the same route.
 
 use rusqlite::{params, Connection};
 use tollgate_core::snapshot::Routing;
@@ -160,16 +159,7 @@ pub fn publish_version(
     if current.status != ApiVersionStatus::Draft {
         return Err(not_draft(&current, "published"));
     }
-    let hosts = hosts_json(&current.routing)?;
-    let holder = query_opt(
-        tx,
-        "SELECT org || '/' || api || '/' || version, status FROM api_versions
-         WHERE path_prefix = ?1 AND hosts = ?2 AND status IN ('published', 'retired')
-         LIMIT 1",
-        params![current.routing.path_prefix, hosts],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-    )?;
-    if let Some((holder, status)) = holder {
+    if let Some(holder) = routing_holder(tx, &current)? {
         let hosts = if current.routing.hosts.is_empty() {
             "any host".to_owned()
         } else {
@@ -178,7 +168,7 @@ pub fn publish_version(
         return Err(Error::conflict(
             "routing-collision",
             format!(
-                "api version {holder} ({status}) already routes {} on {hosts}",
+                "published api version {holder} already routes {} on {hosts}",
                 current.routing.path_prefix
             ),
         ));
@@ -209,6 +199,35 @@ pub fn retire_version(
     )?;
     tx.gateway_changed();
     get_version(tx, org, api, version)
+}
+
+/// The published version, if any, that already claims one of `candidate`'s routes. Gateways
+/// route by (host, prefix) slot, with "any host" a slot of its own, and refuse a snapshot in
+/// which two published versions share a slot; a retired version yields its slot to a
+/// published one (the same rule as `core`'s index).
+fn routing_holder(conn: &Connection, candidate: &ApiVersion) -> Result<Option<String>, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT org || '/' || api || '/' || version, hosts FROM api_versions
+         WHERE status = 'published' AND path_prefix = ?1",
+    )?;
+    let rows = stmt
+        .query_map([&candidate.routing.path_prefix], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (holder, hosts) in rows {
+        let hosts: Vec<String> = serde_json::from_str(&hosts)
+            .map_err(|e| Error::Internal(format!("stored hosts of {holder}: {e}")))?;
+        let shares_slot = if candidate.routing.hosts.is_empty() {
+            hosts.is_empty()
+        } else {
+            hosts.iter().any(|h| candidate.routing.hosts.contains(h))
+        };
+        if shares_slot {
+            return Ok(Some(holder));
+        }
+    }
+    Ok(None)
 }
 
 fn not_draft(current: &ApiVersion, verb: &str) -> Error {

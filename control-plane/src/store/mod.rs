@@ -24,6 +24,7 @@ use base64::Engine;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
+use tollgate_core::distribution::verify_snapshot;
 
 use crate::error::Error;
 use crate::model::{Page, PageQuery, Timestamp};
@@ -93,6 +94,13 @@ impl Store {
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
         let revision = current_revision(&conn)?;
         let first = sign_snapshot(&conn, revision, &snapshot_secret)?;
+        if let Err(rejected) =
+            verify_snapshot(&snapshot_secret, &first.body, Some(&first.signature))
+        {
+            // Serve it anyway: gateways keep their last good snapshot, and the operator can
+            // repair the catalogue through the API.
+            tracing::error!(revision, %rejected, "the stored catalogue renders a snapshot gateways refuse");
+        }
         let (published, _) = watch::channel(Arc::new(first));
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
@@ -170,6 +178,16 @@ impl Store {
         )?;
         let revision = revision as u64;
         let signed = sign_snapshot(&tx, revision, &self.snapshot_secret)?;
+        // The gateways' own acceptance check, run before commit: a change whose snapshot they
+        // would refuse (and so keep enforcing the previous one) is refused here instead.
+        if let Err(rejected) =
+            verify_snapshot(&self.snapshot_secret, &signed.body, Some(&signed.signature))
+        {
+            return Err(Error::conflict(
+                "gateway-would-reject",
+                format!("gateways would refuse the resulting snapshot: {rejected}"),
+            ));
+        }
         tx.tx.commit()?;
         self.published.send_replace(Arc::new(signed));
         tracing::info!(revision, "snapshot revision committed");

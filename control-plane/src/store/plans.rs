@@ -61,6 +61,13 @@ pub fn lock_version(
     if current.status == PlanVersionStatus::Locked {
         return Err(locked(org, plan, version));
     }
+    // Gateways refuse a plan version without limits; "unlimited" is not a plan.
+    if current.limits.is_empty() {
+        return Err(Error::unprocessable(
+            "plan-version-without-limits",
+            format!("plan version {org}/{plan}/{version} has no limits; add at least one before locking"),
+        ));
+    }
     tx.execute(
         "UPDATE plan_versions SET locked_at = ?4 WHERE org = ?1 AND plan = ?2 AND version = ?3",
         params![org, plan, version, tx.now],

@@ -60,7 +60,7 @@ CREATE TABLE api_versions (
     status          TEXT NOT NULL CHECK (status IN ('draft', 'published', 'retired')),
     public          INTEGER NOT NULL,
     path_prefix     TEXT NOT NULL,
-    -- JSON array of lowercased, sorted, distinct hosts: equal text means equal host sets.
+    -- JSON array of lowercased, sorted, distinct host names (no ports).
     hosts           TEXT NOT NULL,
     forward_api_key INTEGER NOT NULL,
     created_at      INTEGER NOT NULL,

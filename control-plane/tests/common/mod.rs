@@ -1,0 +1,327 @@
+//! A real `tollgate serve` process on a loopback port with its own temporary data directory,
+//! and a small HTTP client for it. The process is killed when the handle drops.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub admin_token: String,
+    pub gateway_token: String,
+    pub snapshot_secret: String,
+    agent: ureq::Agent,
+    // Dropped last: the directory outlives the process.
+    _dir: Option<TempDir>,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// The problem `type` of an error answer, checking it is problem+json.
+    pub fn problem_type(&self) -> String {
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json"),
+            "{}",
+            self.body
+        );
+        self.json()["type"].as_str().unwrap().to_owned()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(90)))
+        .build()
+        .into()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Server::spawn(data_dir, Some(dir), &[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Server::spawn(data_dir, Some(dir), env)
+    }
+
+    /// Starts a server on `data_dir`, waiting until it says where it listens.
+    fn spawn(data_dir: PathBuf, dir: Option<TempDir>, env: &[(&str, &str)]) -> Server {
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        let log_path = data_dir.with_extension(format!("log.{}", now_nanos()));
+        let log = File::create(&log_path).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("TOLLGATE_ADMIN_TOKEN")
+            .env_remove("TOLLGATE_GATEWAY_TOKEN")
+            .env_remove("TOLLGATE_SNAPSHOT_SECRET")
+            .env_remove("TOLLGATE_LISTEN")
+            .env_remove("TOLLGATE_DATA_DIR")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(url) = line.strip_prefix("tollgate control plane listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not start; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        let read = |name: &str| std::fs::read_to_string(data_dir.join(name)).unwrap_or_default();
+        Server {
+            child,
+            base,
+            admin_token: read("admin-token"),
+            gateway_token: read("gateway-token"),
+            snapshot_secret: read("snapshot-secret"),
+            data_dir,
+            log_path,
+            agent: agent(),
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILL, no shutdown of any kind, then a new process on the same data directory.
+    pub fn kill9_and_restart(mut self) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = self._dir.take();
+        let data_dir = self.data_dir.clone();
+        drop(self);
+        Server::spawn(data_dir, dir, &[])
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let response = match body {
+            Some(body) => {
+                let request = builder
+                    .header("content-type", "application/json")
+                    .body(body.to_owned())
+                    .unwrap();
+                self.agent.run(request)
+            }
+            None => self.agent.run(builder.body(()).unwrap()),
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, Some(&self.admin_token), None, &[])
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Answer {
+        self.request(
+            "POST",
+            path,
+            Some(&self.admin_token),
+            Some(&body.to_string()),
+            &[],
+        )
+    }
+
+    /// POST without a body (lifecycle actions).
+    pub fn act(&self, path: &str) -> Answer {
+        self.request("POST", path, Some(&self.admin_token), None, &[])
+    }
+
+    pub fn put(&self, path: &str, body: Value) -> Answer {
+        self.request(
+            "PUT",
+            path,
+            Some(&self.admin_token),
+            Some(&body.to_string()),
+            &[],
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> Answer {
+        self.request("DELETE", path, Some(&self.admin_token), None, &[])
+    }
+
+    pub fn snapshot(&self) -> Answer {
+        self.request("GET", "/v1/snapshot", Some(&self.gateway_token), None, &[])
+    }
+
+    pub fn revision(&self) -> u64 {
+        let answer = self.snapshot();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()["revision"].as_u64().unwrap()
+    }
+
+    /// Asserts a 2xx and returns the JSON body.
+    pub fn ok(answer: Answer) -> Value {
+        assert!(
+            (200..300).contains(&answer.status),
+            "HTTP {}: {}",
+            answer.status,
+            answer.body
+        );
+        if answer.body.is_empty() {
+            Value::Null
+        } else {
+            answer.json()
+        }
+    }
+
+    /// org `acme`, locked plan `acme/gold/1` (100/day), published private API `acme/orders/1`
+    /// on /orders/v1 offering it, client version `acme/mobile/1`. Returns its API key.
+    pub fn seed(&self) -> String {
+        Server::ok(self.post("/v1/orgs", json!({"id": "acme", "name": "Acme"})));
+        Server::ok(self.post("/v1/orgs/acme/plans", json!({"id": "gold"})));
+        Server::ok(self.post(
+            "/v1/orgs/acme/plans/gold/versions",
+            json!({"version": "1", "limits": [{"requests": 100, "per": "day"}]}),
+        ));
+        Server::ok(self.act("/v1/orgs/acme/plans/gold/versions/1/lock"));
+        Server::ok(self.post("/v1/orgs/acme/apis", json!({"id": "orders"})));
+        Server::ok(self.post(
+            "/v1/orgs/acme/apis/orders/versions",
+            json!({"version": "1", "routing": {"path_prefix": "/orders/v1"},
+                   "plans": [{"plan": "gold", "version": "1"}]}),
+        ));
+        Server::ok(self.act("/v1/orgs/acme/apis/orders/versions/1/publish"));
+        Server::ok(self.post("/v1/orgs/acme/clients", json!({"id": "mobile"})));
+        let created = Server::ok(self.post(
+            "/v1/orgs/acme/clients/mobile/versions",
+            json!({"version": "1"}),
+        ));
+        created["api_key"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs the CLI against this server with its admin token from the data directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("TOLLGATE_SERVER", &self.base)
+            .env("TOLLGATE_DATA_DIR", &self.data_dir)
+            .env_remove("TOLLGATE_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Polls `condition` until it holds or `deadline` passes.
+pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return;
+        }
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.windows(needle.len()).any(|w| w == needle),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,160 @@
+//! API keys: generated once, stored and distributed only as SHA-256, rotated with a grace
+//! period that gateways see as `expires_at`.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{file_contains, Server};
+use serde_json::{json, Value};
+use tollgate_core::keys::key_hash_hex;
+
+const VERSION: &str = "/v1/orgs/acme/clients/mobile/versions/1";
+
+fn keys_in_snapshot(s: &Server) -> Value {
+    let snapshot = s.snapshot().json();
+    snapshot["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "acme/mobile/1")
+        .unwrap()["keys"]
+        .clone()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn key_is_long_url_safe_and_only_its_hash_reaches_the_snapshot() {
+    let s = Server::start();
+    let key = s.seed();
+    let random_part = key.strip_prefix("tg_").expect("keys carry the tg_ prefix");
+    // 24 random bytes, base64url: 192 bits.
+    assert_eq!(random_part.len(), 32);
+    assert!(random_part
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert_eq!(
+        keys_in_snapshot(&s),
+        json!([{"sha256": key_hash_hex(&key)}])
+    );
+    let shown = s.get(VERSION);
+    assert!(!shown.body.contains(&key), "GET echoed the key");
+    assert!(!shown.body.contains(&key_hash_hex(&key)));
+}
+
+#[test]
+fn plaintext_key_is_nowhere_in_the_database_or_the_logs() {
+    let s = Server::start();
+    let first = s.seed();
+    let rotated = Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 600}),
+    ));
+    let second = rotated["api_key"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    Server::ok(s.get(VERSION));
+    for file in ["tollgate.db", "tollgate.db-wal", "tollgate.db-shm"] {
+        let path = s.data_dir.join(file);
+        for key in [&first, &second] {
+            assert!(
+                !file_contains(&path, key.as_bytes()),
+                "{key} found in {file}"
+            );
+        }
+    }
+    assert!(
+        file_contains(
+            &s.data_dir.join("tollgate.db-wal"),
+            key_hash_hex(&first).as_bytes()
+        ) || file_contains(
+            &s.data_dir.join("tollgate.db"),
+            key_hash_hex(&first).as_bytes()
+        ),
+        "the hash itself should be stored"
+    );
+    let logs = s.logs();
+    assert!(
+        logs.contains("DEBUG") || logs.contains("INFO"),
+        "no logs captured"
+    );
+    assert!(
+        !logs.contains(&first) && !logs.contains(&second),
+        "a key was logged"
+    );
+}
+
+#[test]
+fn rotation_grace_shows_as_expires_at_in_the_snapshot() {
+    let s = Server::start();
+    let old = s.seed();
+    let before = unix_now();
+    let rotated = Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 3600}),
+    ));
+    let new = rotated["api_key"].as_str().unwrap();
+    let expires_at = rotated["previous_key_expires_at"].as_u64().unwrap();
+    assert!((before + 3600..=unix_now() + 3600).contains(&expires_at));
+    let keys = keys_in_snapshot(&s);
+    assert_eq!(
+        keys,
+        json!([
+            {"sha256": key_hash_hex(&old), "expires_at": expires_at},
+            {"sha256": key_hash_hex(new)},
+        ])
+    );
+    let info = Server::ok(s.get(VERSION));
+    assert_eq!(info["keys"][0]["expires_at"], json!(expires_at));
+    assert_eq!(info["keys"][1]["expires_at"], Value::Null);
+}
+
+#[test]
+fn rotation_without_grace_drops_the_old_key_at_once() {
+    let s = Server::start();
+    let old = s.seed();
+    let rotated = Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 0}),
+    ));
+    let new = rotated["api_key"].as_str().unwrap();
+    assert_eq!(keys_in_snapshot(&s), json!([{"sha256": key_hash_hex(new)}]));
+    assert!(!s.snapshot().body.contains(&key_hash_hex(&old)));
+}
+
+#[test]
+fn grace_longer_than_thirty_days_is_422() {
+    let s = Server::start();
+    s.seed();
+    let answer = s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 31 * 24 * 3600}),
+    );
+    assert_eq!(answer.status, 422);
+    assert_eq!(
+        answer.problem_type(),
+        "urn:tollgate:problem:invalid-grace-period"
+    );
+}
+
+#[test]
+fn new_client_version_gets_a_new_key() {
+    let s = Server::start();
+    let first = s.seed();
+    let created = Server::ok(s.post(
+        "/v1/orgs/acme/clients/mobile/versions",
+        json!({"version": "2"}),
+    ));
+    let second = created["api_key"].as_str().unwrap();
+    assert_ne!(first, second);
+    let again = s.post(
+        "/v1/orgs/acme/clients/mobile/versions",
+        json!({"version": "2"}),
+    );
+    assert_eq!(again.status, 409);
+}
