@@ -1,0 +1,95 @@
+"""`bench/run [--quick] [--sections cost,exactness] [--rounds N] [--seconds S]`
+
+Runs the sections in order, prints the Markdown report and writes it to BENCHMARKS.md (a full
+run) or to a temporary file (`--quick`, which only proves the harness works: CI runs it so the
+harness cannot rot, and asserts no timing). Expects what bench/run prepares: the venv with
+Envoy, wrk, target/tollgate.wasm and the no-op filter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from . import exactness, request_cost
+from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench, CpuLayout
+from .envoy import envoy_binary, envoy_version
+from .processes import Supervisor, raise_on_termination_signals
+from .report import SectionReport, document, machine_lines
+
+# Issue 6's parts, in order. Propagation and scale land here as further sections.
+SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
+    "cost": request_cost.run,
+    "exactness": exactness.run,
+}
+PENDING = ["3. Propagation", "4. Scale"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one short round per section; never writes BENCHMARKS.md")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of the request-cost section (default 5, quick 1)")
+    parser.add_argument("--seconds", type=float, help="seconds per configuration and round (default 5, quick 1)")
+    parser.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, quick: a temp file)")
+    args = parser.parse_args(argv)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.seconds is None:
+        args.seconds = 1.0 if args.quick else 5.0
+    if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 60:
+        parser.error("--rounds must be 1..50 and --seconds 1..60")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    for artefact in (TOLLGATE_WASM, NOOP_WASM):
+        if not artefact.exists():
+            print(f"missing {artefact}: run bench/run, which builds it", file=sys.stderr)
+            return 2
+    raise_on_termination_signals()
+    supervisor = Supervisor()
+    binary = envoy_binary()
+    with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as workdir:
+        bench = Bench(
+            quick=args.quick,
+            rounds=args.rounds,
+            round_seconds=args.seconds,
+            envoy_binary=binary,
+            workdir=Path(workdir),
+            supervisor=supervisor,
+            cpus=CpuLayout.detect(),
+        )
+        machine = machine_lines(envoy_version(binary), bench.cpus.describe())
+        reports = []
+        try:
+            for name in args.sections.split(","):
+                bench.log(f"section {name}")
+                reports.append(SECTIONS[name](bench))
+                supervisor.stop_all()
+        finally:
+            supervisor.stop_all()
+    command = "bench/run" + ("" if not argv else " " + shlex.join(argv))
+    markdown = document(command, machine, reports, PENDING if not args.quick else [])
+    print(markdown)
+    if args.output is not None:
+        output = args.output
+    elif args.quick:
+        output = Path(tempfile.mkstemp(prefix="tollgate-bench-quick-", suffix=".md")[1])
+    else:
+        output = REPO / "BENCHMARKS.md"
+    output.write_text(markdown + "\n")
+    print(f"\nwrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
