@@ -91,3 +91,24 @@ fn unknown_path_is_a_problem_404() {
     assert_eq!(answer.status, 404);
     assert_eq!(answer.problem_type(), "urn:tollgate:problem:not-found");
 }
+
+#[test]
+fn apply_accepts_larger_bodies_than_other_paths() {
+    let s = Server::start();
+    let token = s.admin_token.clone();
+    // 2 MiB: over the 1 MiB of ordinary paths, under the 16 MiB of apply. The unknown field
+    // makes it a 400, which proves the body was read rather than refused for its size.
+    let padded = format!(
+        "{{\"orgs\": [], \"padding\": \"{}\"}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let answer = s.request("POST", "/v1/apply", Some(&token), Some(&padded), &[]);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("padding"), "{}", answer.body);
+    let huge = format!(
+        "{{\"orgs\": [], \"padding\": \"{}\"}}",
+        "x".repeat(17 * 1024 * 1024)
+    );
+    let answer = s.request("POST", "/v1/apply", Some(&token), Some(&huge), &[]);
+    assert_eq!(answer.status, 413);
+}

@@ -32,11 +32,11 @@ async fn apply(
     Json(document): Json<Catalogue>,
 ) -> Result<axum::Json<ApplyReport>, Error> {
     catalogue::check(&document)?;
-    let mut report = state
+    let (mut report, revision) = state
         .store
-        .write(move |tx| catalogue::apply(tx, &document))
+        .write_at_revision(move |tx| catalogue::apply(tx, &document))
         .await?;
-    report.revision = state.store.snapshot().revision;
+    report.revision = revision;
     if !report.changes.is_empty() {
         tracing::info!(
             changes = report.changes.len(),

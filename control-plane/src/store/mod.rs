@@ -142,6 +142,16 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
     {
+        Ok(self.write_at_revision(f).await?.0)
+    }
+
+    /// Like [`Store::write`], also answering the snapshot revision this write left in force
+    /// (unchanged when it did not affect gateways).
+    pub async fn write_at_revision<T, F>(self: &Arc<Self>, f: F) -> Result<(T, u64), Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
+    {
         let store = Arc::clone(self);
         tokio::task::spawn_blocking(move || store.write_blocking(f))
             .await
@@ -151,7 +161,7 @@ impl Store {
     fn write_blocking<T>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<(T, u64), Error> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut tx = Tx {
@@ -162,8 +172,9 @@ impl Store {
         // On error `tx` drops here and rolls back: nothing half-written.
         let out = f(&mut tx)?;
         if !tx.gateway_change {
+            let revision = current_revision(&tx)?;
             tx.tx.commit()?;
-            return Ok(out);
+            return Ok((out, revision));
         }
         // Rotated-out keys past their grace ride along with this change: the snapshot changes
         // anyway, and gateways already ignore them by `expires_at`.
@@ -191,7 +202,7 @@ impl Store {
         tx.tx.commit()?;
         self.published.send_replace(Arc::new(signed));
         tracing::info!(revision, "snapshot revision committed");
-        Ok(out)
+        Ok((out, revision))
     }
 }
 
