@@ -1,5 +1,8 @@
 //! The CLI over the HTTP API: declarative apply/export and the resource commands.
 
+// Test helpers may unwrap and panic: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::Server;

@@ -1,5 +1,8 @@
 //! Every acknowledged write survives `kill -9`.
 
+// Test helpers may unwrap and panic: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::Server;

@@ -1,6 +1,9 @@
 //! API keys: generated once, stored and distributed only as SHA-256, rotated with a grace
 //! period that gateways see as `expires_at`.
 
+// Test helpers may unwrap and panic: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,6 +1,9 @@
 //! The operational surface: OpenAPI document, health, metrics, problem answers for unknown
 //! paths.
 
+// Test helpers may unwrap and panic: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::Server;

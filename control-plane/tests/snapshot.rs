@@ -1,5 +1,8 @@
 //! `GET /v1/snapshot`: signed with the snapshot secret, cached by revision, long-polled.
 
+// Test helpers may unwrap and panic: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::mpsc;
@@ -187,4 +190,23 @@ fn long_poll_on_a_stale_revision_answers_at_once() {
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("acme/orders/1"));
+}
+
+#[test]
+fn graceful_stop_releases_long_polls_at_once() {
+    let mut s = Server::start();
+    let revision = s.revision();
+    let poll = long_poll(&s, revision, 60);
+    wait_until(Duration::from_secs(10), "the long poll to be held", || {
+        waiting_polls(&s) == 1
+    });
+    let stopping = Instant::now();
+    s.terminate();
+    let (_, status, _) = poll.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(status, 304);
+    let exit = s
+        .exited_within(Duration::from_secs(20))
+        .expect("server did not stop");
+    assert!(exit.success(), "{exit:?}");
+    assert!(stopping.elapsed() < Duration::from_secs(20));
 }

@@ -1,7 +1,7 @@
 //! A real `tollgate serve` process on a loopback port with its own temporary data directory,
 //! and a small HTTP client for it. The process is killed when the handle drops.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -143,6 +143,27 @@ impl Server {
         let data_dir = self.data_dir.clone();
         drop(self);
         Server::spawn(data_dir, dir, &[])
+    }
+
+    /// Sends SIGTERM (a graceful stop) to this server's process.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Whether the process exited within `deadline`, and how.
+    pub fn exited_within(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub fn logs(&self) -> String {
