@@ -17,6 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Envoy's upstream connections expect
     server_version = "echo-upstream"
+    # Headers and body leave in two writes; with Nagle's algorithm the body waits for the
+    # peer's delayed ACK (~40 ms on Linux), which would dominate every latency a test measures.
+    disable_nagle_algorithm = True
 
     def _echo(self) -> None:
         length = int(self.headers.get("content-length") or 0)

@@ -1,4 +1,5 @@
-"""Fixtures: one echo upstream per session, Envoys per test module, all stopped on teardown."""
+"""Fixtures: one echo upstream per session, Envoys per test module, all stopped on teardown;
+the control plane binary for live mode, and the figures live-mode tests measure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from harness import WASM, EchoUpstream, Envoy, envoy_bootstrap
+from live import TOLLGATE, ControlPlane, LiveProcesses
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,27 @@ def upstream() -> Iterator[EchoUpstream]:
         yield echo
     finally:
         echo.stop()
+
+
+@pytest.fixture(scope="session")
+def tollgate_binary(wasm: Path) -> Path:
+    """The control plane / CLI (`tollgate`), which scripts/test.sh builds before the suite."""
+    if not TOLLGATE.exists():
+        pytest.fail(f"{TOLLGATE} is missing: cargo build -p tollgate-control-plane", pytrace=False)
+    return TOLLGATE
+
+
+@pytest.fixture(scope="module")
+def live(
+    upstream: EchoUpstream, tollgate_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveProcesses]:
+    """Starts control planes and live-mode gateways in front of the echo upstream; every one
+    is stopped when the module's tests are done, however they ended."""
+    processes = LiveProcesses(upstream.port, tmp_path_factory.mktemp("live"))
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
 
 
 EnvoyFactory = Callable[..., Envoy]
@@ -50,10 +73,38 @@ def start_envoy(upstream: EchoUpstream, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On failure, show the tail of the log of the test's Envoy next to the assertion."""
+    """On failure, show the tail of the logs of the test's Envoys and control planes (fixture
+    values, or their attributes) next to the assertion."""
     report = yield
     if report.failed:
+        seen: set[int] = set()
         for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, Envoy):
-                report.sections.append(("envoy log (tail)", value.log()[-4000:]))
+            for part in [value, *getattr(value, "__dict__", {}).values()]:
+                if id(part) in seen or not isinstance(part, (Envoy, ControlPlane)):
+                    continue
+                seen.add(id(part))
+                title = "envoy log (tail)" if isinstance(part, Envoy) else "control plane log (tail)"
+                report.sections.append((title, part.log()[-4000:]))
     return report
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure(record_property: Callable[[str, object], None]) -> Callable[[str, str], None]:
+    """Records a measured figure (`name`, `text`): in the JUnit properties, and printed in the
+    terminal summary so it shows in CI output without `-s`."""
+
+    def report(name: str, text: str) -> None:
+        record_property(name, text)
+        _FIGURES.append(f"{name}: {text}")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("measured")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -242,18 +242,26 @@ class EnvoyFailedToStart(RuntimeError):
 
 
 class Envoy:
-    """A real Envoy with `--concurrency 2`, started from a bootstrap dict and ready on return.
+    """A real Envoy with `--concurrency 2`, started from a bootstrap (a dict, or the YAML text
+    of `tollgate envoy-config`) and ready on return, serving on the listener named `listener`.
 
     `Envoy.start(...)` raises EnvoyFailedToStart (with the log) when Envoy exits or never
     becomes ready with its listener bound; `stop()` always ends the process.
     """
 
-    def __init__(self, bootstrap: dict[str, Any], workdir: Path | None = None) -> None:
+    def __init__(
+        self, bootstrap: dict[str, Any] | str, workdir: Path | None = None, listener: str = "ingress"
+    ) -> None:
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tollgate-envoy-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = self.workdir / "envoy.json"
-        self.config_path.write_text(json.dumps(bootstrap, indent=2))
+        self.listener = listener
+        if isinstance(bootstrap, str):  # YAML, as `tollgate envoy-config` prints it
+            self.config_path = self.workdir / "envoy.yaml"
+            self.config_path.write_text(bootstrap)
+        else:
+            self.config_path = self.workdir / "envoy.json"
+            self.config_path.write_text(json.dumps(bootstrap, indent=2))
         self.admin_address_path = self.workdir / "admin-address"
         self.log_path = self.workdir / "envoy.log"
         self.admin_url = ""
@@ -276,8 +284,10 @@ class Envoy:
         _live.append(self.process)
 
     @classmethod
-    def start(cls, bootstrap: dict[str, Any], workdir: Path | None = None) -> "Envoy":
-        envoy = cls(bootstrap, workdir)
+    def start(
+        cls, bootstrap: dict[str, Any] | str, workdir: Path | None = None, listener: str = "ingress"
+    ) -> "Envoy":
+        envoy = cls(bootstrap, workdir, listener)
         try:
             envoy.wait_ready()
         except BaseException:
@@ -309,7 +319,7 @@ class Envoy:
             wait_until(ready, deadline_s, "envoy admin /ready")
         except TimeoutError as error:
             raise EnvoyFailedToStart(str(error), self.log()) from None
-        self.port = self._listener_port("ingress")
+        self.port = self._listener_port(self.listener)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _listener_port(self, name: str) -> int:
