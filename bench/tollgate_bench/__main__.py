@@ -35,6 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     parser.add_argument("--rounds", type=int, help="interleaved rounds of the request-cost section (default 5, quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per configuration and round (default 5, quick 1)")
+    parser.add_argument("--no-build", action="store_true", help="bench/run did not rebuild target/tollgate.wasm")
     parser.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, quick: a temp file)")
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
             supervisor=supervisor,
             cpus=CpuLayout.detect(),
         )
-        machine = machine_lines(envoy_version(binary), bench.cpus.describe())
+        machine = machine_lines(envoy_version(binary), bench.cpus.describe(), TOLLGATE_WASM, rebuilt=not args.no_build)
         reports = []
         try:
             for name in args.sections.split(","):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import platform
 import statistics
@@ -51,7 +52,13 @@ def git_revision() -> str:
     return commit + dirty
 
 
-def machine_lines(envoy_version: str, cpu_layout: str) -> list[str]:
+def module_identity(wasm: Path) -> str:
+    digest = hashlib.sha256(wasm.read_bytes()).hexdigest()[:12]
+    built = dt.datetime.fromtimestamp(wasm.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"sha256 {digest}…, {wasm.stat().st_size:,} bytes, built {built}"
+
+
+def machine_lines(envoy_version: str, cpu_layout: str, wasm: Path, rebuilt: bool) -> list[str]:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load1, load5, _ = os.getloadavg()
     return [
@@ -61,6 +68,7 @@ def machine_lines(envoy_version: str, cpu_layout: str) -> list[str]:
         f"- CPU pinning: {cpu_layout}",
         f"- Load average at start: {load1:.2f} (1 min), {load5:.2f} (5 min) — the machine is shared",
         f"- tollgate commit: {git_revision()}",
+        f"- target/tollgate.wasm: {module_identity(wasm)}" + ("" if rebuilt else " (not rebuilt by this run: --no-build)"),
     ]
 
 

@@ -15,10 +15,13 @@ from typing import Any
 
 from . import envoy as e
 from .catalogue import NEVER_BINDS, Contract, plugin_configuration
-from .context import NOOP_WASM, TOLLGATE_WASM, Bench
+from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench
 from .processes import CLOCK_TICKS_PER_S
 from .report import SectionReport, median, table
 from .wrk import run_wrk
+
+# Hand-written reading of the filter's allow path, appended to the measured tables.
+CODE_NOTES = REPO / "bench" / "notes" / "request-cost.md"
 
 CONNECTIONS = 32
 WRK_THREADS = 1
@@ -56,13 +59,16 @@ class Configuration:
 CONFIGURATIONS = [
     Configuration("bare Envoy", "bare"),
     Configuration("no-op wasm filter", "noop_wasm"),
+    Configuration("wasm replaying tollgate's host calls, no logic", "replay_wasm", {"x-api-key": GOLD.key}),
     Configuration("native api_key_auth + local_ratelimit", "native", {"x-api-key": GOLD.key}),
     Configuration("Lua key check", "lua", {"x-api-key": GOLD.key}),
     Configuration("tollgate allow (2 limits)", "tollgate", {"x-api-key": GOLD.key}),
     Configuration("tollgate deny 401 (no key)", "tollgate", {}, 401),
     Configuration("tollgate deny 429 (exhausted)", "tollgate", {"x-api-key": EXHAUSTED.key}, 429),
 ]
-BARE, NOOP, TOLLGATE_ALLOW = CONFIGURATIONS[0], CONFIGURATIONS[1], CONFIGURATIONS[4]
+BARE, NOOP, REPLAY, TOLLGATE_ALLOW = CONFIGURATIONS[0], CONFIGURATIONS[1], CONFIGURATIONS[2], CONFIGURATIONS[5]
+# What the replay row does per request (bench/noop-filter): tollgate's allow-path host calls.
+REPLAYED_HOST_CALLS = 13
 
 ROUTES = {"direct_response": e.DIRECT_PATH, "upstream": e.UPSTREAM_PATH}
 
@@ -71,6 +77,7 @@ def listener_filters() -> dict[str, list[dict[str, Any]]]:
     return {
         "bare": [],
         "noop_wasm": [e.wasm_filter("noop", "noop", NOOP_WASM, "")],
+        "replay_wasm": [e.wasm_filter("replay", "replay", NOOP_WASM, "replay-tollgate-host-calls")],
         "native": [
             {
                 "name": "envoy.filters.http.api_key_auth",
@@ -188,6 +195,14 @@ def run(bench: Bench) -> SectionReport:
     return report(bench, samples)
 
 
+def paired_delta(samples: dict[tuple[Configuration, str], list[Sample]], a: Configuration, b: Configuration, route: str) -> float:
+    """Median over rounds of a's CPU µs/req minus b's in the same round: pairing cancels the
+    drift of other work on the machine between rounds."""
+    return median(
+        [x.cpu_us_per_request - y.cpu_us_per_request for x, y in zip(samples[(a, route)], samples[(b, route)])]
+    )
+
+
 def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}" if base else "–"
 
@@ -245,20 +260,25 @@ def report(bench: Bench, samples: dict[tuple[Configuration, str], list[Sample]])
             ),
             "",
         ]
-        # Paired per-round differences cancel drift from other work on the machine.
-        deltas = [
-            a.cpu_us_per_request - b.cpu_us_per_request
-            for a, b in zip(samples[(TOLLGATE_ALLOW, route)], samples[(NOOP, route)])
+        delta = paired_delta(samples, TOLLGATE_ALLOW, NOOP, route)
+        host_calls = paired_delta(samples, REPLAY, NOOP, route)
+        own_work = paired_delta(samples, TOLLGATE_ALLOW, REPLAY, route)
+        parts += [
+            f"Where tollgate's {delta:+.1f} µs over the no-op filter goes on this route (paired per-round medians): "
+            f"its {REPLAYED_HOST_CALLS} host calls, replayed without logic, cost {host_calls:+.1f} µs "
+            f"(≈ {host_calls / REPLAYED_HOST_CALLS:.2f} µs per call); tollgate's own work in the VM "
+            f"(key hashing, lookups, window math, allocations) {own_work:+.1f} µs.",
+            "",
         ]
-        delta = median(deltas)
         throughput = med[TOLLGATE_ALLOW][0] / med[NOOP][0]
         cpu_verdict = "met" if delta <= GOAL_CPU_DELTA_US else f"missed by {delta - GOAL_CPU_DELTA_US:.1f} µs"
         rps_verdict = "met" if throughput >= GOAL_THROUGHPUT_RATIO else f"missed by {GOAL_THROUGHPUT_RATIO - throughput:.2f}"
         headlines.append(
-            f"Request cost, {route} route: tollgate allow costs no-op wasm + {delta:.1f} µs Envoy CPU per request "
+            f"Request cost, {route} route: tollgate allow costs no-op wasm {delta:+.1f} µs Envoy CPU per request "
             f"(goal ≤ +{GOAL_CPU_DELTA_US:.0f} µs: {cpu_verdict}) at {throughput:.2f}× its throughput "
             f"(goal ≥ {GOAL_THROUGHPUT_RATIO}: {rps_verdict})."
         )
     if bench.notes:
         parts += ["Notes from the run:", "", *[f"- {n}" for n in bench.notes], ""]
+    parts += [CODE_NOTES.read_text().strip(), ""]
     return SectionReport("1. Request cost", "\n".join(parts), headlines)
