@@ -72,6 +72,8 @@ class ControlPlane:
         self.env = dict(env or {})
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # The extra environment of the current run (e.g. a wrong snapshot secret).
+        self.run_env: dict[str, str] = {}
         self._session = requests.Session()
 
     @property
@@ -81,6 +83,7 @@ class ControlPlane:
 
     def start(self, env: dict[str, str] | None = None) -> "ControlPlane":
         assert not self.running(), "already running"
+        self.run_env = dict(env or {})
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -93,7 +96,7 @@ class ControlPlane:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=_clean_env({**self.env, **(env or {})}),
+                env=_clean_env({**self.env, **self.run_env}),
             )
         _live.append(self.process)
         try:
