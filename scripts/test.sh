@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (`make test`, and CI through .ci/run): installs what is missing,
-# checks formatting and lints on both targets, runs the native tests, builds the filter once,
-# then runs the end-to-end suite against real Envoy 1.40. Exits non-zero on the first failure.
+# checks formatting and lints on both targets, runs the native tests, builds the filter and the
+# control plane binary once, then runs the end-to-end suite against real Envoy 1.40 (static mode,
+# and live mode with the real control plane). Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,9 @@ cargo test --workspace
 section "build target/tollgate.wasm"
 scripts/build-wasm.sh
 
-section "end-to-end tests (Envoy 1.40, --concurrency 2)"
+section "build target/debug/tollgate (control plane and CLI for the live-mode tests)"
+cargo build -p tollgate-control-plane
+
+section "end-to-end tests (Envoy 1.40, --concurrency 2, real control plane)"
 .venv/bin/python -m pytest tests/e2e "$@"
 bench/run --quick >/dev/null  # issue 6: the benchmark harness must keep working; timings are not asserted
