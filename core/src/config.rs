@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::index::CatalogueIndex;
+use crate::index::{compile, Directory, RouteIndex};
 use crate::snapshot::Snapshot;
 
 /// What to do with requests that match no API version.
@@ -121,19 +121,27 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A validated configuration with its compiled catalogue (static mode).
+/// A validated configuration and the routing table in force.
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub settings: FilterConfig,
     /// `APIKey realm="tollgate", header="<key_header>"`
     pub www_authenticate: String,
-    /// The catalogue in force: from the configuration (static mode) or the latest snapshot
-    /// adopted from shared data (live mode); `None` until the first one arrives.
-    pub index: Option<Arc<CatalogueIndex>>,
+    /// The routing table in force: from the configuration (static mode) or the latest
+    /// snapshot adopted from shared data (live mode); `None` until the first one arrives.
+    pub routes: Option<Arc<RouteIndex>>,
+}
+
+/// A parsed configuration and, in static mode, the key directory the filter publishes into
+/// shared data at start.
+#[derive(Debug)]
+pub struct ParsedConfig {
+    pub config: LoadedConfig,
+    pub static_directory: Option<Directory>,
 }
 
 impl LoadedConfig {
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+    pub fn parse(bytes: &[u8]) -> Result<ParsedConfig, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let mut settings: FilterConfig =
             serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
@@ -154,7 +162,7 @@ impl LoadedConfig {
                 message: "must not be empty".into(),
             });
         }
-        let index = match (settings.snapshot.take(), &settings.control_plane) {
+        let compiled = match (settings.snapshot.take(), &settings.control_plane) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError {
                     field: "control_plane".into(),
@@ -167,12 +175,10 @@ impl LoadedConfig {
                     message: "missing: embed the catalogue here (static mode) or name a control_plane (live mode)".into(),
                 })
             }
-            (Some(snapshot), None) => {
-                Some(Arc::new(CatalogueIndex::build(&snapshot).map_err(|e| ConfigError {
-                    field: format!("snapshot.{}", e.field),
-                    message: e.message,
-                })?))
-            }
+            (Some(snapshot), None) => Some(compile(&snapshot).map_err(|e| ConfigError {
+                field: format!("snapshot.{}", e.field),
+                message: e.message,
+            })?),
             (None, Some(cp)) => {
                 check_control_plane(cp)?;
                 None
@@ -182,19 +188,26 @@ impl LoadedConfig {
             "APIKey realm=\"tollgate\", header=\"{}\"",
             settings.key_header
         );
-        Ok(LoadedConfig {
-            settings,
-            www_authenticate,
-            index,
+        let (routes, static_directory) = match compiled {
+            Some(c) => (Some(Arc::new(c.routes)), Some(c.directory)),
+            None => (None, None),
+        };
+        Ok(ParsedConfig {
+            config: LoadedConfig {
+                settings,
+                www_authenticate,
+                routes,
+            },
+            static_directory,
         })
     }
 
-    /// The same settings enforcing another catalogue.
-    pub fn with_index(&self, index: Arc<CatalogueIndex>) -> Self {
+    /// The same settings enforcing another routing table.
+    pub fn with_routes(&self, routes: Arc<RouteIndex>) -> Self {
         LoadedConfig {
             settings: self.settings.clone(),
             www_authenticate: self.www_authenticate.clone(),
-            index: Some(index),
+            routes: Some(routes),
         }
     }
 }
@@ -256,7 +269,10 @@ mod tests {
 
     #[test]
     fn defaults_are_safe() {
-        let c = LoadedConfig::parse(format!(r#"{{"snapshot":{SNAPSHOT}}}"#).as_bytes()).unwrap();
+        let parsed =
+            LoadedConfig::parse(format!(r#"{{"snapshot":{SNAPSHOT}}}"#).as_bytes()).unwrap();
+        assert!(parsed.static_directory.is_some());
+        let c = parsed.config;
         assert_eq!(c.settings.unmatched, Unmatched::Pass);
         assert_eq!(c.settings.failure_mode, FailureMode::Closed);
         assert_eq!(c.settings.key_header, "x-api-key");
@@ -271,9 +287,12 @@ mod tests {
     fn live_mode_needs_a_complete_control_plane() {
         let cp =
             r#"{"cluster":"cp","authority":"cp:7100","gateway_token":"t","snapshot_secret":"s"}"#;
-        let c = LoadedConfig::parse(format!(r#"{{"control_plane":{cp}}}"#).as_bytes()).unwrap();
+        let parsed =
+            LoadedConfig::parse(format!(r#"{{"control_plane":{cp}}}"#).as_bytes()).unwrap();
+        assert!(parsed.static_directory.is_none());
+        let c = parsed.config;
         assert!(
-            c.index.is_none(),
+            c.routes.is_none(),
             "nothing enforced before the first snapshot"
         );
         let cp = c.settings.control_plane.unwrap();

@@ -1,10 +1,11 @@
 //! The gateway's decision for one request to a matched API version.
 
-use crate::counter::CounterStore;
-use crate::index::{ApiRef, CatalogueIndex, KeyLookup};
+use crate::index::{ApiRef, RouteIndex};
+use crate::keydir::{bucket_key, bucket_of, find};
 use crate::keys::key_digest;
-use crate::limits::{count_request, Admission, CountError, RateStatus};
+use crate::limits::{count_request, counter_key, Admission, CountError, RateStatus};
 use crate::problem::Problem;
+use crate::shared::SharedStore;
 use crate::snapshot::ApiStatus;
 
 /// Why a request was answered the way it was; also the `decision` label of the metrics.
@@ -68,30 +69,31 @@ pub struct Denial {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict<'i> {
+pub enum Verdict {
     /// A public API: no key needed, no identity, no limits.
     Public,
     /// A contract admitted the request and counted it.
     Allow {
-        client: &'i str,
-        plan: &'i str,
+        client: String,
+        plan: String,
         rate: RateStatus,
         cas_retries: u32,
     },
     Deny(Denial),
 }
 
-/// Decides a request to `api` presenting `api_key`, counting it if it is admitted.
+/// Decides a request to `api` presenting `api_key`, counting it if it is admitted: the key is
+/// looked up in the shared key directory, its contract's counter updated in shared data.
 /// `www_authenticate` is the challenge sent with every 401.
-pub fn decide<'i, S: CounterStore + ?Sized>(
-    index: &'i CatalogueIndex,
+pub fn decide<S: SharedStore + ?Sized>(
+    routes: &RouteIndex,
     api: ApiRef,
     api_key: Option<&str>,
     now_ms: u64,
     store: &mut S,
     www_authenticate: &str,
-) -> Verdict<'i> {
-    let route = index.api(api);
+) -> Verdict {
+    let route = routes.api(api);
     if route.status == ApiStatus::Retired {
         return Verdict::Deny(deny(
             Reason::Retired,
@@ -125,24 +127,26 @@ pub fn decide<'i, S: CounterStore + ?Sized>(
             )
         }
     };
-    let client = match index.lookup_key(&key_digest(key), now_ms) {
-        KeyLookup::Client(c) => c,
-        KeyLookup::Unknown => {
-            return unauthorized(
-                Reason::InvalidKey,
-                "invalid-api-key",
-                "the API key is not valid",
-            )
-        }
-        KeyLookup::Expired => {
-            return unauthorized(
-                Reason::InvalidKey,
-                "invalid-api-key",
-                "the API key has expired",
-            )
-        }
+    let digest = key_digest(key);
+    let bucket = match store.get(&bucket_key(bucket_of(&digest))) {
+        Ok(found) => found.map(|(bytes, _)| bytes).unwrap_or_default(),
+        Err(e) => return counter_unavailable(CountError::Store(e)),
     };
-    let Some(contract) = index.contract(client, api) else {
+    let Some(found) = find(&bucket, &digest) else {
+        return unauthorized(
+            Reason::InvalidKey,
+            "invalid-api-key",
+            "the API key is not valid",
+        );
+    };
+    if found.expires_at.is_some_and(|at| now_ms / 1000 >= at) {
+        return unauthorized(
+            Reason::InvalidKey,
+            "invalid-api-key",
+            "the API key has expired",
+        );
+    }
+    let Some(grant) = found.grant_for(&route.id) else {
         return Verdict::Deny(deny(
             Reason::NoContract,
             Problem::new(
@@ -153,12 +157,12 @@ pub fn decide<'i, S: CounterStore + ?Sized>(
             ),
         ));
     };
-    let plan = index.plan(contract);
-    match count_request(store, &contract.counter_key, &plan.limits, now_ms) {
+    let limits = grant.limits.to_vec();
+    match count_request(store, &counter_key(grant.contract), &limits, now_ms) {
         Ok(counted) => match counted.admission {
             Admission::Admitted(rate) => Verdict::Allow {
-                client: &contract.client,
-                plan: &plan.id,
+                client: found.client.to_owned(),
+                plan: grant.plan.to_owned(),
                 rate,
                 cas_retries: counted.cas_retries,
             },
@@ -174,7 +178,7 @@ pub fn decide<'i, S: CounterStore + ?Sized>(
                         429,
                         format!(
                             "plan {} allows {} requests in this window; retry in {retry_after} s",
-                            plan.id, status.limit
+                            grant.plan, status.limit
                         ),
                     ),
                 );
@@ -183,19 +187,21 @@ pub fn decide<'i, S: CounterStore + ?Sized>(
                 Verdict::Deny(d)
             }
         },
-        Err(e) => {
-            let detail = match e {
-                CountError::Store(err) => format!("rate-limit counter unavailable: {}", err.0),
-                CountError::Contention => {
-                    "rate-limit counter busy; the request was not admitted".to_owned()
-                }
-            };
-            Verdict::Deny(deny(
-                Reason::CounterUnavailable,
-                Problem::new("counter-unavailable", "Service Unavailable", 503, detail),
-            ))
-        }
+        Err(e) => counter_unavailable(e),
     }
+}
+
+fn counter_unavailable(e: CountError) -> Verdict {
+    let detail = match e {
+        CountError::Store(err) => format!("shared data unavailable: {}", err.0),
+        CountError::Contention => {
+            "rate-limit counter busy; the request was not admitted".to_owned()
+        }
+    };
+    Verdict::Deny(deny(
+        Reason::CounterUnavailable,
+        Problem::new("counter-unavailable", "Service Unavailable", 503, detail),
+    ))
 }
 
 /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` for one limit.

@@ -7,14 +7,103 @@
 
 use std::fmt;
 
-use crate::index::{CatalogueIndex, IndexError};
-use crate::signing;
-use crate::snapshot::Snapshot;
+use serde::{Deserialize, Serialize};
 
-/// Shared-data key holding the verified snapshot body, prefixed by its revision.
-pub const SNAPSHOT_KEY: &str = "tollgate.snapshot";
-/// Shared-data key holding only the revision (8 bytes, little endian): what workers poll.
-pub const REVISION_KEY: &str = "tollgate.snapshot.revision";
+use crate::index::{
+    compile as compile_snapshot, Compiled, Coverage, Directory, IndexError, RouteIndex,
+};
+use crate::keydir::{bucket_key, BUCKETS};
+use crate::shared::{SharedStore, StoreError};
+use crate::signing;
+use crate::snapshot::{ApiVersion, Snapshot};
+
+/// Shared-data key holding the routing table workers enforce ([`RoutesDocument`] JSON).
+pub const ROUTES_KEY: &str = "tollgate.routes";
+/// Shared-data key holding only the routes' revision (8 bytes, little endian): what workers
+/// poll on every refresh tick.
+pub const REVISION_KEY: &str = "tollgate.routes.revision";
+/// Shared-data key holding a bitmap of the key-directory buckets that are not empty, so that
+/// a complete catalogue can clear the buckets it no longer uses.
+pub const MANIFEST_KEY: &str = "tollgate.keys.manifest";
+
+/// What workers keep of a revision: its API versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesDocument {
+    pub revision: u64,
+    pub apis: Vec<ApiVersion>,
+}
+
+impl RoutesDocument {
+    pub fn compile(bytes: &[u8]) -> Result<RouteIndex, SnapshotRejected> {
+        let doc: RoutesDocument =
+            serde_json::from_slice(bytes).map_err(|e| SnapshotRejected::BadJson(e.to_string()))?;
+        RouteIndex::build(doc.revision, &doc.apis).map_err(SnapshotRejected::Invalid)
+    }
+}
+
+/// Writes a snapshot's key-directory buckets into shared data: the buckets it defines, an
+/// empty value for each bucket it covers without records (a complete catalogue covers all), and
+/// the manifest of non-empty buckets. Each bucket is one atomic write; a reader sees every key
+/// either before or after its change.
+pub fn publish_directory<S: SharedStore + ?Sized>(
+    store: &mut S,
+    directory: &Directory,
+) -> Result<(), StoreError> {
+    let mut manifest = match store.get(MANIFEST_KEY)? {
+        Some((bytes, _)) if bytes.len() == BUCKETS / 8 => bytes,
+        _ => vec![0u8; BUCKETS / 8],
+    };
+    let clear = |store: &mut S, bucket: u16, manifest: &mut [u8]| {
+        let (byte, bit) = (usize::from(bucket) / 8, 1u8 << (bucket % 8));
+        match manifest.get_mut(byte) {
+            Some(b) if *b & bit != 0 => {
+                *b &= !bit;
+                store.set(&bucket_key(bucket), &[], 0).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    };
+    match &directory.coverage {
+        Coverage::All => {
+            for bucket in 0..=u16::MAX {
+                if !directory.buckets.contains_key(&bucket) {
+                    clear(store, bucket, &mut manifest)?;
+                }
+            }
+        }
+        Coverage::Buckets(list) => {
+            for bucket in list {
+                if !directory.buckets.contains_key(bucket) {
+                    clear(store, *bucket, &mut manifest)?;
+                }
+            }
+        }
+    }
+    for (bucket, bytes) in &directory.buckets {
+        store.set(&bucket_key(*bucket), bytes, 0)?;
+        if let Some(b) = manifest.get_mut(usize::from(*bucket) / 8) {
+            *b |= 1u8 << (bucket % 8);
+        }
+    }
+    store.set(MANIFEST_KEY, &manifest, 0)?;
+    Ok(())
+}
+
+/// Publishes the routing table of a revision; workers adopt it on their next tick.
+pub fn publish_routes<S: SharedStore + ?Sized>(
+    store: &mut S,
+    revision: u64,
+    apis: &[ApiVersion],
+) -> Result<(), StoreError> {
+    let doc = RoutesDocument {
+        revision,
+        apis: apis.to_vec(),
+    };
+    let body = serde_json::to_vec(&doc).map_err(|e| StoreError(e.to_string()))?;
+    store.set(ROUTES_KEY, &body, 0)?;
+    store.set(REVISION_KEY, &encode_revision(revision), 0)?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotRejected {
@@ -42,22 +131,21 @@ pub fn verify_snapshot(
     secret: &[u8],
     body: &[u8],
     signature: Option<&str>,
-) -> Result<(Snapshot, CatalogueIndex), SnapshotRejected> {
+) -> Result<(Snapshot, Compiled), SnapshotRejected> {
     let signature = signature.ok_or(SnapshotRejected::MissingSignature)?;
     if !signing::verify(secret, body, signature) {
         return Err(SnapshotRejected::BadSignature);
     }
-    let (snapshot, index) = compile(body)?;
-    Ok((snapshot, index))
+    compile(body)
 }
 
-/// Parses and compiles a snapshot body (already verified, or read from shared data).
-pub fn compile(body: &[u8]) -> Result<(Snapshot, CatalogueIndex), SnapshotRejected> {
+/// Parses and compiles a snapshot body.
+pub fn compile(body: &[u8]) -> Result<(Snapshot, Compiled), SnapshotRejected> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let snapshot: Snapshot = serde_path_to_error::deserialize(de)
         .map_err(|e| SnapshotRejected::BadJson(format!("{}: {}", e.path(), e.inner())))?;
-    let index = CatalogueIndex::build(&snapshot).map_err(SnapshotRejected::Invalid)?;
-    Ok((snapshot, index))
+    let compiled = compile_snapshot(&snapshot).map_err(SnapshotRejected::Invalid)?;
+    Ok((snapshot, compiled))
 }
 
 pub fn encode_revision(revision: u64) -> [u8; 8] {
@@ -108,7 +196,11 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keydir::bucket_of;
+    use crate::keys::key_digest;
+    use crate::shared::MemoryStore;
     use crate::snapshot::SCHEMA_VERSION;
+    use crate::testkit::*;
 
     fn body() -> Vec<u8> {
         serde_json::to_vec(&Snapshot::empty(9)).unwrap()
@@ -118,8 +210,8 @@ mod tests {
     fn a_signed_snapshot_is_accepted() {
         let b = body();
         let sig = signing::sign(b"s3cret", &b);
-        let (snapshot, index) = verify_snapshot(b"s3cret", &b, Some(&sig)).unwrap();
-        assert_eq!((snapshot.schema, index.revision()), (SCHEMA_VERSION, 9));
+        let (snapshot, compiled) = verify_snapshot(b"s3cret", &b, Some(&sig)).unwrap();
+        assert_eq!((snapshot.schema, compiled.revision()), (SCHEMA_VERSION, 9));
     }
 
     #[test]
@@ -153,6 +245,59 @@ mod tests {
             verify_snapshot(b"s3cret", &future, Some(&sig)),
             Err(SnapshotRejected::Invalid(e)) if e.field == "schema"
         ));
+    }
+
+    fn bucket(store: &MemoryStore, key: &str) -> Option<Vec<u8>> {
+        store
+            .peek(&bucket_key(bucket_of(&key_digest(key))))
+            .map(|(v, _)| v)
+    }
+
+    #[test]
+    fn a_complete_catalogue_clears_buckets_it_no_longer_uses() {
+        let mut store = MemoryStore::new();
+        let full = compile_snapshot(&acme()).unwrap();
+        publish_directory(&mut store, &full.directory).unwrap();
+        assert!(bucket(&store, BRONZE_KEY).is_some_and(|b| !b.is_empty()));
+
+        let mut without_hobby = acme();
+        without_hobby.clients.truncate(1);
+        without_hobby.contracts.truncate(1);
+        let next = compile_snapshot(&without_hobby).unwrap();
+        publish_directory(&mut store, &next.directory).unwrap();
+        assert_eq!(bucket(&store, BRONZE_KEY), Some(Vec::new()), "cleared");
+        assert!(bucket(&store, GOLD_KEY).is_some_and(|b| !b.is_empty()));
+        // Keys are bounded: buckets, manifest, nothing per revision.
+        let before = store.len();
+        publish_directory(&mut store, &next.directory).unwrap();
+        assert_eq!(store.len(), before);
+    }
+
+    #[test]
+    fn a_page_rewrites_only_the_buckets_it_covers() {
+        let mut store = MemoryStore::new();
+        publish_directory(&mut store, &compile_snapshot(&acme()).unwrap().directory).unwrap();
+        let gold_before = bucket(&store, GOLD_KEY);
+        // A page covering the Bronze key's bucket, in which that client is gone.
+        let mut page = acme();
+        page.clients.clear();
+        page.contracts.clear();
+        page.buckets = Some(vec![bucket_of(&key_digest(BRONZE_KEY))]);
+        publish_directory(&mut store, &compile_snapshot(&page).unwrap().directory).unwrap();
+        assert_eq!(bucket(&store, BRONZE_KEY), Some(Vec::new()));
+        assert_eq!(bucket(&store, GOLD_KEY), gold_before, "untouched");
+    }
+
+    #[test]
+    fn published_routes_compile_back_with_their_revision() {
+        let mut store = MemoryStore::new();
+        let s = acme();
+        publish_routes(&mut store, 42, &s.apis).unwrap();
+        let (revision, _) = store.peek(REVISION_KEY).unwrap();
+        assert_eq!(decode_revision(&revision), Some(42));
+        let routes = RoutesDocument::compile(&store.peek(ROUTES_KEY).unwrap().0).unwrap();
+        assert_eq!(routes.revision(), 42);
+        assert!(routes.route("h", "/orders/v1/1").is_some());
     }
 
     #[test]

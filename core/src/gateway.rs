@@ -3,10 +3,10 @@
 //! tests; the filter implements the trait with proxy-wasm host calls.
 
 use crate::config::{FailureMode, LoadedConfig, Unmatched};
-use crate::counter::{CounterStore, StoreError};
 use crate::decision::{decide, deny, not_configured, rate_limit_headers, Denial, Reason, Verdict};
 use crate::path::{is_normal, split_query, take_query_param};
 use crate::problem::Problem;
+use crate::shared::{SharedStore, StoreError};
 
 pub const CLIENT_HEADER: &str = "x-tollgate-client";
 pub const PLAN_HEADER: &str = "x-tollgate-plan";
@@ -63,10 +63,10 @@ pub fn handle_request<H, S>(
 ) -> Result<Handled, StoreError>
 where
     H: RequestHeaders + ?Sized,
-    S: CounterStore + ?Sized,
+    S: SharedStore + ?Sized,
 {
     let settings = &config.settings;
-    let Some(index) = &config.index else {
+    let Some(routes) = &config.routes else {
         return Ok(match settings.failure_mode {
             FailureMode::Open => Handled::forward(Reason::NotConfigured, Vec::new()),
             FailureMode::Closed => Handled::respond(not_configured()),
@@ -87,7 +87,7 @@ where
         )));
     }
     let authority = headers.get(":authority")?.unwrap_or_default();
-    let Some(api) = index.route(&authority, path) else {
+    let Some(api) = routes.route(&authority, path) else {
         return Ok(match settings.unmatched {
             Unmatched::Pass => Handled::forward(Reason::Unmatched, Vec::new()),
             Unmatched::Deny => Handled::respond(deny(
@@ -109,7 +109,7 @@ where
     };
     let key = header_key.as_deref().or(query_key.as_deref());
 
-    let verdict = decide(index, api, key, now_ms, store, &config.www_authenticate);
+    let verdict = decide(routes, api, key, now_ms, store, &config.www_authenticate);
     let (reason, identity, response_headers, cas_retries) = match verdict {
         Verdict::Deny(denial) => return Ok(Handled::respond(denial)),
         Verdict::Public => (Reason::Public, None, Vec::new(), 0),
@@ -129,15 +129,15 @@ where
     // Forwarding: the upstream learns who called from us only.
     match identity {
         Some((client, plan)) => {
-            headers.set(CLIENT_HEADER, client)?;
-            headers.set(PLAN_HEADER, plan)?;
+            headers.set(CLIENT_HEADER, &client)?;
+            headers.set(PLAN_HEADER, &plan)?;
         }
         None => {
             headers.remove(CLIENT_HEADER)?;
             headers.remove(PLAN_HEADER)?;
         }
     }
-    if !index.api(api).forward_api_key {
+    if !routes.api(api).forward_api_key {
         if header_key.is_some() {
             headers.remove(&settings.key_header)?;
         }

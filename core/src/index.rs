@@ -1,15 +1,16 @@
-//! The snapshot compiled for per-request lookups: routing, keys, contracts and plans.
+//! The snapshot compiled for the gateway: the routing table every worker keeps, and the key
+//! directory buckets published into shared data (see [`crate::keydir`]).
 //!
 //! Compiling also validates: a snapshot that references what it does not contain, or whose
 //! published routings collide, is refused with an error naming the field, and the gateway keeps
 //! what it had.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use crate::keys::{parse_digest_hex, KeyDigest};
-use crate::limits::counter_key;
-use crate::snapshot::{ApiStatus, Period, RateLimit, Snapshot, SCHEMA_VERSION};
+use crate::keydir::{bucket_of, encode_buckets, Grant, KeyRecord};
+use crate::keys::parse_digest_hex;
+use crate::snapshot::{ApiStatus, ApiVersion, Period, Snapshot, SCHEMA_VERSION};
 
 /// Why a snapshot cannot be enforced, with the path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,107 +47,219 @@ pub struct ApiRoute {
     prefix: String,
 }
 
+/// Which API version serves a request: all a worker keeps of the catalogue.
 #[derive(Debug)]
-pub struct PlanEntry {
-    pub id: String,
-    pub limits: Vec<RateLimit>,
-}
-
-#[derive(Debug)]
-pub struct ContractEntry {
-    pub id: u64,
-    /// The contract's key in the counter store.
-    pub counter_key: String,
-    pub client: String,
-    plan: u32,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct KeyEntry {
-    client: u32,
-    expires_at: Option<u64>,
-}
-
-/// What a presented API key resolves to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyLookup {
-    Unknown,
-    Expired,
-    Client(u32),
-}
-
-#[derive(Debug)]
-pub struct CatalogueIndex {
+pub struct RouteIndex {
     revision: u64,
     apis: Vec<ApiRoute>,
-    plans: Vec<PlanEntry>,
     /// Routes of APIs that name hosts, per lowercase host, longest prefix first.
     by_host: HashMap<String, Vec<u32>>,
     /// Routes of APIs for any host, longest prefix first.
     any_host: Vec<u32>,
-    keys: HashMap<KeyDigest, KeyEntry>,
-    contracts: HashMap<(u32, u32), ContractEntry>,
 }
 
-impl CatalogueIndex {
-    pub fn build(snapshot: &Snapshot) -> Result<Self, IndexError> {
-        if snapshot.schema != SCHEMA_VERSION {
+/// Which key buckets a snapshot defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coverage {
+    /// A complete catalogue: every bucket not written is empty.
+    All,
+    /// Only these buckets (a page of a live-mode revision); the others are unchanged.
+    Buckets(Vec<u16>),
+}
+
+/// The key-directory buckets a snapshot defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directory {
+    /// Encoded non-empty buckets.
+    pub buckets: BTreeMap<u16, Vec<u8>>,
+    pub coverage: Coverage,
+}
+
+/// A validated snapshot, ready to enforce.
+#[derive(Debug)]
+pub struct Compiled {
+    pub routes: RouteIndex,
+    pub directory: Directory,
+}
+
+impl Compiled {
+    pub fn revision(&self) -> u64 {
+        self.routes.revision
+    }
+}
+
+pub fn compile(snapshot: &Snapshot) -> Result<Compiled, IndexError> {
+    if snapshot.schema != SCHEMA_VERSION {
+        return Err(invalid(
+            "schema",
+            format!(
+                "schema version {} is not supported (this gateway reads {SCHEMA_VERSION})",
+                snapshot.schema
+            ),
+        ));
+    }
+    let routes = RouteIndex::build(snapshot.revision, &snapshot.apis)?;
+
+    let mut plans: HashMap<&str, &[crate::snapshot::RateLimit]> = HashMap::new();
+    for (i, plan) in snapshot.plans.iter().enumerate() {
+        let field = format!("plans[{i}]");
+        check_ref(&plan.id, &format!("{field}.id"))?;
+        if plan.limits.is_empty() {
             return Err(invalid(
-                "schema",
-                format!(
-                    "schema version {} is not supported (this gateway reads {SCHEMA_VERSION})",
-                    snapshot.schema
-                ),
+                format!("{field}.limits"),
+                "a plan version needs at least one limit",
             ));
         }
-
-        let mut plans = Vec::with_capacity(snapshot.plans.len());
-        let mut plan_ids: HashMap<&str, u32> = HashMap::new();
-        for (i, plan) in snapshot.plans.iter().enumerate() {
-            let field = format!("plans[{i}]");
-            check_ref(&plan.id, &format!("{field}.id"))?;
-            if plan.limits.is_empty() {
+        let mut seen: Vec<Period> = Vec::new();
+        for (j, l) in plan.limits.iter().enumerate() {
+            if l.requests == 0 {
                 return Err(invalid(
-                    format!("{field}.limits"),
-                    "a plan version needs at least one limit",
+                    format!("{field}.limits[{j}].requests"),
+                    "must be at least 1",
                 ));
             }
-            let mut seen: Vec<Period> = Vec::new();
-            for (j, l) in plan.limits.iter().enumerate() {
-                if l.requests == 0 {
+            if seen.contains(&l.per) {
+                return Err(invalid(
+                    format!("{field}.limits[{j}].per"),
+                    format!(
+                        "a second limit per {} (at most one per period)",
+                        l.per.as_str()
+                    ),
+                ));
+            }
+            seen.push(l.per);
+        }
+        if plans.insert(&plan.id, &plan.limits).is_some() {
+            return Err(invalid(
+                format!("{field}.id"),
+                format!("duplicate plan version {}", plan.id),
+            ));
+        }
+    }
+
+    let coverage = match &snapshot.buckets {
+        None => Coverage::All,
+        Some(list) => Coverage::Buckets(list.clone()),
+    };
+    let covered: Option<HashSet<u16>> = snapshot
+        .buckets
+        .as_ref()
+        .map(|b| b.iter().copied().collect());
+
+    // Contracts per client version, checked against what the snapshot holds.
+    let client_ids: HashSet<&str> = snapshot.clients.iter().map(|c| c.id.as_str()).collect();
+    let mut grants: HashMap<&str, Vec<Grant>> = HashMap::new();
+    let mut contract_ids: HashSet<u64> = HashSet::new();
+    let mut pairs: HashSet<(&str, &str)> = HashSet::new();
+    for (i, c) in snapshot.contracts.iter().enumerate() {
+        let field = format!("contracts[{i}]");
+        if !client_ids.contains(c.client.as_str()) {
+            return Err(invalid(
+                format!("{field}.client"),
+                format!("unknown client version {}", c.client),
+            ));
+        }
+        let api = routes.find_id(&c.api).ok_or_else(|| {
+            invalid(
+                format!("{field}.api"),
+                format!("unknown API version {}", c.api),
+            )
+        })?;
+        let limits = plans.get(c.plan.as_str()).ok_or_else(|| {
+            invalid(
+                format!("{field}.plan"),
+                format!("unknown plan version {}", c.plan),
+            )
+        })?;
+        if routes.api(api).public {
+            return Err(invalid(
+                format!("{field}.api"),
+                format!("{} is public; contracts are for private APIs", c.api),
+            ));
+        }
+        if !contract_ids.insert(c.id) {
+            return Err(invalid(
+                format!("{field}.id"),
+                format!("duplicate contract id {}", c.id),
+            ));
+        }
+        if !pairs.insert((&c.client, &c.api)) {
+            return Err(invalid(
+                field,
+                format!("a second contract between {} and {}", c.client, c.api),
+            ));
+        }
+        grants.entry(&c.client).or_default().push(Grant {
+            contract: c.id,
+            api: c.api.clone(),
+            plan: c.plan.clone(),
+            limits: limits.to_vec(),
+        });
+    }
+
+    let mut records = Vec::new();
+    let mut seen_clients: HashSet<&str> = HashSet::new();
+    let mut seen_keys = HashSet::new();
+    for (i, client) in snapshot.clients.iter().enumerate() {
+        let field = format!("clients[{i}]");
+        check_ref(&client.id, &format!("{field}.id"))?;
+        if !seen_clients.insert(&client.id) {
+            return Err(invalid(
+                format!("{field}.id"),
+                format!("duplicate client version {}", client.id),
+            ));
+        }
+        let client_grants = grants.remove(client.id.as_str()).unwrap_or_default();
+        for (j, key) in client.keys.iter().enumerate() {
+            let digest = parse_digest_hex(&key.sha256).ok_or_else(|| {
+                invalid(
+                    format!("{field}.keys[{j}].sha256"),
+                    "must be 64 hex digits (a SHA-256)",
+                )
+            })?;
+            if !seen_keys.insert(digest) {
+                return Err(invalid(
+                    format!("{field}.keys[{j}].sha256"),
+                    "the same key hash appears twice",
+                ));
+            }
+            if let Some(covered) = &covered {
+                if !covered.contains(&bucket_of(&digest)) {
                     return Err(invalid(
-                        format!("{field}.limits[{j}].requests"),
-                        "must be at least 1",
-                    ));
-                }
-                if seen.contains(&l.per) {
-                    return Err(invalid(
-                        format!("{field}.limits[{j}].per"),
+                        format!("{field}.keys[{j}].sha256"),
                         format!(
-                            "a second limit per {} (at most one per period)",
-                            l.per.as_str()
+                            "falls in bucket {}, which this snapshot page does not cover",
+                            bucket_of(&digest)
                         ),
                     ));
                 }
-                seen.push(l.per);
             }
-            if plan_ids.insert(&plan.id, index_u32(i)).is_some() {
-                return Err(invalid(
-                    format!("{field}.id"),
-                    format!("duplicate plan version {}", plan.id),
-                ));
-            }
-            plans.push(PlanEntry {
-                id: plan.id.clone(),
-                limits: plan.limits.clone(),
+            records.push(KeyRecord {
+                digest,
+                expires_at: key.expires_at,
+                client: client.id.clone(),
+                grants: client_grants.clone(),
             });
         }
+    }
 
-        let mut apis = Vec::with_capacity(snapshot.apis.len());
-        let mut api_ids: HashMap<&str, u32> = HashMap::new();
+    Ok(Compiled {
+        routes,
+        directory: Directory {
+            buckets: encode_buckets(records),
+            coverage,
+        },
+    })
+}
+
+impl RouteIndex {
+    /// The routing table of `apis`; published routings must not collide.
+    pub fn build(revision: u64, apis_in: &[ApiVersion]) -> Result<Self, IndexError> {
+        let mut apis: Vec<ApiRoute> = Vec::with_capacity(apis_in.len());
+        let mut ids: HashSet<&str> = HashSet::new();
         // (host or "" for any, prefix) → api index; published beats retired.
         let mut slots: HashMap<(String, String), u32> = HashMap::new();
-        for (i, api) in snapshot.apis.iter().enumerate() {
+        for (i, api) in apis_in.iter().enumerate() {
             let field = format!("apis[{i}]");
             check_ref(&api.id, &format!("{field}.id"))?;
             let prefix = normalise_prefix(&api.routing.path_prefix).ok_or_else(|| {
@@ -155,7 +268,7 @@ impl CatalogueIndex {
                     "must start with '/' and contain no '?', '#', '//', '.' or '..' segments",
                 )
             })?;
-            if api_ids.insert(&api.id, index_u32(i)).is_some() {
+            if !ids.insert(&api.id) {
                 return Err(invalid(
                     format!("{field}.id"),
                     format!("duplicate API version {}", api.id),
@@ -178,25 +291,24 @@ impl CatalogueIndex {
                     ));
                 }
                 let slot = (host.clone(), prefix.clone());
-                match slots.get(&slot) {
-                    Some(&other) => {
-                        let other_api: &ApiRoute = &apis[other as usize];
-                        match (other_api.status, api.status) {
-                            (ApiStatus::Published, ApiStatus::Published) => {
-                                return Err(invalid(
-                                    format!("{field}.routing"),
-                                    format!("collides with published {} (same host and path prefix {prefix})", other_api.id),
-                                ))
-                            }
-                            (ApiStatus::Published, ApiStatus::Retired) => {}
-                            _ => {
-                                slots.insert(slot, index_u32(i));
-                            }
+                let replace = match slots.get(&slot).and_then(|&o| apis.get(o as usize)) {
+                    None => true,
+                    Some(other) => match (other.status, api.status) {
+                        (ApiStatus::Published, ApiStatus::Published) => {
+                            return Err(invalid(
+                                format!("{field}.routing"),
+                                format!(
+                                "collides with published {} (same host and path prefix {prefix})",
+                                other.id
+                            ),
+                            ))
                         }
-                    }
-                    None => {
-                        slots.insert(slot, index_u32(i));
-                    }
+                        (ApiStatus::Published, ApiStatus::Retired) => false,
+                        _ => true,
+                    },
+                };
+                if replace {
+                    slots.insert(slot, index_u32(i));
                 }
             }
             apis.push(ApiRoute {
@@ -216,9 +328,10 @@ impl CatalogueIndex {
                 by_host.entry(host).or_default().push(api);
             }
         }
+        let prefix_of = |i: &u32| apis.get(*i as usize).map_or("", |a| a.prefix.as_str());
         let longest_first = |list: &mut Vec<u32>| {
             list.sort_by(|a, b| {
-                let (pa, pb) = (&apis[*a as usize].prefix, &apis[*b as usize].prefix);
+                let (pa, pb) = (prefix_of(a), prefix_of(b));
                 pb.len().cmp(&pa.len()).then_with(|| pa.cmp(pb))
             })
         };
@@ -226,94 +339,11 @@ impl CatalogueIndex {
         for list in by_host.values_mut() {
             longest_first(list);
         }
-
-        let mut keys = HashMap::new();
-        let mut client_ids: HashMap<&str, u32> = HashMap::new();
-        for (i, client) in snapshot.clients.iter().enumerate() {
-            let field = format!("clients[{i}]");
-            check_ref(&client.id, &format!("{field}.id"))?;
-            if client_ids.insert(&client.id, index_u32(i)).is_some() {
-                return Err(invalid(
-                    format!("{field}.id"),
-                    format!("duplicate client version {}", client.id),
-                ));
-            }
-            for (j, key) in client.keys.iter().enumerate() {
-                let digest = parse_digest_hex(&key.sha256).ok_or_else(|| {
-                    invalid(
-                        format!("{field}.keys[{j}].sha256"),
-                        "must be 64 hex digits (a SHA-256)",
-                    )
-                })?;
-                let entry = KeyEntry {
-                    client: index_u32(i),
-                    expires_at: key.expires_at,
-                };
-                if keys.insert(digest, entry).is_some() {
-                    return Err(invalid(
-                        format!("{field}.keys[{j}].sha256"),
-                        "the same key hash appears twice",
-                    ));
-                }
-            }
-        }
-
-        let mut contracts = HashMap::new();
-        let mut contract_ids: HashMap<u64, usize> = HashMap::new();
-        for (i, c) in snapshot.contracts.iter().enumerate() {
-            let field = format!("contracts[{i}]");
-            let client = *client_ids.get(c.client.as_str()).ok_or_else(|| {
-                invalid(
-                    format!("{field}.client"),
-                    format!("unknown client version {}", c.client),
-                )
-            })?;
-            let api = *api_ids.get(c.api.as_str()).ok_or_else(|| {
-                invalid(
-                    format!("{field}.api"),
-                    format!("unknown API version {}", c.api),
-                )
-            })?;
-            let plan = *plan_ids.get(c.plan.as_str()).ok_or_else(|| {
-                invalid(
-                    format!("{field}.plan"),
-                    format!("unknown plan version {}", c.plan),
-                )
-            })?;
-            if apis[api as usize].public {
-                return Err(invalid(
-                    format!("{field}.api"),
-                    format!("{} is public; contracts are for private APIs", c.api),
-                ));
-            }
-            if contract_ids.insert(c.id, i).is_some() {
-                return Err(invalid(
-                    format!("{field}.id"),
-                    format!("duplicate contract id {}", c.id),
-                ));
-            }
-            let entry = ContractEntry {
-                id: c.id,
-                counter_key: counter_key(c.id),
-                client: c.client.clone(),
-                plan,
-            };
-            if contracts.insert((client, api), entry).is_some() {
-                return Err(invalid(
-                    field,
-                    format!("a second contract between {} and {}", c.client, c.api),
-                ));
-            }
-        }
-
-        Ok(CatalogueIndex {
-            revision: snapshot.revision,
+        Ok(RouteIndex {
+            revision,
             apis,
-            plans,
             by_host,
             any_host,
-            keys,
-            contracts,
         })
     }
 
@@ -336,33 +366,24 @@ impl CatalogueIndex {
 
     fn longest_prefix(&self, list: &[u32], path: &str) -> Option<ApiRef> {
         list.iter()
-            .find(|&&i| prefix_matches(&self.apis[i as usize].prefix, path))
+            .find(|&&i| {
+                self.apis
+                    .get(i as usize)
+                    .is_some_and(|a| prefix_matches(&a.prefix, path))
+            })
             .map(|&i| ApiRef(i))
     }
 
+    fn find_id(&self, id: &str) -> Option<ApiRef> {
+        self.apis
+            .iter()
+            .position(|a| a.id == id)
+            .map(|i| ApiRef(index_u32(i)))
+    }
+
     pub fn api(&self, api: ApiRef) -> &ApiRoute {
+        // ApiRefs are only made by this index, from positions in `apis`.
         &self.apis[api.0 as usize]
-    }
-
-    pub fn lookup_key(&self, digest: &KeyDigest, now_ms: u64) -> KeyLookup {
-        match self.keys.get(digest) {
-            None => KeyLookup::Unknown,
-            Some(k) if k.expires_at.is_some_and(|at| now_ms / 1000 >= at) => KeyLookup::Expired,
-            Some(k) => KeyLookup::Client(k.client),
-        }
-    }
-
-    pub fn contract(&self, client: u32, api: ApiRef) -> Option<&ContractEntry> {
-        self.contracts.get(&(client, api.0))
-    }
-
-    pub fn plan(&self, contract: &ContractEntry) -> &PlanEntry {
-        &self.plans[contract.plan as usize]
-    }
-
-    /// Every contract's counter key, e.g. to create them ahead of traffic.
-    pub fn counter_keys(&self) -> impl Iterator<Item = &str> {
-        self.contracts.values().map(|c| c.counter_key.as_str())
     }
 }
 

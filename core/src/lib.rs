@@ -2,25 +2,27 @@
 //!
 //! - [`snapshot`]: the catalogue schema shared by the control plane and the filter;
 //! - [`config`]: the filter's plugin configuration, validated at load;
-//! - [`index`]: the snapshot compiled for per-request lookups (routing, keys, contracts);
+//! - [`index`]: the snapshot compiled for the gateway: routing table and key-directory buckets;
+//! - [`keydir`]: the key directory kept in shared data (key → client, contracts, limits);
 //! - [`path`]: path normal form and the key's query parameter;
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
 //! - [`distribution`]: verifying fetched snapshots and handing them to every worker;
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
-//! - [`counter`]: the counter store contract (Envoy shared data semantics) and an in-memory one;
+//! - [`shared`]: the shared-data contract (Envoy's semantics) and an in-memory mirror;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
 //! - [`gateway`]: one request end to end over a request-headers trait the filter implements.
 
 pub mod config;
-pub mod counter;
 pub mod decision;
 pub mod distribution;
 pub mod gateway;
 pub mod index;
+pub mod keydir;
 pub mod keys;
 pub mod limits;
 pub mod path;
 pub mod problem;
+pub mod shared;
 pub mod signing;
 pub mod snapshot;
 pub mod time;

@@ -8,7 +8,7 @@
 //! against all of them. A rejected request writes nothing. A CAS mismatch means another worker
 //! wrote first: re-read and re-check, never write anyway.
 
-use crate::counter::{CounterStore, SetOutcome, StoreError};
+use crate::shared::{SetOutcome, SharedStore, StoreError};
 use crate::snapshot::{Period, RateLimit};
 use crate::time::{window, Window};
 
@@ -77,7 +77,7 @@ struct Slot {
 }
 
 /// Admits or rejects one request against `limits`, counting it in `store` under `key`.
-pub fn count_request<S: CounterStore + ?Sized>(
+pub fn count_request<S: SharedStore + ?Sized>(
     store: &mut S,
     key: &str,
     limits: &[RateLimit],
@@ -118,7 +118,7 @@ pub fn count_request<S: CounterStore + ?Sized>(
 /// is handed to one write of one key, so any token ever held by *another* key qualifies: we use
 /// the guard key's. (Only a wrap of the 32-bit sequence between the guard's write and this
 /// insert could collide.)
-fn insert_token<S: CounterStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
+fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
     for _ in 0..2 {
         if let Some((_, token)) = store.get(INSERT_GUARD_KEY)? {
             return Ok(token);
@@ -216,7 +216,7 @@ fn encode(slots: &[Slot]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + slots.len() * SLOT_LEN);
     out.push(STATE_FORMAT);
     for slot in slots {
-        out.push(period_tag(slot.period));
+        out.push(slot.period.tag());
         out.extend_from_slice(&slot.window_start.to_le_bytes());
         out.extend_from_slice(&slot.count.to_le_bytes());
     }
@@ -231,7 +231,7 @@ fn decode(bytes: &[u8]) -> Vec<Slot> {
     };
     rest.chunks_exact(SLOT_LEN)
         .filter_map(|chunk| {
-            let period = period_from_tag(chunk[0])?;
+            let period = Period::from_tag(chunk[0])?;
             let window_start = u64::from_le_bytes(chunk[1..9].try_into().ok()?);
             let count = u64::from_le_bytes(chunk[9..17].try_into().ok()?);
             Some(Slot {
@@ -241,20 +241,6 @@ fn decode(bytes: &[u8]) -> Vec<Slot> {
             })
         })
         .collect()
-}
-
-fn period_tag(p: Period) -> u8 {
-    match p {
-        Period::Second => 1,
-        Period::Minute => 2,
-        Period::Hour => 3,
-        Period::Day => 4,
-        Period::Month => 5,
-    }
-}
-
-fn period_from_tag(tag: u8) -> Option<Period> {
-    Period::ALL.into_iter().find(|p| period_tag(*p) == tag)
 }
 
 #[cfg(test)]

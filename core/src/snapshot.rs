@@ -26,6 +26,14 @@ pub struct Snapshot {
     pub clients: Vec<ClientVersion>,
     #[serde(default)]
     pub contracts: Vec<Contract>,
+    /// The key-directory buckets this document defines in full (a page of a live-mode
+    /// revision: only clients with keys in these buckets, and their contracts). Absent: a
+    /// complete catalogue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<u16>>,
+    /// Live mode: the cursor of the next page of this revision; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A locked plan version: the limits every contract through it gets.
@@ -63,6 +71,21 @@ impl Period {
         Period::Day,
         Period::Month,
     ];
+
+    /// The one-byte code of this period in the binary encodings (counters, key directory).
+    pub fn tag(self) -> u8 {
+        match self {
+            Period::Second => 1,
+            Period::Minute => 2,
+            Period::Hour => 3,
+            Period::Day => 4,
+            Period::Month => 5,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Period> {
+        Period::ALL.into_iter().find(|p| p.tag() == tag)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -145,6 +168,8 @@ impl Snapshot {
             apis: Vec::new(),
             clients: Vec::new(),
             contracts: Vec::new(),
+            buckets: None,
+            next: None,
         }
     }
 }

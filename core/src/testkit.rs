@@ -1,7 +1,19 @@
 //! A small catalogue for native tests, in the seed's terms.
 
+use crate::distribution::publish_directory;
+use crate::index::{compile, RouteIndex};
 use crate::keys::key_hash_hex;
+use crate::shared::MemoryStore;
 use crate::snapshot::*;
+
+/// A snapshot compiled as a gateway would: its routing table, and shared data holding its key
+/// directory.
+pub fn published(snapshot: &Snapshot) -> (RouteIndex, MemoryStore) {
+    let compiled = compile(snapshot).unwrap();
+    let mut store = MemoryStore::new();
+    publish_directory(&mut store, &compiled.directory).unwrap();
+    (compiled.routes, store)
+}
 
 pub const GOLD_KEY: &str = "gold-key-0123456789";
 pub const BRONZE_KEY: &str = "bronze-key-0123456789";
@@ -91,5 +103,7 @@ pub fn acme() -> Snapshot {
                 plan: "acme/bronze/1".into(),
             },
         ],
+        buckets: None,
+        next: None,
     }
 }

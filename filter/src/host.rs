@@ -8,8 +8,8 @@
 
 use std::ptr::{null, null_mut};
 
-use tollgate_core::counter::{CounterStore, SetOutcome, StoreError};
 use tollgate_core::gateway::RequestHeaders;
+use tollgate_core::shared::{SetOutcome, SharedStore, StoreError};
 
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
@@ -223,7 +223,7 @@ pub fn add_response_header(name: &str, value: &str) -> Result<(), StoreError> {
 /// Envoy shared data of this filter's `vm_id`: one map for every worker of the process.
 pub struct SharedData;
 
-impl CounterStore for SharedData {
+impl SharedStore for SharedData {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         let mut data = null_mut();
         let mut size = 0;

@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls::{dispatch_http_call, set_tick_period};
 use tollgate_core::config::{ConfigError, ControlPlane, LoadedConfig};
-use tollgate_core::counter::CounterStore;
-use tollgate_core::distribution::{
-    encode_revision, verify_snapshot, Backoff, REVISION_KEY, SNAPSHOT_KEY,
-};
+use tollgate_core::distribution::{publish_directory, publish_routes, verify_snapshot, Backoff};
 use tollgate_core::gateway::RequestHeaders;
 use tollgate_core::signing::SIGNATURE_HEADER;
 
@@ -31,13 +28,15 @@ pub struct Poller {
     backoff: Backoff,
     /// The revision last published, sent as `If-None-Match`.
     revision: Option<u64>,
+    /// The cursor of the next page of the revision being received.
+    next_page: Option<String>,
     in_flight: Option<u32>,
     next_poll_at_ms: u64,
 }
 
 impl Poller {
     pub fn configure(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let config = LoadedConfig::parse(bytes)?;
+        let config = LoadedConfig::parse(bytes)?.config;
         let Some(control_plane) = config.settings.control_plane else {
             return Err(ConfigError {
                 field: "control_plane".into(),
@@ -58,6 +57,7 @@ impl Poller {
             control_plane,
             metrics: PollerMetrics::define(),
             revision: None,
+            next_page: None,
             in_flight: None,
             next_poll_at_ms: 0,
         })
@@ -72,13 +72,15 @@ impl Poller {
 
     fn poll(&mut self) {
         let cp = &self.control_plane;
-        let (path, if_none_match) = match self.revision {
+        let (path, if_none_match) = match (&self.next_page, self.revision) {
+            // The rest of a revision that arrives in pages.
+            (Some(cursor), _) => (format!("{}?cursor={cursor}", cp.path), None),
             // With a snapshot in hand, ask to be told only of a newer one.
-            Some(rev) => (
+            (None, Some(rev)) => (
                 format!("{}?wait={}", cp.path, cp.poll_timeout_seconds),
                 Some(format!("\"{rev}\"")),
             ),
-            None => (cp.path.clone(), None),
+            (None, None) => (cp.path.clone(), None),
         };
         let authorization = format!("Bearer {}", cp.gateway_token);
         let mut headers = vec![
@@ -134,16 +136,28 @@ impl Poller {
             .flatten();
         let secret = self.control_plane.snapshot_secret.as_bytes();
         match verify_snapshot(secret, &body, signature.as_deref()) {
-            Ok((_, index)) => {
-                let revision = index.revision();
-                if let Err(e) = publish(&body, revision) {
-                    return self.failed(&e);
+            Ok((snapshot, compiled)) => {
+                let revision = compiled.revision();
+                // Keys first: each bucket is one atomic write. The routing table (and with it
+                // the revision workers watch) follows once the last page is in.
+                let mut shared = SharedData;
+                let published = publish_directory(&mut shared, &compiled.directory).and_then(
+                    |_| match &snapshot.next {
+                        Some(_) => Ok(()),
+                        None => publish_routes(&mut shared, revision, &snapshot.apis),
+                    },
+                );
+                if let Err(e) = published {
+                    return self.failed(&e.0);
                 }
-                log::info!("tollgate poller: published snapshot revision {revision}");
-                self.revision = Some(revision);
-                self.metrics.updates.inc();
-                self.metrics.revision.set(revision);
                 self.backoff.reset();
+                self.next_page = snapshot.next;
+                if self.next_page.is_none() {
+                    log::info!("tollgate poller: published snapshot revision {revision}");
+                    self.revision = Some(revision);
+                    self.metrics.updates.inc();
+                    self.metrics.revision.set(revision);
+                }
                 self.poll();
             }
             Err(rejected) => {
@@ -173,15 +187,4 @@ impl Poller {
         let entropy = now.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.backoff.failures());
         self.next_poll_at_ms = now + self.backoff.next_delay_ms(entropy);
     }
-}
-
-/// Body first, then the revision workers watch, so a worker that sees the new revision finds
-/// a body at least that new.
-fn publish(body: &[u8], revision: u64) -> Result<(), String> {
-    let mut shared = SharedData;
-    shared
-        .set(SNAPSHOT_KEY, body, 0)
-        .and_then(|_| shared.set(REVISION_KEY, &encode_revision(revision), 0))
-        .map(|_| ())
-        .map_err(|e| e.0)
 }

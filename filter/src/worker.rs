@@ -9,11 +9,13 @@ use proxy_wasm::hostcalls::set_tick_period;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tollgate_core::config::{ConfigError, LoadedConfig};
-use tollgate_core::counter::CounterStore;
 use tollgate_core::decision::{deny, Denial, Reason};
-use tollgate_core::distribution::{compile, decode_revision, REVISION_KEY, SNAPSHOT_KEY};
+use tollgate_core::distribution::{
+    decode_revision, publish_directory, RoutesDocument, REVISION_KEY, ROUTES_KEY,
+};
 use tollgate_core::gateway::{handle_request, Outcome};
 use tollgate_core::problem::{self, Problem};
+use tollgate_core::shared::SharedStore;
 
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::RequestMetrics;
@@ -21,16 +23,25 @@ use crate::metrics::RequestMetrics;
 pub struct WorkerRoot {
     config: Rc<LoadedConfig>,
     metrics: Rc<RequestMetrics>,
-    /// The revision of the snapshot in force (live mode).
+    /// The revision of the routing table in force.
     revision: Option<u64>,
 }
 
 impl WorkerRoot {
     pub fn configure(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let config = LoadedConfig::parse(bytes)?;
+        let parsed = LoadedConfig::parse(bytes)?;
+        if let Some(directory) = &parsed.static_directory {
+            // Static mode: every worker writes the same buckets; the last write is as good as
+            // the first. (One catalogue per vm_id: give other catalogues their own vm_id.)
+            publish_directory(&mut SharedData, directory).map_err(|e| ConfigError {
+                field: "snapshot".into(),
+                message: format!("cannot publish the key directory into shared data: {}", e.0),
+            })?;
+        }
+        let config = parsed.config;
         let live = config.settings.control_plane.clone();
         let mut root = WorkerRoot {
-            revision: config.index.as_ref().map(|i| i.revision()),
+            revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
         };
@@ -52,7 +63,8 @@ impl WorkerRoot {
         Ok(root)
     }
 
-    /// Adopts the poller's latest snapshot from shared data if it is newer than ours.
+    /// Adopts the poller's latest routing table from shared data if it is newer than ours.
+    /// (Keys and contracts need no adoption: requests read them from shared data.)
     pub fn refresh(&mut self) {
         let mut shared = SharedData;
         let published = match shared.get(REVISION_KEY) {
@@ -67,7 +79,7 @@ impl WorkerRoot {
         if self.revision == Some(published) {
             return;
         }
-        let body = match shared.get(SNAPSHOT_KEY) {
+        let body = match shared.get(ROUTES_KEY) {
             Ok(Some((body, _))) => body,
             Ok(None) => return,
             Err(e) => {
@@ -75,12 +87,12 @@ impl WorkerRoot {
                 return;
             }
         };
-        // The poller verified this body before publishing it; compiling can still fail only
-        // if the module was upgraded in between, and then the current catalogue stays.
-        match compile(&body) {
-            Ok((_, index)) => {
-                let revision = index.revision();
-                self.config = Rc::new(self.config.with_index(Arc::new(index)));
+        // The poller validated these routes before publishing them; compiling can still fail
+        // only if the module was upgraded in between, and then the current table stays.
+        match RoutesDocument::compile(&body) {
+            Ok(routes) => {
+                let revision = routes.revision();
+                self.config = Rc::new(self.config.with_routes(Arc::new(routes)));
                 self.revision = Some(revision);
                 self.metrics.snapshots_adopted.inc();
                 log::info!("tollgate: enforcing snapshot revision {revision}");

@@ -1,18 +1,18 @@
 use super::*;
-use crate::counter::MemoryStore;
+use crate::shared::MemoryStore;
 use crate::testkit::*;
 
 const NOW: u64 = 1_749_988_800_000 - 60_000; // 11:59:00Z, before OLD_KEY expires
 const CHALLENGE: &str = r#"APIKey realm="tollgate", header="x-api-key""#;
 
 fn decide_at(
+    routes: &RouteIndex,
     path: &str,
     key: Option<&str>,
     store: &mut MemoryStore,
 ) -> (Reason, u16, Vec<(&'static str, String)>, String) {
-    let index = CatalogueIndex::build(&acme()).unwrap();
-    let api = index.route("gw", path).unwrap();
-    match decide(&index, api, key, NOW, store, CHALLENGE) {
+    let api = routes.route("gw", path).unwrap();
+    match decide(routes, api, key, NOW, store, CHALLENGE) {
         Verdict::Public => (Reason::Public, 200, vec![], String::new()),
         Verdict::Allow {
             client, plan, rate, ..
@@ -28,7 +28,7 @@ fn decide_at(
 
 #[test]
 fn every_row_of_the_gateway_table() {
-    let mut store = MemoryStore::new();
+    let (routes, mut store) = published(&acme());
     let cases: [(&str, Option<&str>, Reason, u16); 8] = [
         ("/status", None, Reason::Public, 200),
         ("/status", Some("whatever"), Reason::Public, 200),
@@ -40,16 +40,16 @@ fn every_row_of_the_gateway_table() {
         ("/orders/v1/1", Some(GOLD_KEY), Reason::Allow, 200),
     ];
     for (path, key, reason, status) in cases {
-        let (r, s, _, _) = decide_at(path, key, &mut store);
+        let (r, s, _, _) = decide_at(&routes, path, key, &mut store);
         assert_eq!((r, s), (reason, status), "{path} {key:?}");
     }
 }
 
 #[test]
 fn unauthorized_answers_carry_the_challenge_and_never_the_key() {
-    let mut store = MemoryStore::new();
+    let (routes, mut store) = published(&acme());
     let secret = "sk_live_this-must-not-echo";
-    let (_, status, headers, body) = decide_at("/orders/v1", Some(secret), &mut store);
+    let (_, status, headers, body) = decide_at(&routes, "/orders/v1", Some(secret), &mut store);
     assert_eq!(status, 401);
     assert!(headers.contains(&("www-authenticate", CHALLENGE.to_owned())));
     assert!(!body.contains(secret));
@@ -58,8 +58,8 @@ fn unauthorized_answers_carry_the_challenge_and_never_the_key() {
 
 #[test]
 fn allowed_request_names_client_and_plan() {
-    let mut store = MemoryStore::new();
-    let (_, _, headers, who) = decide_at("/orders/v1", Some(GOLD_KEY), &mut store);
+    let (routes, mut store) = published(&acme());
+    let (_, _, headers, who) = decide_at(&routes, "/orders/v1", Some(GOLD_KEY), &mut store);
     assert_eq!(who, "acme/mobile/1 acme/gold/1");
     assert_eq!(headers[0], ("x-ratelimit-limit", "10000".to_owned()));
     assert_eq!(headers[1], ("x-ratelimit-remaining", "9999".to_owned()));
@@ -67,31 +67,44 @@ fn allowed_request_names_client_and_plan() {
 
 #[test]
 fn exhausted_plan_answers_429_with_retry_after() {
-    let mut store = MemoryStore::new();
+    let (routes, mut store) = published(&acme());
     for _ in 0..2 {
-        assert_eq!(decide_at("/orders/v1", Some(BRONZE_KEY), &mut store).1, 200);
+        assert_eq!(
+            decide_at(&routes, "/orders/v1", Some(BRONZE_KEY), &mut store).1,
+            200
+        );
     }
-    let (reason, status, headers, _) = decide_at("/orders/v1", Some(BRONZE_KEY), &mut store);
+    let (reason, status, headers, _) =
+        decide_at(&routes, "/orders/v1", Some(BRONZE_KEY), &mut store);
     assert_eq!((reason, status), (Reason::RateLimited, 429));
     assert!(headers.contains(&("retry-after", "60".to_owned())));
     assert!(headers.contains(&("x-ratelimit-remaining", "0".to_owned())));
     assert!(headers.contains(&("x-ratelimit-limit", "2".to_owned())));
     // The Gold client's contract has its own counter.
-    assert_eq!(decide_at("/orders/v1", Some(GOLD_KEY), &mut store).1, 200);
+    assert_eq!(
+        decide_at(&routes, "/orders/v1", Some(GOLD_KEY), &mut store).1,
+        200
+    );
 }
 
 #[test]
 fn expired_key_is_refused() {
-    let mut store = MemoryStore::new();
-    let index = CatalogueIndex::build(&acme()).unwrap();
-    let api = index.route("gw", "/orders/v1").unwrap();
+    let (routes, mut store) = published(&acme());
+    let api = routes.route("gw", "/orders/v1").unwrap();
     let later = 1_749_988_800_000;
-    match decide(&index, api, Some(OLD_KEY), later, &mut store, CHALLENGE) {
+    match decide(&routes, api, Some(OLD_KEY), later, &mut store, CHALLENGE) {
         Verdict::Deny(d) => assert_eq!((d.reason, d.status), (Reason::InvalidKey, 401)),
         other => panic!("expected 401, got {other:?}"),
     }
     assert!(matches!(
-        decide(&index, api, Some(OLD_KEY), later - 1, &mut store, CHALLENGE),
+        decide(
+            &routes,
+            api,
+            Some(OLD_KEY),
+            later - 1,
+            &mut store,
+            CHALLENGE
+        ),
         Verdict::Allow { .. }
     ));
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::counter::MemoryStore;
+use crate::shared::MemoryStore;
 use crate::testkit::*;
 
 const NOW: u64 = 1_749_988_800_000 - 60_000;
@@ -40,12 +40,16 @@ impl RequestHeaders for FakeHeaders {
     }
 }
 
-fn config(json_extra: &str, snapshot: &crate::snapshot::Snapshot) -> LoadedConfig {
+/// A static-mode configuration, and shared data holding its published key directory.
+fn config(json_extra: &str, snapshot: &crate::snapshot::Snapshot) -> (LoadedConfig, MemoryStore) {
     let json = format!(
         r#"{{{json_extra}"snapshot":{}}}"#,
         serde_json::to_string(snapshot).unwrap()
     );
-    LoadedConfig::parse(json.as_bytes()).unwrap()
+    let parsed = LoadedConfig::parse(json.as_bytes()).unwrap();
+    let mut store = MemoryStore::new();
+    crate::distribution::publish_directory(&mut store, &parsed.static_directory.unwrap()).unwrap();
+    (parsed.config, store)
 }
 
 fn run(cfg: &LoadedConfig, headers: &mut FakeHeaders, store: &mut MemoryStore) -> Handled {
@@ -54,8 +58,7 @@ fn run(cfg: &LoadedConfig, headers: &mut FakeHeaders, store: &mut MemoryStore) -
 
 #[test]
 fn key_and_forged_identity_are_replaced_before_upstream() {
-    let cfg = config("", &acme());
-    let mut store = MemoryStore::new();
+    let (cfg, mut store) = config("", &acme());
     let mut h = FakeHeaders::new(
         "/orders/v1/1?apikey=ignored&x=1",
         &[
@@ -80,8 +83,7 @@ fn key_and_forged_identity_are_replaced_before_upstream() {
 
 #[test]
 fn key_in_query_parameter_is_accepted_and_stripped() {
-    let cfg = config("", &acme());
-    let mut store = MemoryStore::new();
+    let (cfg, mut store) = config("", &acme());
     let mut h = FakeHeaders::new(&format!("/orders/v1?apikey={GOLD_KEY}"), &[]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value(":path"), Some("/orders/v1"));
@@ -89,8 +91,7 @@ fn key_in_query_parameter_is_accepted_and_stripped() {
 
 #[test]
 fn public_api_strips_key_and_forged_identity() {
-    let cfg = config("", &acme());
-    let mut store = MemoryStore::new();
+    let (cfg, mut store) = config("", &acme());
     let mut h = FakeHeaders::new(
         "/status?apikey=k",
         &[("x-api-key", "k"), ("x-tollgate-client", "forged")],
@@ -105,8 +106,7 @@ fn public_api_strips_key_and_forged_identity() {
 fn forward_api_key_keeps_the_key() {
     let mut s = acme();
     s.apis[0].forward_api_key = true;
-    let cfg = config("", &s);
-    let mut store = MemoryStore::new();
+    let (cfg, mut store) = config("", &s);
     let mut h = FakeHeaders::new("/orders/v1?apikey=q", &[("x-api-key", GOLD_KEY)]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value("x-api-key"), Some(GOLD_KEY));
@@ -115,8 +115,7 @@ fn forward_api_key_keeps_the_key() {
 
 #[test]
 fn unmatched_passes_untouched_or_is_denied() {
-    let mut store = MemoryStore::new();
-    let pass = config("", &acme());
+    let (pass, mut store) = config("", &acme());
     let mut h = FakeHeaders::new(
         "/elsewhere",
         &[("x-api-key", "k"), ("x-tollgate-client", "c")],
@@ -125,7 +124,7 @@ fn unmatched_passes_untouched_or_is_denied() {
     assert_eq!(h.value("x-api-key"), Some("k"), "untouched");
     assert_eq!(h.value("x-tollgate-client"), Some("c"), "untouched");
 
-    let deny = config(r#""unmatched":"deny","#, &acme());
+    let (deny, _) = config(r#""unmatched":"deny","#, &acme());
     match run(&deny, &mut FakeHeaders::new("/elsewhere", &[]), &mut store).outcome {
         Outcome::Respond(d) => assert_eq!(d.status, 404),
         other => panic!("expected 404, got {other:?}"),
@@ -134,8 +133,7 @@ fn unmatched_passes_untouched_or_is_denied() {
 
 #[test]
 fn traversal_out_of_a_public_prefix_is_refused() {
-    let cfg = config("", &acme());
-    let mut store = MemoryStore::new();
+    let (cfg, mut store) = config("", &acme());
     for path in [
         "/status/../orders/v1",
         "/nothing/%2e%2e/orders/v1",
@@ -148,8 +146,7 @@ fn traversal_out_of_a_public_prefix_is_refused() {
 
 #[test]
 fn custom_key_header_is_used() {
-    let cfg = config(r#""key_header":"X-Acme-Key","#, &acme());
-    let mut store = MemoryStore::new();
+    let (cfg, mut store) = config(r#""key_header":"X-Acme-Key","#, &acme());
     let mut h = FakeHeaders::new("/orders/v1", &[("x-acme-key", GOLD_KEY)]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value("x-acme-key"), None);
@@ -164,9 +161,8 @@ fn custom_key_header_is_used() {
 
 #[test]
 fn no_configuration_fails_closed_by_default() {
-    let mut cfg = config("", &acme());
-    cfg.index = None;
-    let mut store = MemoryStore::new();
+    let (mut cfg, mut store) = config("", &acme());
+    cfg.routes = None;
     match run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store).outcome {
         Outcome::Respond(d) => assert_eq!(d.status, 503),
         other => panic!("expected 503, got {other:?}"),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::counter::MemoryStore;
+use crate::shared::MemoryStore;
 use proptest::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -166,7 +166,7 @@ fn insert_race_loses_no_update() {
 #[test]
 fn fails_closed_when_cas_never_succeeds() {
     struct AlwaysRaced(MemoryStore);
-    impl CounterStore for AlwaysRaced {
+    impl SharedStore for AlwaysRaced {
         fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
             self.0.get(key)
         }
@@ -208,7 +208,7 @@ fn threads_sharing_one_store_admit_exactly_the_limit() {
 /// Takes the store's lock per host call, as Envoy does, so threads interleave between calls.
 struct LockPerCall(Arc<Mutex<MemoryStore>>);
 
-impl CounterStore for LockPerCall {
+impl SharedStore for LockPerCall {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         self.0.lock().unwrap().get(key)
     }
@@ -248,7 +248,7 @@ impl Interleaved {
     }
 }
 
-impl CounterStore for Interleaved {
+impl SharedStore for Interleaved {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         self.maybe_inject();
         self.inner.borrow_mut().get(key)

@@ -1,4 +1,5 @@
-//! The counter store: the contract of Envoy's shared data, and an in-memory mirror of it.
+//! Envoy shared data as the gateway uses it (counters and the key directory): its contract,
+//! and an in-memory mirror of it for native tests.
 //!
 //! Envoy's semantics (proxy-wasm-cpp-host `SharedData`), which [`MemoryStore`] reproduces:
 //! - `get` returns the value and a CAS token; every write hands out the next token from one
@@ -20,7 +21,7 @@ pub enum SetOutcome {
     CasMismatch,
 }
 
-pub trait CounterStore {
+pub trait SharedStore {
     /// The value and CAS token of `key`, or `None` when the key does not exist.
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
 
@@ -77,7 +78,7 @@ impl MemoryStore {
     }
 }
 
-impl CounterStore for MemoryStore {
+impl SharedStore for MemoryStore {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         Ok(self.entries.get(key).cloned())
     }
