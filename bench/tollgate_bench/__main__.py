@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
     "exactness": exactness.run,
 }
 PENDING = ["3. Propagation", "4. Scale"]
+WASM_MAGIC = b"\0asm"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,6 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds of the request-cost section (default 5, quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per configuration and round (default 5, quick 1)")
     parser.add_argument("--no-build", action="store_true", help="bench/run did not rebuild target/tollgate.wasm")
+    parser.add_argument("--wasm", type=Path, default=TOLLGATE_WASM, help="the tollgate module to measure (default target/tollgate.wasm; bench/run then builds nothing of tollgate)")
     parser.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, quick: a temp file)")
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
@@ -52,14 +55,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    for artefact in (TOLLGATE_WASM, NOOP_WASM):
-        if not artefact.exists():
-            print(f"missing {artefact}: run bench/run, which builds it", file=sys.stderr)
+    for artefact in (args.wasm, NOOP_WASM):
+        if not artefact.exists() or artefact.read_bytes()[:4] != WASM_MAGIC:
+            print(f"missing or not a wasm module: {artefact} (bench/run builds it)", file=sys.stderr)
             return 2
     raise_on_termination_signals()
     supervisor = Supervisor()
     binary = envoy_binary()
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as workdir:
+        tollgate_wasm = Path(workdir) / "tollgate.wasm"
+        shutil.copy2(args.wasm, tollgate_wasm)  # keeps the build time
         bench = Bench(
             quick=args.quick,
             rounds=args.rounds,
@@ -68,8 +73,9 @@ def main(argv: list[str]) -> int:
             workdir=Path(workdir),
             supervisor=supervisor,
             cpus=CpuLayout.detect(),
+            tollgate_wasm=tollgate_wasm,
         )
-        machine = machine_lines(envoy_version(binary), bench.cpus.describe(), TOLLGATE_WASM, rebuilt=not args.no_build)
+        machine = machine_lines(envoy_version(binary), bench.cpus.describe(), args.wasm, tollgate_wasm, rebuilt=not args.no_build and args.wasm == TOLLGATE_WASM)
         reports = []
         try:
             for name in args.sections.split(","):

@@ -46,6 +46,9 @@ class Bench:
     workdir: Path
     supervisor: Supervisor
     cpus: CpuLayout
+    # The module under test, copied into workdir at start: a rebuild of target/ by someone
+    # else during the run cannot change what is measured.
+    tollgate_wasm: Path
     notes: list[str] = field(default_factory=list)
 
     def log(self, message: str) -> None:

@@ -14,7 +14,7 @@ import time
 
 from . import envoy as e
 from .catalogue import NEVER_BINDS, Contract, plugin_configuration
-from .context import TOLLGATE_WASM, Bench
+from .context import Bench
 from .processes import wait_until
 from .report import SectionReport, table
 from .wrk import STATUSES, run_wrk
@@ -56,7 +56,7 @@ def run(bench: Bench) -> SectionReport:
     clear_of_day_end(bench, margin_s=trials * (duration_s + 15) + 30)
 
     routes = [e.direct_response_route("/orders")]
-    listener = e.listener("tollgate", [e.wasm_filter("tollgate", "tollgate", TOLLGATE_WASM, plugin_configuration(burst))], routes)
+    listener = e.listener("tollgate", [e.wasm_filter("tollgate", "tollgate", bench.tollgate_wasm, plugin_configuration(burst))], routes)
     # Not pinned: both workers and wrk's threads share the machine's cores, which is the point.
     envoy = e.Envoy("exactness", e.bootstrap([listener]), bench.workdir, concurrency=WORKERS, cpus=None)
     envoy.start(bench.supervisor, bench.envoy_binary)

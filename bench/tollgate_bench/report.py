@@ -58,7 +58,7 @@ def module_identity(wasm: Path) -> str:
     return f"sha256 {digest}…, {wasm.stat().st_size:,} bytes, built {built}"
 
 
-def machine_lines(envoy_version: str, cpu_layout: str, wasm: Path, rebuilt: bool) -> list[str]:
+def machine_lines(envoy_version: str, cpu_layout: str, wasm: Path, measured_copy: Path, rebuilt: bool) -> list[str]:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load1, load5, _ = os.getloadavg()
     return [
@@ -68,7 +68,7 @@ def machine_lines(envoy_version: str, cpu_layout: str, wasm: Path, rebuilt: bool
         f"- CPU pinning: {cpu_layout}",
         f"- Load average at start: {load1:.2f} (1 min), {load5:.2f} (5 min) — the machine is shared",
         f"- tollgate commit: {git_revision()}",
-        f"- target/tollgate.wasm: {module_identity(wasm)}" + ("" if rebuilt else " (not rebuilt by this run: --no-build)"),
+        f"- tollgate module: `{wasm.relative_to(REPO) if wasm.is_relative_to(REPO) else wasm}`: {module_identity(measured_copy)}" + ("" if rebuilt else " (not built by this run)"),
     ]
 
 

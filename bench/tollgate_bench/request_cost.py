@@ -11,11 +11,12 @@ time, in interleaved rounds A B C … A B C …; a round's Envoy CPU is utime+st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import envoy as e
 from .catalogue import NEVER_BINDS, Contract, plugin_configuration
-from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench
+from .context import NOOP_WASM, REPO, Bench
 from .processes import CLOCK_TICKS_PER_S
 from .report import SectionReport, median, table
 from .wrk import run_wrk
@@ -73,7 +74,7 @@ REPLAYED_HOST_CALLS = 13
 ROUTES = {"direct_response": e.DIRECT_PATH, "upstream": e.UPSTREAM_PATH}
 
 
-def listener_filters() -> dict[str, list[dict[str, Any]]]:
+def listener_filters(tollgate_wasm: Path) -> dict[str, list[dict[str, Any]]]:
     return {
         "bare": [],
         "noop_wasm": [e.wasm_filter("noop", "noop", NOOP_WASM, "")],
@@ -111,16 +112,16 @@ def listener_filters() -> dict[str, list[dict[str, Any]]]:
                 },
             }
         ],
-        "tollgate": [e.wasm_filter("tollgate", "tollgate", TOLLGATE_WASM, plugin_configuration([GOLD, EXHAUSTED]))],
+        "tollgate": [e.wasm_filter("tollgate", "tollgate", tollgate_wasm, plugin_configuration([GOLD, EXHAUSTED]))],
     }
 
 
-def measured_bootstrap(upstream_port: int) -> dict[str, Any]:
+def measured_bootstrap(upstream_port: int, tollgate_wasm: Path) -> dict[str, Any]:
     routes = [
         e.direct_response_route("/orders/direct"),
         {"match": {"prefix": "/orders/upstream"}, "route": {"cluster": "upstream"}},
     ]
-    listeners = [e.listener(name, filters, routes) for name, filters in listener_filters().items()]
+    listeners = [e.listener(name, filters, routes) for name, filters in listener_filters(tollgate_wasm).items()]
     return e.bootstrap(listeners, [e.loopback_cluster("upstream", upstream_port)])
 
 
@@ -168,7 +169,7 @@ def run(bench: Bench) -> SectionReport:
     bench.log(f"upstream Envoy ready on port {upstream.ports['upstream']}")
     measured = e.Envoy(
         "request-cost",
-        measured_bootstrap(upstream.ports["upstream"]),
+        measured_bootstrap(upstream.ports["upstream"], bench.tollgate_wasm),
         bench.workdir,
         concurrency=1,
         cpus=bench.cpus.envoy,
