@@ -700,10 +700,14 @@ fn client_version(
                 return Ok(pretty(&rotated));
             }
             let key = rotated.get("api_key").and_then(Value::as_str).unwrap_or("");
-            let until = output::item(&json!({"previous_key_expires_at":
-                rotated.get("previous_key_expires_at").cloned().unwrap_or(Value::Null)}));
+            let until = rotated
+                .get("previous_key_expires_at")
+                .and_then(Value::as_i64)
+                .map(output::time)
+                .unwrap_or_default();
             Ok(format!(
-                "new API key for {r} (shown once, store it now): {key}\n{until}"
+                "new API key for {r} (shown once, store it now): {key}\n\
+                 the previous key keeps working until {until}"
             ))
         }
         ClientVersionCommand::List { client } => {

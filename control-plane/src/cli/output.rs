@@ -32,6 +32,14 @@ pub fn item(value: &Value) -> String {
     table.to_string()
 }
 
+/// Unix seconds as RFC 3339 UTC.
+pub fn time(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 fn new_table() -> Table {
     let mut table = Table::new();
     table
@@ -49,11 +57,9 @@ fn cell(field: &str, value: Option<&Value>) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
-        Value::Number(n) if field.ends_with("_at") => n
-            .as_i64()
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-            .and_then(|t| t.format(&Rfc3339).ok())
-            .unwrap_or_else(|| n.to_string()),
+        Value::Number(n) if field.ends_with("_at") => {
+            n.as_i64().map(time).unwrap_or_else(|| n.to_string())
+        }
         Value::Array(items) if field == "keys" => items
             .iter()
             .map(|k| match k.get("expires_at") {
