@@ -350,6 +350,31 @@ def get(envoy: Envoy, path: str, key: str | None = None, session: requests.Sessi
     return (session or requests).get(f"{envoy.url}{path}", headers=headers, timeout=10)
 
 
+def worker_sessions(envoy: Envoy, attempts: int = 64) -> list[requests.Session]:
+    """One keep-alive session per worker thread: a connection stays on the worker that accepted
+    it, and Envoy's per-worker listener stats tell which one that was."""
+
+    def accepted() -> dict[str, int]:
+        return {
+            name.split(".")[-2]: value
+            for name, value in envoy.stats(r"worker_\d+\.downstream_cx_total$").items()
+        }
+
+    sessions: dict[str, requests.Session] = {}
+    for _ in range(attempts):
+        before = accepted()
+        session = requests.Session()
+        session.get(f"{envoy.url}/", timeout=10)
+        grown = [worker for worker, total in accepted().items() if total > before.get(worker, 0)]
+        if len(grown) == 1 and grown[0] not in sessions:
+            sessions[grown[0]] = session
+        else:
+            session.close()
+        if len(sessions) == WORKERS:
+            return [sessions[worker] for worker in sorted(sessions)]
+    raise AssertionError(f"no connection to every worker after {attempts} tries: {sorted(sessions)}")
+
+
 def answered(
     envoy: Envoy,
     path: str,

@@ -57,8 +57,8 @@ def control_plane(live: LiveProcesses) -> ControlPlane:
 def envoy(live: LiveProcesses, control_plane: ControlPlane) -> Envoy:
     envoy = live.gateway(control_plane)
     wait_all_workers_enforce(envoy, control_plane.revision(), deadline_s=30)
-    # The module lasts about a minute: keep the 3/day window from turning over meanwhile.
-    clear_of_window_end("day", margin_s=600)
+    # The module lasts under a minute: keep the 3/day window from turning over meanwhile.
+    clear_of_window_end("day")
     for _ in range(3):
         assert get(envoy, ORDERS, Keys.limited).status_code == 200
     return envoy
