@@ -9,14 +9,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::openapi::{RateLimitSchema, RoutingSchema};
 
-/// Unix seconds.
+/// Unix seconds. (Resource fields spell out `i64` so the OpenAPI schema inlines an integer.)
 pub type Timestamp = i64;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Org {
     pub id: String,
     pub name: String,
-    pub created_at: Timestamp,
+    pub created_at: i64,
 }
 
 /// A plan, an API or a client: something an org owns that has versions.
@@ -25,7 +25,7 @@ pub struct Owned {
     pub org: String,
     pub id: String,
     pub name: String,
-    pub created_at: Timestamp,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -43,8 +43,8 @@ pub struct PlanVersion {
     pub status: PlanVersionStatus,
     #[schema(value_type = Vec<RateLimitSchema>)]
     pub limits: Vec<RateLimit>,
-    pub created_at: Timestamp,
-    pub locked_at: Option<Timestamp>,
+    pub created_at: i64,
+    pub locked_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -84,17 +84,17 @@ pub struct ApiVersion {
     pub routing: Routing,
     pub plans: Vec<OfferedPlan>,
     pub forward_api_key: bool,
-    pub created_at: Timestamp,
-    pub published_at: Option<Timestamp>,
-    pub retired_at: Option<Timestamp>,
+    pub created_at: i64,
+    pub published_at: Option<i64>,
+    pub retired_at: Option<i64>,
 }
 
 /// What is known about one of a client version's keys. The key itself is never stored.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyInfo {
-    pub created_at: Timestamp,
+    pub created_at: i64,
     /// Set on a key rotated out: it works until then. Absent on the current key.
-    pub expires_at: Option<Timestamp>,
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -102,7 +102,7 @@ pub struct ClientVersion {
     pub org: String,
     pub client: String,
     pub version: String,
-    pub created_at: Timestamp,
+    pub created_at: i64,
     pub keys: Vec<ApiKeyInfo>,
 }
 
@@ -112,7 +112,7 @@ pub struct CreatedClientVersion {
     pub org: String,
     pub client: String,
     pub version: String,
-    pub created_at: Timestamp,
+    pub created_at: i64,
     /// Shown once; only its SHA-256 is kept.
     pub api_key: String,
 }
@@ -123,7 +123,7 @@ pub struct RotatedKey {
     /// Shown once; only its SHA-256 is kept.
     pub api_key: String,
     /// The previous key keeps working until then (unix seconds).
-    pub previous_key_expires_at: Timestamp,
+    pub previous_key_expires_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -139,7 +139,7 @@ pub struct Contract {
     pub plan_org: String,
     pub plan: String,
     pub plan_version: String,
-    pub created_at: Timestamp,
+    pub created_at: i64,
 }
 
 // ---- request bodies ----

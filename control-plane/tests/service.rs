@@ -59,6 +59,17 @@ fn openapi_documents_every_path_with_its_token() {
         "gateway_token"
     );
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // OpenAPI requires a description on every response.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                assert!(
+                    response["description"].is_string(),
+                    "{method} {path} {status} has no description"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Creates an API. Conflict kinds: already-exists.
 #[utoipa::path(post, path = "/v1/orgs/{org}/apis", tag = "apis",
     params(("org" = String, Path)), request_body = CreateOwned,
-    responses((status = 201, body = Owned), BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
+    responses((status = 201, description = "Created", body = Owned), BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn create_api(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -44,7 +44,7 @@ async fn create_api(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/apis", tag = "apis",
     params(("org" = String, Path), PageQuery),
-    responses((status = 200, body = Page<Owned>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<Owned>), BadRequest, Unauthorized, NotFound))]
 async fn list_apis(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -55,7 +55,7 @@ async fn list_apis(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/apis/{api}", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path)),
-    responses((status = 200, body = Owned), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound))]
 async fn get_api(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
@@ -65,7 +65,7 @@ async fn get_api(
 
 #[utoipa::path(put, path = "/v1/orgs/{org}/apis/{api}", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path)), request_body = Rename,
-    responses((status = 200, body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
+    responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_api(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
@@ -78,7 +78,7 @@ async fn rename_api(
 /// Unprocessable kinds: private-api-without-plans, plan-offered-twice.
 #[utoipa::path(post, path = "/v1/orgs/{org}/apis/{api}/versions", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path)), request_body = CreateApiVersion,
-    responses((status = 201, body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict,
+    responses((status = 201, description = "Created", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn create_api_version(
     State(state): State<AppState>,
@@ -105,7 +105,7 @@ async fn create_api_version(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/apis/{api}/versions", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), PageQuery),
-    responses((status = 200, body = Page<ApiVersion>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<ApiVersion>), BadRequest, Unauthorized, NotFound))]
 async fn list_api_versions(
     State(state): State<AppState>,
     PathParams((org, api)): PathParams<(String, String)>,
@@ -123,7 +123,7 @@ async fn list_api_versions(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/apis/{api}/versions/{version}", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = ApiVersion), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound))]
 async fn get_api_version(
     State(state): State<AppState>,
     PathParams((org, api, version)): PathParams<(String, String, String)>,
@@ -141,7 +141,7 @@ async fn get_api_version(
 #[utoipa::path(put, path = "/v1/orgs/{org}/apis/{api}/versions/{version}", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
     request_body = UpdateApiVersion,
-    responses((status = 200, body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict,
+    responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn update_api_version(
     State(state): State<AppState>,
@@ -170,7 +170,7 @@ async fn update_api_version(
 /// routing-collision (a published or retired version holds the same hosts and prefix).
 #[utoipa::path(post, path = "/v1/orgs/{org}/apis/{api}/versions/{version}/publish", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict))]
+    responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict))]
 async fn publish_api_version(
     State(state): State<AppState>,
     PathParams((org, api, version)): PathParams<(String, String, String)>,
@@ -187,7 +187,7 @@ async fn publish_api_version(
 /// Conflict kinds: api-version-not-published.
 #[utoipa::path(post, path = "/v1/orgs/{org}/apis/{api}/versions/{version}/retire", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict))]
+    responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict))]
 async fn retire_api_version(
     State(state): State<AppState>,
     PathParams((org, api, version)): PathParams<(String, String, String)>,

@@ -25,7 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// (plan-version-locked, api-version-not-draft, routing-collision, contract-exists,
 /// plan-not-offered, listed-twice, …); nothing is written then.
 #[utoipa::path(post, path = "/v1/apply", tag = "catalogue", request_body = Catalogue,
-    responses((status = 200, body = ApplyReport), BadRequest, Unauthorized, NotFound, Conflict,
+    responses((status = 200, description = "OK", body = ApplyReport), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn apply(
     State(state): State<AppState>,
@@ -49,7 +49,7 @@ async fn apply(
 
 /// The whole catalogue (without keys, which are never stored); applying it back is a no-op.
 #[utoipa::path(get, path = "/v1/export", tag = "catalogue",
-    responses((status = 200, body = Catalogue), Unauthorized))]
+    responses((status = 200, description = "OK", body = Catalogue), Unauthorized))]
 async fn export(State(state): State<AppState>) -> Result<axum::Json<Catalogue>, Error> {
     let document = state.store.read(catalogue::export).await?;
     Ok(axum::Json(document))

@@ -32,7 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Creates a client. Conflict kinds: already-exists.
 #[utoipa::path(post, path = "/v1/orgs/{org}/clients", tag = "clients",
     params(("org" = String, Path)), request_body = CreateOwned,
-    responses((status = 201, body = Owned), BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
+    responses((status = 201, description = "Created", body = Owned), BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn create_client(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -43,7 +43,7 @@ async fn create_client(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/clients", tag = "clients",
     params(("org" = String, Path), PageQuery),
-    responses((status = 200, body = Page<Owned>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<Owned>), BadRequest, Unauthorized, NotFound))]
 async fn list_clients(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -54,7 +54,7 @@ async fn list_clients(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/clients/{client}", tag = "clients",
     params(("org" = String, Path), ("client" = String, Path)),
-    responses((status = 200, body = Owned), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound))]
 async fn get_client(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
@@ -64,7 +64,7 @@ async fn get_client(
 
 #[utoipa::path(put, path = "/v1/orgs/{org}/clients/{client}", tag = "clients",
     params(("org" = String, Path), ("client" = String, Path)), request_body = Rename,
-    responses((status = 200, body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
+    responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_client(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
@@ -77,7 +77,7 @@ async fn rename_client(
 /// plane keeps its SHA-256. Conflict kinds: already-exists.
 #[utoipa::path(post, path = "/v1/orgs/{org}/clients/{client}/versions", tag = "clients",
     params(("org" = String, Path), ("client" = String, Path)), request_body = CreateClientVersion,
-    responses((status = 201, body = CreatedClientVersion), BadRequest, Unauthorized, NotFound,
+    responses((status = 201, description = "Created", body = CreatedClientVersion), BadRequest, Unauthorized, NotFound,
         Conflict, TooLarge))]
 async fn create_client_version(
     State(state): State<AppState>,
@@ -94,7 +94,7 @@ async fn create_client_version(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/clients/{client}/versions", tag = "clients",
     params(("org" = String, Path), ("client" = String, Path), PageQuery),
-    responses((status = 200, body = Page<ClientVersion>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<ClientVersion>), BadRequest, Unauthorized, NotFound))]
 async fn list_client_versions(
     State(state): State<AppState>,
     PathParams((org, client)): PathParams<(String, String)>,
@@ -112,7 +112,7 @@ async fn list_client_versions(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/clients/{client}/versions/{version}", tag = "clients",
     params(("org" = String, Path), ("client" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = ClientVersion), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = ClientVersion), BadRequest, Unauthorized, NotFound))]
 async fn get_client_version(
     State(state): State<AppState>,
     PathParams((org, client, version)): PathParams<(String, String, String)>,
@@ -131,7 +131,7 @@ async fn get_client_version(
     tag = "clients",
     params(("org" = String, Path), ("client" = String, Path), ("version" = String, Path)),
     request_body = RotateKey,
-    responses((status = 200, body = RotatedKey), BadRequest, Unauthorized, NotFound, TooLarge,
+    responses((status = 200, description = "OK", body = RotatedKey), BadRequest, Unauthorized, NotFound, TooLarge,
         Unprocessable))]
 async fn rotate_key(
     State(state): State<AppState>,

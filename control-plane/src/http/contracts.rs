@@ -31,7 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     tag = "contracts",
     params(("org" = String, Path), ("client" = String, Path), ("version" = String, Path)),
     request_body = CreateContract,
-    responses((status = 201, body = Contract), BadRequest, Unauthorized, NotFound, Conflict,
+    responses((status = 201, description = "Created", body = Contract), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn create_contract(
     State(state): State<AppState>,
@@ -71,7 +71,7 @@ async fn create_contract(
     tag = "contracts",
     params(("org" = String, Path), ("client" = String, Path), ("version" = String, Path),
         PageQuery),
-    responses((status = 200, body = Page<Contract>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<Contract>), BadRequest, Unauthorized, NotFound))]
 async fn list_contracts(
     State(state): State<AppState>,
     PathParams((org, client, version)): PathParams<(String, String, String)>,
@@ -91,7 +91,7 @@ async fn list_contracts(
     tag = "contracts",
     params(("org" = String, Path), ("client" = String, Path), ("version" = String, Path),
         ("contract_id" = u64, Path)),
-    responses((status = 200, body = Contract), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Contract), BadRequest, Unauthorized, NotFound))]
 async fn get_contract(
     State(state): State<AppState>,
     PathParams((org, client, version, id)): PathParams<(String, String, String, u64)>,

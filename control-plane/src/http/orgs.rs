@@ -20,7 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Creates an organization. Conflict kinds: already-exists.
 #[utoipa::path(post, path = "/v1/orgs", tag = "orgs", request_body = CreateOrg,
-    responses((status = 201, body = Org), BadRequest, Unauthorized, Conflict, TooLarge))]
+    responses((status = 201, description = "Created", body = Org), BadRequest, Unauthorized, Conflict, TooLarge))]
 async fn create_org(
     State(state): State<AppState>,
     Json(body): Json<CreateOrg>,
@@ -36,7 +36,7 @@ async fn create_org(
 }
 
 #[utoipa::path(get, path = "/v1/orgs", tag = "orgs", params(PageQuery),
-    responses((status = 200, body = Page<Org>), BadRequest, Unauthorized))]
+    responses((status = 200, description = "OK", body = Page<Org>), BadRequest, Unauthorized))]
 async fn list_orgs(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<PageQuery>,
@@ -50,7 +50,7 @@ async fn list_orgs(
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs", params(("org" = String, Path)),
-    responses((status = 200, body = Org), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Org), BadRequest, Unauthorized, NotFound))]
 async fn get_org(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -66,7 +66,7 @@ async fn get_org(
 /// Renames an organization (its id never changes).
 #[utoipa::path(put, path = "/v1/orgs/{org}", tag = "orgs", params(("org" = String, Path)),
     request_body = Rename,
-    responses((status = 200, body = Org), BadRequest, Unauthorized, NotFound, TooLarge))]
+    responses((status = 200, description = "OK", body = Org), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_org(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,

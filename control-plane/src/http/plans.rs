@@ -32,7 +32,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Creates a plan. Conflict kinds: already-exists.
 #[utoipa::path(post, path = "/v1/orgs/{org}/plans", tag = "plans",
     params(("org" = String, Path)), request_body = CreateOwned,
-    responses((status = 201, body = Owned), BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
+    responses((status = 201, description = "Created", body = Owned), BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn create_plan(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -43,7 +43,7 @@ async fn create_plan(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/plans", tag = "plans",
     params(("org" = String, Path), PageQuery),
-    responses((status = 200, body = Page<Owned>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<Owned>), BadRequest, Unauthorized, NotFound))]
 async fn list_plans(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
@@ -54,7 +54,7 @@ async fn list_plans(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/plans/{plan}", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path)),
-    responses((status = 200, body = Owned), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound))]
 async fn get_plan(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
@@ -64,7 +64,7 @@ async fn get_plan(
 
 #[utoipa::path(put, path = "/v1/orgs/{org}/plans/{plan}", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path)), request_body = Rename,
-    responses((status = 200, body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
+    responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_plan(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
@@ -77,7 +77,7 @@ async fn rename_plan(
 /// Conflict kinds: already-exists. Unprocessable kinds: invalid-limit, limits-or-copy-from.
 #[utoipa::path(post, path = "/v1/orgs/{org}/plans/{plan}/versions", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path)), request_body = CreatePlanVersion,
-    responses((status = 201, body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict,
+    responses((status = 201, description = "Created", body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn create_plan_version(
     State(state): State<AppState>,
@@ -113,7 +113,7 @@ async fn create_plan_version(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/plans/{plan}/versions", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path), PageQuery),
-    responses((status = 200, body = Page<PlanVersion>), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = Page<PlanVersion>), BadRequest, Unauthorized, NotFound))]
 async fn list_plan_versions(
     State(state): State<AppState>,
     PathParams((org, plan)): PathParams<(String, String)>,
@@ -131,7 +131,7 @@ async fn list_plan_versions(
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/plans/{plan}/versions/{version}", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = PlanVersion), BadRequest, Unauthorized, NotFound))]
+    responses((status = 200, description = "OK", body = PlanVersion), BadRequest, Unauthorized, NotFound))]
 async fn get_plan_version(
     State(state): State<AppState>,
     PathParams((org, plan, version)): PathParams<(String, String, String)>,
@@ -149,7 +149,7 @@ async fn get_plan_version(
 #[utoipa::path(put, path = "/v1/orgs/{org}/plans/{plan}/versions/{version}", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path), ("version" = String, Path)),
     request_body = UpdatePlanVersion,
-    responses((status = 200, body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict,
+    responses((status = 200, description = "OK", body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn update_plan_version(
     State(state): State<AppState>,
@@ -169,7 +169,7 @@ async fn update_plan_version(
 /// Conflict kinds: plan-version-locked (already locked).
 #[utoipa::path(post, path = "/v1/orgs/{org}/plans/{plan}/versions/{version}/lock", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict))]
+    responses((status = 200, description = "OK", body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict))]
 async fn lock_plan_version(
     State(state): State<AppState>,
     PathParams((org, plan, version)): PathParams<(String, String, String)>,

@@ -27,7 +27,7 @@ pub struct Health {
 
 /// 200 when the database answers.
 #[utoipa::path(get, path = "/healthz", tag = "service",
-    responses((status = 200, body = Health), (status = 500, description = "Storage unavailable")))]
+    responses((status = 200, description = "OK", body = Health), (status = 500, description = "Storage unavailable")))]
 async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Health>, Error> {
     state
         .store
@@ -41,7 +41,7 @@ async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Health>, Er
 
 /// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "service",
-    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+    responses((status = 200, description = "OK", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let snapshot = state.store.snapshot();
     (

@@ -42,7 +42,7 @@ pub struct SnapshotQuery {
 #[utoipa::path(get, path = "/v1/snapshot", tag = "gateway", params(SnapshotQuery,
         ("If-None-Match" = Option<String>, Header, description = "\"<revision>\" already held")),
     responses(
-        (status = 200, body = SnapshotSchema, headers(
+        (status = 200, description = "OK", body = SnapshotSchema, headers(
             ("ETag" = String, description = "\"<revision>\""),
             ("x-tollgate-signature" = String, description = "base64 HMAC-SHA256 of the body"))),
         (status = 304, description = "The revision in If-None-Match is still current"),
