@@ -74,12 +74,14 @@ def start_envoy(upstream: EchoUpstream, tmp_path_factory: pytest.TempPathFactory
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """On failure, show the tail of the logs of the test's Envoys and control planes (fixture
-    values, or their attributes) next to the assertion."""
+    values, their attributes, or lists in those) next to the assertion."""
     report = yield
     if report.failed:
         seen: set[int] = set()
         for value in getattr(item, "funcargs", {}).values():
-            for part in [value, *getattr(value, "__dict__", {}).values()]:
+            attributes = list(getattr(value, "__dict__", {}).values())
+            listed = [x for attribute in attributes if isinstance(attribute, list) for x in attribute]
+            for part in [value, *attributes, *listed]:
                 if id(part) in seen or not isinstance(part, (Envoy, ControlPlane)):
                     continue
                 seen.add(id(part))
