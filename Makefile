@@ -4,7 +4,8 @@
 test:
 	scripts/test.sh
 
-# Static-mode demo: echo upstream + Envoy with envoy/static-demo.yaml, in the foreground.
+# Live demo: control plane seeded from demo/catalogue.yaml, echo upstream, Envoy; foreground.
+# `scripts/demo.sh --check` runs its walkthrough and asserts every answer.
 demo:
 	scripts/demo.sh
 
