@@ -50,6 +50,10 @@ pub struct SnapshotSchema {
     pub apis: Vec<SnapshotApiSchema>,
     pub clients: Vec<SnapshotClientSchema>,
     pub contracts: Vec<SnapshotContractSchema>,
+    /// On a page of a paged revision: the key-directory buckets it defines in full.
+    pub buckets: Option<Vec<u16>>,
+    /// On a page of a paged revision but the last: pass as `?cursor=` for the next page.
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -10,13 +10,16 @@ use crate::error::Error;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::secrets::{self, BearerToken, SecretKind, Source};
-use crate::store::{Store, DATABASE_FILE};
+use crate::store::{Store, DATABASE_FILE, DEFAULT_PAGE_KEYS};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
+    /// Key hashes per snapshot page; a larger catalogue is served in pages (`next` cursors).
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_PAGE_KEYS", default_value_t = DEFAULT_PAGE_KEYS)]
+    pub snapshot_page_keys: usize,
     /// Set from the global `--data-dir` (env TOLLGATE_DATA_DIR, default ./.tollgate).
     #[arg(skip)]
     pub data_dir: PathBuf,
@@ -53,7 +56,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     }
 
     let db_path = args.data_dir.join(DATABASE_FILE);
-    let store = Store::open(&db_path, snapshot_secret.into_bytes())?;
+    let store = Store::open(
+        &db_path,
+        snapshot_secret.into_bytes(),
+        args.snapshot_page_keys,
+    )?;
     tracing::info!(
         database = %db_path.display(),
         revision = store.snapshot().revision,

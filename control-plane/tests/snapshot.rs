@@ -210,3 +210,144 @@ fn graceful_stop_releases_long_polls_at_once() {
     assert!(exit.success(), "{exit:?}");
     assert!(stopping.elapsed() < Duration::from_secs(20));
 }
+
+/// Follows `next` from the first page; returns the pages' JSON, each verified with core.
+fn fetch_pages(s: &Server) -> Vec<serde_json::Value> {
+    let mut pages = Vec::new();
+    let mut path = "/v1/snapshot".to_owned();
+    loop {
+        let answer = s.request("GET", &path, Some(&s.gateway_token), None, &[]);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let signature = answer.header(SIGNATURE_HEADER);
+        verify_snapshot(
+            s.snapshot_secret.as_bytes(),
+            answer.body.as_bytes(),
+            signature.as_deref(),
+        )
+        .unwrap_or_else(|e| panic!("page refused by core: {e}"));
+        let page = answer.json();
+        let next = page["next"].as_str().map(str::to_owned);
+        pages.push(page);
+        match next {
+            Some(cursor) => path = format!("/v1/snapshot?cursor={cursor}"),
+            None => return pages,
+        }
+    }
+}
+
+fn paged_server() -> (Server, Vec<String>) {
+    let s = Server::start_with_env(&[("TOLLGATE_SNAPSHOT_PAGE_KEYS", "3")]);
+    s.seed();
+    let mut keys = Vec::new();
+    for v in 2..=9 {
+        let created = Server::ok(s.post(
+            "/v1/orgs/acme/clients/mobile/versions",
+            json!({"version": v.to_string()}),
+        ));
+        keys.push(created["api_key"].as_str().unwrap().to_owned());
+        Server::ok(s.post(
+            &format!("/v1/orgs/acme/clients/mobile/versions/{v}/contracts"),
+            json!({"api": "orders", "api_version": "1", "plan": "gold"}),
+        ));
+    }
+    (s, keys)
+}
+
+#[test]
+fn a_large_catalogue_arrives_in_pages_that_each_verify() {
+    let (s, keys) = paged_server();
+    let pages = fetch_pages(&s);
+    assert!(
+        pages.len() >= 3,
+        "9 keys at 3 per page: {} pages",
+        pages.len()
+    );
+    let mut buckets = std::collections::BTreeSet::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    let mut contracts = 0;
+    for page in &pages {
+        assert_eq!(page["revision"], pages[0]["revision"]);
+        assert_eq!(
+            page["apis"], pages[0]["apis"],
+            "every page carries the routes"
+        );
+        for b in page["buckets"].as_array().unwrap() {
+            assert!(
+                buckets.insert(b.as_u64().unwrap()),
+                "bucket {b} on two pages"
+            );
+        }
+        for client in page["clients"].as_array().unwrap() {
+            for key in client["keys"].as_array().unwrap() {
+                assert!(hashes.insert(key["sha256"].as_str().unwrap().to_owned()));
+            }
+        }
+        contracts += page["contracts"].as_array().unwrap().len();
+    }
+    assert_eq!(buckets.len(), 1 << 16, "the pages cover every bucket");
+    assert_eq!(hashes.len(), 9);
+    for key in &keys {
+        assert!(hashes.contains(&tollgate_core::keys::key_hash_hex(key)));
+    }
+    assert!(contracts >= 8);
+}
+
+#[test]
+fn a_page_cursor_pins_its_revision_until_it_is_no_longer_retained() {
+    let (s, _) = paged_server();
+    let first = s.snapshot();
+    let page0 = first.json();
+    let cursor = page0["next"].as_str().unwrap().to_owned();
+    let old_revision = page0["revision"].as_u64().unwrap();
+
+    // A new revision commits while the gateway is between pages.
+    Server::ok(s.post(
+        "/v1/orgs/acme/clients/mobile/versions",
+        json!({"version": "new"}),
+    ));
+    let next = s.request(
+        "GET",
+        &format!("/v1/snapshot?cursor={cursor}"),
+        Some(&s.gateway_token),
+        None,
+        &[],
+    );
+    assert_eq!(next.status, 200);
+    assert_eq!(
+        next.json()["revision"],
+        old_revision,
+        "pages of one revision"
+    );
+
+    // Many revisions later the old one is gone: the gateway is sent back to page 0 of now.
+    for v in 0..10 {
+        Server::ok(s.post(
+            "/v1/orgs/acme/clients/mobile/versions",
+            json!({"version": format!("later-{v}")}),
+        ));
+    }
+    let restarted = s.request(
+        "GET",
+        &format!("/v1/snapshot?cursor={cursor}"),
+        Some(&s.gateway_token),
+        None,
+        &[],
+    );
+    assert_eq!(restarted.status, 200);
+    let restarted = restarted.json();
+    assert_eq!(restarted["revision"], s.revision());
+    assert_eq!(
+        restarted,
+        s.snapshot().json(),
+        "the first page of the current revision"
+    );
+
+    let bad = s.request(
+        "GET",
+        "/v1/snapshot?cursor=nonsense",
+        Some(&s.gateway_token),
+        None,
+        &[],
+    );
+    assert_eq!(bad.status, 400);
+}

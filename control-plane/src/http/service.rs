@@ -49,6 +49,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(snapshot.revision, snapshot.body.len()),
+        state.metrics.render(snapshot.revision, snapshot.bytes()),
     )
 }

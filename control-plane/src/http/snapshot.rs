@@ -18,7 +18,7 @@ use super::{AppState, QueryParams};
 use crate::error::Error;
 use crate::openapi::problems::{BadRequest, Unauthorized};
 use crate::openapi::SnapshotSchema;
-use crate::store::SignedSnapshot;
+use crate::store::{parse_page_cursor, SignedPage, SignedSnapshot};
 
 /// Longest a long poll is held; a larger `wait` is capped to this.
 pub const MAX_WAIT_SECONDS: u64 = 60;
@@ -34,11 +34,17 @@ pub struct SnapshotQuery {
     /// seconds (at most 60) until a new revision commits, then answer it at once; 304 if none
     /// did.
     pub wait: Option<u64>,
+    /// The `next` of the previous page: the following page of the same revision. When that
+    /// revision is no longer retained, the first page of the current revision answers instead,
+    /// so the gateway starts over on a newer revision rather than mixing two.
+    pub cursor: Option<String>,
 }
 
-/// The whole catalogue a gateway needs, in `core`'s snapshot schema. Headers: `ETag:
+/// The catalogue a gateway needs, in `core`'s snapshot schema. Headers: `ETag:
 /// "<revision>"`, `x-tollgate-signature: base64(HMAC-SHA256(snapshot secret, body))`.
-/// `If-None-Match: "<revision>"` answers 304 while the revision is unchanged.
+/// `If-None-Match: "<revision>"` answers 304 while the revision is unchanged. A catalogue with
+/// more keys than a page carries arrives in pages: each lists the key-directory `buckets` it
+/// defines and, but the last, the `next` cursor to pass as `?cursor=`.
 #[utoipa::path(get, path = "/v1/snapshot", tag = "gateway", params(SnapshotQuery,
         ("If-None-Match" = Option<String>, Header, description = "\"<revision>\" already held")),
     responses(
@@ -52,11 +58,29 @@ async fn get_snapshot(
     QueryParams(query): QueryParams<SnapshotQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    if let Some(cursor) = &query.cursor {
+        let (revision, page) = parse_page_cursor(cursor)
+            .ok_or_else(|| Error::invalid_field("cursor", "not a snapshot page cursor"))?;
+        let response = match state.store.retained(revision) {
+            Some(snapshot) => {
+                let page = snapshot.pages.get(page).ok_or_else(|| {
+                    Error::invalid_field(
+                        "cursor",
+                        format!("revision {revision} has no page {page}"),
+                    )
+                })?;
+                signed(snapshot.revision, page)
+            }
+            None => first_page(&state.store.snapshot()),
+        };
+        state.metrics.snapshot_served("page");
+        return Ok(response);
+    }
     let mut updates = state.store.subscribe();
     let current = Arc::clone(&updates.borrow_and_update());
     let Some(held) = held_revision(&headers).filter(|held| *held == current.revision) else {
         state.metrics.snapshot_served("full");
-        return Ok(full(&current));
+        return Ok(first_page(&current));
     };
     let wait = query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
     if wait == 0 {
@@ -74,7 +98,7 @@ async fn get_snapshot(
     Ok(match newer {
         Some(snapshot) => {
             state.metrics.snapshot_served("woken");
-            full(&snapshot)
+            first_page(&snapshot)
         }
         None => {
             state.metrics.snapshot_served("not_modified");
@@ -95,13 +119,22 @@ fn etag(revision: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn full(snapshot: &SignedSnapshot) -> Response {
-    let mut response = (StatusCode::OK, snapshot.body.clone()).into_response();
+fn first_page(snapshot: &SignedSnapshot) -> Response {
+    match snapshot.pages.first() {
+        Some(page) => signed(snapshot.revision, page),
+        None => {
+            Error::Internal(format!("revision {} has no pages", snapshot.revision)).into_response()
+        }
+    }
+}
+
+fn signed(revision: u64, page: &SignedPage) -> Response {
+    let mut response = (StatusCode::OK, page.body.clone()).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(ETAG, etag(snapshot.revision));
+    headers.insert(ETAG, etag(revision));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(signature) = HeaderValue::from_str(&snapshot.signature) {
+    if let Ok(signature) = HeaderValue::from_str(&page.signature) {
         headers.insert(SIGNATURE_HEADER, signature);
     }
     response

@@ -3,8 +3,8 @@
 //! Every write runs in one immediate transaction. Operations that change what gateways see call
 //! [`Tx::gateway_changed`]; the store then bumps the revision, renders and signs the new
 //! snapshot inside that same transaction, commits, and only then publishes the snapshot to
-//! long-polling gateways. So a revision always names exactly one snapshot body, and reads or
-//! no-op writes never move it.
+//! long-polling gateways. So a revision always names exactly one snapshot (one page, or a few
+//! for a catalogue with very many keys), and reads or no-op writes never move it.
 
 pub mod apis;
 pub mod clients;
@@ -13,6 +13,7 @@ pub mod orgs;
 pub mod plans;
 mod snapshot;
 
+use std::collections::VecDeque;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,19 +32,43 @@ use crate::model::{Page, PageQuery, Timestamp};
 
 pub const DATABASE_FILE: &str = "tollgate.db";
 
-/// A snapshot body as served, with its signature; rendered once per revision.
+/// One page of a snapshot as served, with its signature.
 #[derive(Debug)]
-pub struct SignedSnapshot {
-    pub revision: u64,
+pub struct SignedPage {
     pub body: Bytes,
     /// base64 HMAC-SHA256 of `body` under the snapshot secret.
     pub signature: String,
 }
 
+/// A revision's snapshot, rendered, paginated and signed once at commit.
+#[derive(Debug)]
+pub struct SignedSnapshot {
+    pub revision: u64,
+    /// One page unless the catalogue holds more keys than a page carries.
+    pub pages: Vec<SignedPage>,
+}
+
+impl SignedSnapshot {
+    pub fn bytes(&self) -> usize {
+        self.pages.iter().map(|p| p.body.len()).sum()
+    }
+}
+
+/// How many past revisions stay servable, so a gateway fetching a paged revision can finish
+/// it while newer revisions commit.
+const RETAINED_REVISIONS: usize = 8;
+
+/// Roughly 250 bytes of JSON per key with its client and contracts: about 5 MB pages, well
+/// under the 32 MiB Envoy accepts in a callout response.
+pub const DEFAULT_PAGE_KEYS: usize = 20_000;
+
 pub struct Store {
     conn: Mutex<Connection>,
     snapshot_secret: Vec<u8>,
+    page_keys: usize,
     published: watch::Sender<Arc<SignedSnapshot>>,
+    /// The latest revisions, newest last, for `?cursor=` requests.
+    retained: Mutex<VecDeque<Arc<SignedSnapshot>>>,
 }
 
 /// A write in progress. Dereferences to the connection so read helpers work inside writes.
@@ -80,7 +105,11 @@ pub fn unix_now() -> Timestamp {
 }
 
 impl Store {
-    pub fn open(path: &Path, snapshot_secret: Vec<u8>) -> Result<Arc<Store>, Error> {
+    pub fn open(
+        path: &Path,
+        snapshot_secret: Vec<u8>,
+        page_keys: usize,
+    ) -> Result<Arc<Store>, Error> {
         let mut conn = Connection::open(path)
             .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
         // WAL lets reads proceed during a write; synchronous=FULL fsyncs the WAL on every commit,
@@ -93,25 +122,36 @@ impl Store {
             .to_latest(&mut conn)
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
         let revision = current_revision(&conn)?;
-        let first = sign_snapshot(&conn, revision, &snapshot_secret)?;
-        if let Err(rejected) =
-            verify_snapshot(&snapshot_secret, &first.body, Some(&first.signature))
-        {
+        let first = match sign_snapshot(&conn, revision, &snapshot_secret, page_keys) {
+            Ok(first) => first,
             // Serve it anyway: gateways keep their last good snapshot, and the operator can
             // repair the catalogue through the API.
-            tracing::error!(revision, %rejected, "the stored catalogue renders a snapshot gateways refuse");
-        }
-        let (published, _) = watch::channel(Arc::new(first));
+            Err(Error::Conflict { detail, .. }) => {
+                tracing::error!(revision, %detail, "the stored catalogue renders a snapshot gateways refuse");
+                sign_unchecked(&conn, revision, &snapshot_secret, page_keys)?
+            }
+            Err(e) => return Err(e),
+        };
+        let first = Arc::new(first);
+        let (published, _) = watch::channel(Arc::clone(&first));
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
             snapshot_secret,
+            page_keys,
             published,
+            retained: Mutex::new(VecDeque::from([first])),
         }))
     }
 
     /// The latest committed snapshot.
     pub fn snapshot(&self) -> Arc<SignedSnapshot> {
         self.published.borrow().clone()
+    }
+
+    /// A recent revision's snapshot, if still retained.
+    pub fn retained(&self, revision: u64) -> Option<Arc<SignedSnapshot>> {
+        let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        retained.iter().find(|s| s.revision == revision).cloned()
     }
 
     /// Wakes on every newly committed revision.
@@ -188,19 +228,21 @@ impl Store {
             |row| row.get(0),
         )?;
         let revision = revision as u64;
-        let signed = sign_snapshot(&tx, revision, &self.snapshot_secret)?;
-        // The gateways' own acceptance check, run before commit: a change whose snapshot they
-        // would refuse (and so keep enforcing the previous one) is refused here instead.
-        if let Err(rejected) =
-            verify_snapshot(&self.snapshot_secret, &signed.body, Some(&signed.signature))
-        {
-            return Err(Error::conflict(
-                "gateway-would-reject",
-                format!("gateways would refuse the resulting snapshot: {rejected}"),
-            ));
-        }
+        let signed = Arc::new(sign_snapshot(
+            &tx,
+            revision,
+            &self.snapshot_secret,
+            self.page_keys,
+        )?);
         tx.tx.commit()?;
-        self.published.send_replace(Arc::new(signed));
+        {
+            let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+            retained.push_back(Arc::clone(&signed));
+            while retained.len() > RETAINED_REVISIONS {
+                retained.pop_front();
+            }
+        }
+        self.published.send_replace(signed);
         tracing::info!(revision, "snapshot revision committed");
         Ok((out, revision))
     }
@@ -215,16 +257,61 @@ fn current_revision(conn: &Connection) -> Result<u64, Error> {
     Ok(revision as u64)
 }
 
-fn sign_snapshot(conn: &Connection, revision: u64, secret: &[u8]) -> Result<SignedSnapshot, Error> {
-    let snapshot = snapshot::render(conn, revision)?;
-    let body = serde_json::to_vec(&snapshot)
-        .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
-    let signature = tollgate_core::signing::sign(secret, &body);
-    Ok(SignedSnapshot {
-        revision,
-        body: Bytes::from(body),
-        signature,
-    })
+/// Renders, paginates and signs a revision, then runs each page through the gateways' own
+/// acceptance check (`core`'s `verify_snapshot`): a change whose snapshot gateways would refuse,
+/// and so keep enforcing the previous one, is refused here instead (409).
+fn sign_snapshot(
+    conn: &Connection,
+    revision: u64,
+    secret: &[u8],
+    page_keys: usize,
+) -> Result<SignedSnapshot, Error> {
+    let signed = sign_unchecked(conn, revision, secret, page_keys)?;
+    for page in &signed.pages {
+        if let Err(rejected) = verify_snapshot(secret, &page.body, Some(&page.signature)) {
+            return Err(Error::conflict(
+                "gateway-would-reject",
+                format!("gateways would refuse the resulting snapshot: {rejected}"),
+            ));
+        }
+    }
+    Ok(signed)
+}
+
+fn sign_unchecked(
+    conn: &Connection,
+    revision: u64,
+    secret: &[u8],
+    page_keys: usize,
+) -> Result<SignedSnapshot, Error> {
+    let mut pages = snapshot::paginate(snapshot::render(conn, revision)?, page_keys);
+    let count = pages.len();
+    for (i, page) in pages.iter_mut().enumerate() {
+        page.next = (i + 1 < count).then(|| page_cursor(revision, i + 1));
+    }
+    let pages = pages
+        .iter()
+        .map(|page| {
+            let body = serde_json::to_vec(page)
+                .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
+            let signature = tollgate_core::signing::sign(secret, &body);
+            Ok(SignedPage {
+                body: Bytes::from(body),
+                signature,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(SignedSnapshot { revision, pages })
+}
+
+/// `<revision>.<page>`: pins the revision, so a gateway assembles pages of one revision only.
+pub fn page_cursor(revision: u64, page: usize) -> String {
+    format!("{revision}.{page}")
+}
+
+pub fn parse_page_cursor(cursor: &str) -> Option<(u64, usize)> {
+    let (revision, page) = cursor.split_once('.')?;
+    Some((revision.parse().ok()?, page.parse().ok()?))
 }
 
 /// A validated page request: keyset pagination on each list's sort key.

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use rusqlite::Connection;
+use tollgate_core::keydir::bucket_of;
+use tollgate_core::keys::parse_digest_hex;
 use tollgate_core::snapshot::{
     self, ApiKeyHash, ApiStatus, ClientVersion, Contract, Routing, Snapshot,
 };
@@ -118,4 +120,142 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(snapshot)
+}
+
+/// Splits a complete snapshot into pages of at most about `page_keys` key hashes, because
+/// Envoy drops callout bodies over 32 MiB (DESIGN.md §4). A catalogue within one page stays one
+/// complete document (`buckets` absent). Otherwise each page covers a contiguous range of
+/// key-directory buckets (`core::keydir`): it lists them in `buckets`, carries the keys that
+/// hash into them (a client version whose keys straddle two ranges appears in both pages with
+/// the keys of each), those clients' contracts, and all plans and API versions, so that every
+/// page compiles on its own at the gateway. Together the pages cover every bucket once. The
+/// caller sets `next`.
+pub fn paginate(full: Snapshot, page_keys: usize) -> Vec<Snapshot> {
+    let page_keys = page_keys.max(1);
+    let total: usize = full.clients.iter().map(|c| c.keys.len()).sum();
+    if total <= page_keys {
+        return vec![full];
+    }
+    let bucket = |sha256: &str| parse_digest_hex(sha256).map_or(0, |d| bucket_of(&d));
+    let mut per_bucket: BTreeMap<u16, usize> = BTreeMap::new();
+    for key in full.clients.iter().flat_map(|c| &c.keys) {
+        *per_bucket.entry(bucket(&key.sha256)).or_default() += 1;
+    }
+    // Contiguous bucket ranges, closed before they would exceed `page_keys` (a single bucket
+    // larger than that still travels whole: its records are one atomic write).
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    let (mut start, mut in_range) = (0u16, 0usize);
+    for (&b, &n) in &per_bucket {
+        if in_range > 0 && in_range + n > page_keys {
+            ranges.push((start, b - 1));
+            start = b;
+            in_range = 0;
+        }
+        in_range += n;
+    }
+    ranges.push((start, u16::MAX));
+
+    ranges
+        .into_iter()
+        .map(|(lo, hi)| {
+            let clients: Vec<ClientVersion> = full
+                .clients
+                .iter()
+                .filter_map(|c| {
+                    let keys: Vec<ApiKeyHash> = c
+                        .keys
+                        .iter()
+                        .filter(|k| (lo..=hi).contains(&bucket(&k.sha256)))
+                        .cloned()
+                        .collect();
+                    (!keys.is_empty()).then(|| ClientVersion {
+                        id: c.id.clone(),
+                        keys,
+                    })
+                })
+                .collect();
+            let contracts = full
+                .contracts
+                .iter()
+                .filter(|k| clients.iter().any(|c| c.id == k.client))
+                .cloned()
+                .collect();
+            Snapshot {
+                schema: full.schema,
+                revision: full.revision,
+                plans: full.plans.clone(),
+                apis: full.apis.clone(),
+                clients,
+                contracts,
+                buckets: Some((lo..=hi).collect()),
+                next: None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use tollgate_core::keys::key_hash_hex;
+    use tollgate_core::snapshot::{Period, PlanVersion, RateLimit};
+
+    fn catalogue(clients: usize) -> Snapshot {
+        let mut s = Snapshot::empty(7);
+        s.plans.push(PlanVersion {
+            id: "acme/gold/1".into(),
+            limits: vec![RateLimit {
+                requests: 1,
+                per: Period::Day,
+            }],
+        });
+        for i in 0..clients {
+            s.clients.push(ClientVersion {
+                id: format!("acme/c{i}/1"),
+                keys: vec![
+                    ApiKeyHash {
+                        sha256: key_hash_hex(&format!("key-{i}-a")),
+                        expires_at: Some(100),
+                    },
+                    ApiKeyHash {
+                        sha256: key_hash_hex(&format!("key-{i}-b")),
+                        expires_at: None,
+                    },
+                ],
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn a_small_catalogue_is_one_complete_page() {
+        let pages = paginate(catalogue(3), 6);
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].buckets, None);
+    }
+
+    #[test]
+    fn pages_cover_every_bucket_once_and_every_key_once() {
+        let full = catalogue(50);
+        let pages = paginate(full.clone(), 7);
+        assert!(pages.len() >= 100 / 7);
+        let mut buckets = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for page in &pages {
+            let covered = page.buckets.as_ref().unwrap();
+            assert!(page.clients.iter().map(|c| c.keys.len()).sum::<usize>() <= 7);
+            for b in covered {
+                assert!(buckets.insert(*b), "bucket {b} in two pages");
+            }
+            for c in &page.clients {
+                for k in &c.keys {
+                    assert!(keys.insert(k.sha256.clone()));
+                }
+            }
+            assert_eq!(page.plans, full.plans);
+        }
+        assert_eq!(buckets.len(), 1 << 16);
+        assert_eq!(keys.len(), 100);
+    }
 }
