@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,27 +23,12 @@ from harness import REPO, START_DEADLINE_S, WORKERS, Envoy, _live, _stop, promet
 
 TOLLGATE = REPO / "target" / "debug" / "tollgate"
 
-SECRET_VARS = ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_GATEWAY_TOKEN", "TOLLGATE_SNAPSHOT_SECRET")
-
 # The poller retries with capped backoff (10 s at most, DESIGN.md §4): after an outage a
 # gateway may take that long, plus one poll, to find the control plane again.
 RECONNECT_DEADLINE_S = 30.0
 # How long a single change may take to reach a gateway before a test calls it lost. The
 # product's target is 200 ms at p99; this bound only guards against flakes on a loaded machine.
 CHANGE_DEADLINE_S = 5.0
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (for a process that must keep its port
-    across restarts, or be named in a gateway's configuration before it starts)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def new_secrets() -> dict[str, str]:
-    """Fresh admin token, gateway token and snapshot secret, as environment variables."""
-    return {name: secrets.token_urlsafe(32) for name in SECRET_VARS}
 
 
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:

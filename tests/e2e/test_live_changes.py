@@ -15,10 +15,9 @@ from typing import Callable
 import pytest
 import requests
 
-from harness import Envoy, clear_of_window_end, echoed, problem, prometheus_samples, wait_until
+from harness import WORKERS, Envoy, clear_of_window_end, echoed, problem, prometheus_samples, wait_until
 from live import (
     CHANGE_DEADLINE_S,
-    WORKERS,
     ControlPlane,
     LiveProcesses,
     answered,
