@@ -263,6 +263,7 @@ fn check_owned(at: &str, id: &str, name: Option<&str>) -> Result<(), Error> {
 /// Converges the store towards `catalogue` inside `tx`. Call [`check`] first.
 pub fn apply(tx: &mut Tx<'_>, catalogue: &Catalogue) -> Result<ApplyReport, Error> {
     let mut report = ApplyReport::default();
+    let mut deferred = Deferred::default();
     for org in &catalogue.orgs {
         apply_org(tx, org, &mut report).map_err(|e| e.at(format!("orgs[{}]", org.id)))?;
     }
@@ -276,17 +277,66 @@ pub fn apply(tx: &mut Tx<'_>, catalogue: &Catalogue) -> Result<ApplyReport, Erro
     }
     for org in &catalogue.orgs {
         for api in &org.apis {
-            apply_api(tx, &org.id, api, &mut report)
-                .map_err(|e| e.at(format!("orgs[{}].apis[{}]", org.id, api.id)))?;
+            let at = format!("orgs[{}].apis[{}]", org.id, api.id);
+            apply_api(tx, &org.id, api, &at, &mut deferred, &mut report)
+                .map_err(|e| e.at(at.clone()))?;
         }
     }
     for org in &catalogue.orgs {
         for client in &org.clients {
-            apply_client(tx, &org.id, client, &mut report)
-                .map_err(|e| e.at(format!("orgs[{}].clients[{}]", org.id, client.id)))?;
+            let at = format!("orgs[{}].clients[{}]", org.id, client.id);
+            apply_client(tx, &org.id, client, &at, &mut deferred, &mut report)
+                .map_err(|e| e.at(at.clone()))?;
         }
     }
+    deferred.finish(tx, &mut report)?;
     Ok(report)
+}
+
+/// Lifecycle steps held back so that any export applies to an empty store too: contracts are
+/// made while their API version is still published, retirements follow them, and a version
+/// whose route is held by a version being retired is published after that retirement (then
+/// its contracts are made, then it is retired if asked).
+#[derive(Default)]
+struct Deferred {
+    /// Versions to retire, with where they were declared.
+    retire: Vec<(VersionRef, String)>,
+    /// Versions whose publication collided with a route held by a published version.
+    publish: Vec<(VersionRef, String)>,
+    /// Contracts with a version in `publish`: (client version, api, plan, where).
+    contracts: Vec<(VersionRef, VersionRef, VersionRef, String)>,
+}
+
+impl Deferred {
+    fn awaits_publication(&self, api: &VersionRef) -> bool {
+        self.publish.iter().any(|(r, _)| r == api)
+    }
+
+    fn finish(self, tx: &mut Tx<'_>, report: &mut ApplyReport) -> Result<(), Error> {
+        let retire = |tx: &mut Tx<'_>, r: &VersionRef, at: &str, report: &mut ApplyReport| {
+            apis::retire_version(tx, &r.org, &r.name, &r.version).map_err(|e| e.at(at))?;
+            report.changes.push(format!("retired api version {r}"));
+            Ok::<(), Error>(())
+        };
+        for (r, at) in &self.retire {
+            if !self.awaits_publication(r) {
+                retire(tx, r, at, report)?;
+            }
+        }
+        for (r, at) in &self.publish {
+            apis::publish_version(tx, &r.org, &r.name, &r.version).map_err(|e| e.at(at))?;
+            report.changes.push(format!("published api version {r}"));
+        }
+        for (client, api, plan, at) in &self.contracts {
+            create_contract(tx, client, api, plan, report).map_err(|e| e.at(at))?;
+        }
+        for (r, at) in &self.retire {
+            if self.awaits_publication(r) {
+                retire(tx, r, at, report)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn apply_org(tx: &mut Tx<'_>, org: &OrgEntry, report: &mut ApplyReport) -> Result<(), Error> {
@@ -391,6 +441,8 @@ fn apply_api(
     tx: &mut Tx<'_>,
     org: &str,
     api: &ApiEntry,
+    at: &str,
+    deferred: &mut Deferred,
     report: &mut ApplyReport,
 ) -> Result<(), Error> {
     apply_owned(
@@ -460,14 +512,21 @@ fn apply_api(
                 ),
             ));
         }
+        let version = VersionRef::new(org, &api.id, &entry.version);
+        let version_at = format!("{at}.versions[{}]", entry.version);
         if current.status == ApiVersionStatus::Draft && rank(entry.status) >= 1 {
-            apis::publish_version(tx, org, &api.id, &entry.version)?;
-            report.changes.push(format!("published api version {name}"));
+            match apis::publish_version(tx, org, &api.id, &entry.version) {
+                Ok(_) => report.changes.push(format!("published api version {name}")),
+                // Possibly held by a version this same apply retires: try again after that.
+                Err(e) if e.kind() == "routing-collision" => {
+                    deferred.publish.push((version.clone(), version_at.clone()))
+                }
+                Err(e) => return Err(e),
+            }
         }
         if current.status != ApiVersionStatus::Retired && entry.status == ApiVersionStatus::Retired
         {
-            apis::retire_version(tx, org, &api.id, &entry.version)?;
-            report.changes.push(format!("retired api version {name}"));
+            deferred.retire.push((version, version_at));
         }
     }
     Ok(())
@@ -477,6 +536,8 @@ fn apply_client(
     tx: &mut Tx<'_>,
     org: &str,
     client: &ClientEntry,
+    at: &str,
+    deferred: &mut Deferred,
     report: &mut ApplyReport,
 ) -> Result<(), Error> {
     apply_owned(
@@ -512,7 +573,7 @@ fn apply_client(
                 plan_org: &plan.org,
                 plan: &plan.name,
             };
-            let at = format!("versions[{}].contracts[{}]", entry.version, contract.api);
+            let at_contract = format!("versions[{}].contracts[{}]", entry.version, contract.api);
             if let Some(id) = contracts::find_for(tx, &terms)? {
                 let existing = contracts::get(tx, org, &client.id, &entry.version, id)?;
                 let existing_plan =
@@ -526,29 +587,59 @@ fn apply_client(
                             contract.api
                         ),
                     )
-                    .at(at));
+                    .at(at_contract));
                 }
                 continue;
             }
-            let offered = apis::get_version(tx, &api.org, &api.name, &api.version)
-                .map_err(|e| e.at(at.clone()))?
-                .plans
-                .iter()
-                .any(|p| p.org == plan.org && p.plan == plan.name && p.version == plan.version);
-            if !offered {
-                return Err(Error::unprocessable(
-                    "plan-not-offered",
-                    format!("api version {api} is not offered through plan version {plan}"),
-                )
-                .at(at));
+            let client_version = VersionRef::new(org, &client.id, &entry.version);
+            if deferred.awaits_publication(&api) {
+                deferred
+                    .contracts
+                    .push((client_version, api, plan, format!("{at}.{at_contract}")));
+                continue;
             }
-            let created = contracts::create(tx, &terms).map_err(|e| e.at(at.clone()))?;
-            report.changes.push(format!(
-                "created contract {} {name} -> {api} through {plan}",
-                created.id
-            ));
+            create_contract(tx, &client_version, &api, &plan, report)
+                .map_err(|e| e.at(at_contract.clone()))?;
         }
     }
+    Ok(())
+}
+
+/// Creates the contract `client` → `api` through `plan`, which the API version must offer.
+fn create_contract(
+    tx: &mut Tx<'_>,
+    client: &VersionRef,
+    api: &VersionRef,
+    plan: &VersionRef,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let offered = apis::get_version(tx, &api.org, &api.name, &api.version)?
+        .plans
+        .iter()
+        .any(|p| p.org == plan.org && p.plan == plan.name && p.version == plan.version);
+    if !offered {
+        return Err(Error::unprocessable(
+            "plan-not-offered",
+            format!("api version {api} is not offered through plan version {plan}"),
+        ));
+    }
+    let created = contracts::create(
+        tx,
+        &ContractTerms {
+            client_org: &client.org,
+            client: &client.name,
+            client_version: &client.version,
+            api_org: &api.org,
+            api: &api.name,
+            api_version: &api.version,
+            plan_org: &plan.org,
+            plan: &plan.name,
+        },
+    )?;
+    report.changes.push(format!(
+        "created contract {} {client} -> {api} through {plan}",
+        created.id
+    ));
     Ok(())
 }
 

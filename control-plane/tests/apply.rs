@@ -141,3 +141,35 @@ fn apply_refuses_an_entry_listed_twice() {
     assert_eq!(answer.status, 422);
     assert_eq!(answer.problem_type(), "urn:tollgate:problem:listed-twice");
 }
+
+#[test]
+fn an_export_applies_to_an_empty_store_even_with_retired_routes_and_their_contracts() {
+    let source = Server::start();
+    source.seed();
+    let contracts = "/v1/orgs/acme/clients/mobile/versions/1/contracts";
+    Server::ok(source.post(
+        contracts,
+        json!({"api": "orders", "api_version": "1", "plan": "gold"}),
+    ));
+    Server::ok(source.act("/v1/orgs/acme/apis/orders/versions/1/retire"));
+    // v2 takes over the route v1 held, and has a contract of its own.
+    Server::ok(source.post(
+        "/v1/orgs/acme/apis/orders/versions",
+        json!({"version": "2", "routing": {"path_prefix": "/orders/v1"},
+               "plans": [{"plan": "gold", "version": "1"}]}),
+    ));
+    Server::ok(source.act("/v1/orgs/acme/apis/orders/versions/2/publish"));
+    Server::ok(source.post(
+        contracts,
+        json!({"api": "orders", "api_version": "2", "plan": "gold"}),
+    ));
+    let exported = Server::ok(source.get("/v1/export"));
+
+    let target = Server::start();
+    let report = Server::ok(apply(&target, exported.clone()));
+    assert_eq!(report["revision"], 2, "{report}");
+    assert_eq!(Server::ok(target.get("/v1/export")), exported);
+    let snapshot = target.snapshot().json();
+    assert_eq!(snapshot["contracts"].as_array().unwrap().len(), 2);
+    assert_eq!(Server::ok(apply(&target, exported))["changes"], json!([]));
+}
