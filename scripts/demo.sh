@@ -354,7 +354,7 @@ if request 429 -H "x-api-key: $BRONZE_KEY" "$orders" && has_header x-ratelimit-l
     if [ -n "$retry" ] && ((retry >= 1 && retry <= 60)); then ok; else bad "Retry-After '$retry'"; fi
 fi
 
-step="revoking the Bronze contract with the CLI: Bronze gets 403 from every worker"
+step="revoking the Bronze contract with the CLI: Bronze gets 403, and keeps getting it"
 contract_id="$("$tollgate" --json contract list acme/hobby-script/1 |
     "$python" -c 'import json,sys; print(next(c["id"] for c in json.load(sys.stdin) if c["api"] == "orders"))')"
 "$tollgate" contract delete acme/hobby-script/1 "$contract_id" >/dev/null
