@@ -351,6 +351,11 @@ impl RouteIndex {
         self.revision
     }
 
+    /// Whether any API version names hosts; if none does, routing ignores `:authority`.
+    pub fn routes_by_host(&self) -> bool {
+        !self.by_host.is_empty()
+    }
+
     /// The API version serving `path` (no query string) on `authority`: APIs naming the host
     /// first, then APIs for any host; within each, the longest prefix on a segment boundary.
     pub fn route(&self, authority: &str, path: &str) -> Option<ApiRef> {

@@ -21,8 +21,15 @@ pub fn is_normal(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
+    // Percent-encoded '.', '/' or '\\' in either case, found without copying the path.
+    let encoded_separator = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c')
+            )
+    });
+    if encoded_separator {
         return false;
     }
     // Skip the leading '/'; a trailing '/' yields one empty last segment, which is fine.

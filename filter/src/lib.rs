@@ -33,7 +33,7 @@ proxy_wasm::main! {{
 enum Root {
     Unconfigured,
     Worker(worker::WorkerRoot),
-    Poller(poller::Poller),
+    Poller(Box<poller::Poller>),
 }
 
 impl Context for Root {
@@ -57,7 +57,7 @@ impl RootContext for Root {
         };
         let root_id = host::property("plugin_root_id").ok().flatten();
         let configured = if root_id.as_deref() == Some(POLLER_ROOT_ID) {
-            poller::Poller::configure(&bytes).map(Root::Poller)
+            poller::Poller::configure(&bytes).map(|p| Root::Poller(Box::new(p)))
         } else {
             worker::WorkerRoot::configure(&bytes).map(Root::Worker)
         };
@@ -75,7 +75,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         match self {
-            Root::Worker(w) => w.refresh(),
+            Root::Worker(w) => w.on_tick(),
             Root::Poller(p) => p.on_tick(),
             Root::Unconfigured => {}
         }

@@ -20,6 +20,9 @@ use tollgate_core::shared::SharedStore;
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::RequestMetrics;
 
+/// Static mode has nothing to refresh; the tick only flushes metric tallies.
+const STATIC_TICK: Duration = Duration::from_secs(1);
+
 pub struct WorkerRoot {
     config: Rc<LoadedConfig>,
     metrics: Rc<RequestMetrics>,
@@ -45,16 +48,17 @@ impl WorkerRoot {
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
         };
+        // The tick refreshes the routing table (live mode) and flushes the metric tallies.
+        let tick = match &live {
+            Some(cp) => Duration::from_millis(u64::from(cp.worker_refresh_ms)),
+            None => STATIC_TICK,
+        };
+        if let Err(status) = set_tick_period(tick) {
+            log::warn!("tollgate: cannot schedule the worker tick: {status:?}");
+        }
         match live {
-            Some(cp) => {
-                if let Err(status) =
-                    set_tick_period(Duration::from_millis(u64::from(cp.worker_refresh_ms)))
-                {
-                    log::warn!("tollgate: cannot schedule snapshot refresh: {status:?}");
-                }
-                // A worker that starts after the poller has a snapshot enforces it at once.
-                root.refresh();
-            }
+            // A worker that starts after the poller has a snapshot enforces it at once.
+            Some(_) => root.refresh(),
             None => log::info!(
                 "tollgate: static mode, snapshot revision {}",
                 root.revision.unwrap_or_default()
@@ -63,9 +67,16 @@ impl WorkerRoot {
         Ok(root)
     }
 
+    pub fn on_tick(&mut self) {
+        self.metrics.flush();
+        if self.config.settings.control_plane.is_some() {
+            self.refresh();
+        }
+    }
+
     /// Adopts the poller's latest routing table from shared data if it is newer than ours.
     /// (Keys and contracts need no adoption: requests read them from shared data.)
-    pub fn refresh(&mut self) {
+    fn refresh(&mut self) {
         let mut shared = SharedData;
         let published = match shared.get(REVISION_KEY) {
             Ok(Some((bytes, _))) => decode_revision(&bytes),
@@ -133,8 +144,7 @@ impl HttpContext for RequestContext {
         });
         match handled {
             Ok(handled) => {
-                self.metrics.request(handled.reason);
-                self.metrics.cas_retries.add(handled.cas_retries);
+                self.metrics.request(handled.reason, handled.cas_retries);
                 match handled.outcome {
                     Outcome::Forward { response_headers } => {
                         self.response_headers = response_headers;

@@ -484,6 +484,27 @@ def requests_by_decision(envoy: Envoy) -> dict[str, float]:
     return totals
 
 
+# Each worker tallies its decisions in the VM and hands them to Envoy on its tick: every second
+# in static mode (every refresh tick in live mode).
+METRICS_FLUSH_S = 1.0
+
+
+def settled_requests_by_decision(envoy: Envoy) -> dict[str, float]:
+    """`requests_by_decision` once every worker has flushed what it tallied: two reads more
+    than a flush period apart agree."""
+    previous = requests_by_decision(envoy)
+
+    def settled() -> dict[str, float] | None:
+        nonlocal previous
+        time.sleep(METRICS_FLUSH_S * 1.2)
+        current = requests_by_decision(envoy)
+        agreed = current == previous
+        previous = current
+        return current if agreed else None
+
+    return wait_until(settled, 15, "tollgate metrics to settle")
+
+
 # --- UTC windows ---------------------------------------------------------------------------
 
 

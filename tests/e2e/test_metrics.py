@@ -16,6 +16,7 @@ from harness import (
     plan,
     plugin_config,
     requests_by_decision,
+    settled_requests_by_decision,
     wait_until,
 )
 
@@ -61,7 +62,7 @@ def test_requests_total_is_exported_with_a_decision_label(envoy: Envoy) -> None:
 
 
 def test_every_decision_is_counted_once(envoy: Envoy) -> None:
-    before = requests_by_decision(envoy)
+    before = settled_requests_by_decision(envoy)
     traffic = [
         ("/orders/v1/a", KEY, 200, "allow"),
         ("/orders/v1/b", KEY, 200, "allow"),

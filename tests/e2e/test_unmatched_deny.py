@@ -14,6 +14,7 @@ from harness import (
     plugin_config,
     problem,
     requests_by_decision,
+    settled_requests_by_decision,
     wait_until,
 )
 
@@ -44,7 +45,7 @@ def test_matched_requests_still_pass_when_unmatched_is_denied(envoy: Envoy) -> N
 
 
 def test_denied_unmatched_requests_are_counted_as_no_route(envoy: Envoy) -> None:
-    before = requests_by_decision(envoy).get("no_route", 0)
+    before = settled_requests_by_decision(envoy).get("no_route", 0)
     for _ in range(3):
         assert requests.get(f"{envoy.url}/nowhere", timeout=10).status_code == 404
     wait_until(lambda: requests_by_decision(envoy).get("no_route", 0) - before == 3, 5, "no_route +3")
