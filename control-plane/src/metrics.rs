@@ -20,7 +20,7 @@ pub struct HttpLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SnapshotLabels {
     /// `full` (200), `not_modified` (304 without waiting or after a wait timed out),
-    /// `woken` (200 after a long poll saw a new revision), `page` (a `?cursor=` page).
+    /// `woken` (200 after a long poll saw a new revision), `page` (a `?cursor=` page), `delta` (a `?since=` delta).
     pub outcome: &'static str,
 }
 

@@ -351,3 +351,146 @@ fn a_page_cursor_pins_its_revision_until_it_is_no_longer_retained() {
     );
     assert_eq!(bad.status, 400);
 }
+
+fn get_since(s: &Server, since: u64) -> common::Answer {
+    s.request(
+        "GET",
+        &format!("/v1/snapshot?since={since}"),
+        Some(&s.gateway_token),
+        None,
+        &[],
+    )
+}
+
+/// (client, key, expiry) and (client, contract) facts of a snapshot, restricted to keys whose
+/// bucket `keep` accepts.
+fn key_facts(
+    snapshot: &serde_json::Value,
+    keep: impl Fn(u16) -> bool,
+) -> std::collections::BTreeSet<String> {
+    use tollgate_core::keydir::bucket_of;
+    use tollgate_core::keys::parse_digest_hex;
+    let mut facts = std::collections::BTreeSet::new();
+    for client in snapshot["clients"].as_array().unwrap() {
+        for key in client["keys"].as_array().unwrap() {
+            let sha = key["sha256"].as_str().unwrap();
+            if keep(bucket_of(&parse_digest_hex(sha).unwrap())) {
+                facts.insert(format!("{} {sha} {}", client["id"], key["expires_at"]));
+                for c in snapshot["contracts"].as_array().unwrap() {
+                    if c["client"] == client["id"] {
+                        facts.insert(format!("{sha} {c}"));
+                    }
+                }
+            }
+        }
+    }
+    facts
+}
+
+#[test]
+fn since_answers_a_delta_that_completes_the_held_revision() {
+    let s = Server::start();
+    s.seed();
+    Server::ok(s.post(
+        "/v1/orgs/acme/clients/mobile/versions",
+        json!({"version": "2"}),
+    ));
+    let held = s.snapshot().json();
+    let revision = held["revision"].as_u64().unwrap();
+
+    Server::ok(s.post(
+        "/v1/orgs/acme/clients/mobile/versions/1/keys/rotate",
+        json!({"grace_seconds": 600}),
+    ));
+    Server::ok(s.post(
+        "/v1/orgs/acme/clients/mobile/versions/1/contracts",
+        json!({"api": "orders", "api_version": "1", "plan": "gold"}),
+    ));
+    let answer = get_since(&s, revision);
+    assert_eq!(answer.status, 200);
+    verify_snapshot(
+        s.snapshot_secret.as_bytes(),
+        answer.body.as_bytes(),
+        answer.header(SIGNATURE_HEADER).as_deref(),
+    )
+    .expect("core accepts the delta");
+    let delta = answer.json();
+    assert_eq!(delta["revision"], revision + 2);
+    let buckets: Vec<u16> = delta["buckets"]
+        .as_array()
+        .expect("a delta lists its buckets")
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u16)
+        .collect();
+    assert!(!buckets.is_empty() && buckets.len() <= 2, "{buckets:?}");
+    assert!(
+        delta["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] == "acme/mobile/1"),
+        "only the changed client version travels: {delta}"
+    );
+    assert!(delta.get("next").is_none());
+
+    // What a gateway holding `held` ends up with equals the full current revision.
+    let current = s.snapshot().json();
+    let mut assembled = key_facts(&held, |b| !buckets.contains(&b));
+    assembled.extend(key_facts(&delta, |_| true));
+    assert_eq!(assembled, key_facts(&current, |_| true));
+    assert_eq!(delta["apis"], current["apis"]);
+    assert_eq!(delta["plans"], current["plans"]);
+}
+
+#[test]
+fn since_the_current_revision_waits_and_wakes_with_a_delta() {
+    let s = Server::start();
+    s.seed();
+    let revision = s.revision();
+    assert_eq!(get_since(&s, revision).status, 304);
+    let (tx, rx) = mpsc::channel();
+    let url = s.url(&format!("/v1/snapshot?since={revision}&wait=30"));
+    let token = s.gateway_token.clone();
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        let _ = tx.send((status, response.body_mut().read_to_string().unwrap()));
+    });
+    wait_until(Duration::from_secs(10), "the long poll to be held", || {
+        waiting_polls(&s) == 1
+    });
+    // Publishing an API touches no key: the delta carries routes and no bucket.
+    Server::ok(s.post(
+        "/v1/orgs/acme/apis/orders/versions",
+        json!({"version": "2", "public": true, "routing": {"path_prefix": "/orders/v2"}}),
+    ));
+    Server::ok(s.act("/v1/orgs/acme/apis/orders/versions/2/publish"));
+    let (status, body) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(status, 200);
+    let delta: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(delta["buckets"], json!([]));
+    assert_eq!(delta["clients"], json!([]));
+    assert_eq!(delta["apis"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn since_an_unknown_revision_answers_the_full_revision() {
+    let s = Server::start();
+    s.seed();
+    let answer = get_since(&s, 0);
+    assert_eq!(answer.status, 200);
+    let full = answer.json();
+    assert!(
+        full.get("buckets").is_none(),
+        "a complete catalogue: {full}"
+    );
+    assert_eq!(full, s.snapshot().json());
+}

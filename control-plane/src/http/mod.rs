@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -33,6 +33,7 @@ use crate::secrets::BearerToken;
 use crate::store::Store;
 
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
+pub const APPLY_PATH: &str = "/v1/apply";
 
 /// Management bodies are small; a whole catalogue for `apply` may be larger.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(refuse_declared_oversize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -123,6 +125,30 @@ async fn require_gateway(
             "send the gateway token as Authorization: Bearer <token>",
         )),
     }
+}
+
+/// The body limit of a path: larger for a whole catalogue.
+fn body_limit(path: &str) -> usize {
+    if path == APPLY_PATH {
+        MAX_APPLY_BODY_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
+
+/// Answers 413 before reading anything when `Content-Length` already exceeds the limit;
+/// bodies without a declared length are cut at the limit by `DefaultBodyLimit` as they are read.
+async fn refuse_declared_oversize(request: Request, next: Next) -> Result<Response, Error> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = body_limit(request.uri().path()) as u64;
+    if declared.is_some_and(|length| length > limit) {
+        return Err(Error::PayloadTooLarge);
+    }
+    Ok(next.run(request).await)
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -13,7 +13,7 @@ pub mod orgs;
 pub mod plans;
 mod snapshot;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
 use tollgate_core::distribution::verify_snapshot;
+use tollgate_core::snapshot::Snapshot;
 
 use crate::error::Error;
 use crate::model::{Page, PageQuery, Timestamp};
@@ -46,6 +47,8 @@ pub struct SignedSnapshot {
     pub revision: u64,
     /// One page unless the catalogue holds more keys than a page carries.
     pub pages: Vec<SignedPage>,
+    /// What each key-directory bucket held at this revision, to compute deltas from it.
+    digests: snapshot::BucketDigests,
 }
 
 impl SignedSnapshot {
@@ -67,8 +70,12 @@ pub struct Store {
     snapshot_secret: Vec<u8>,
     page_keys: usize,
     published: watch::Sender<Arc<SignedSnapshot>>,
-    /// The latest revisions, newest last, for `?cursor=` requests.
+    /// The latest revisions, newest last, for `?cursor=` and `?since=` requests.
     retained: Mutex<VecDeque<Arc<SignedSnapshot>>>,
+    /// The latest revision's catalogue, from which deltas are cut.
+    latest: Mutex<Arc<Snapshot>>,
+    /// Deltas to the latest revision, by the revision they start from.
+    deltas: Mutex<HashMap<u64, (u64, Arc<SignedPage>)>>,
 }
 
 /// A write in progress. Dereferences to the connection so read helpers work inside writes.
@@ -122,8 +129,8 @@ impl Store {
             .to_latest(&mut conn)
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
         let revision = current_revision(&conn)?;
-        let first = match sign_snapshot(&conn, revision, &snapshot_secret, page_keys) {
-            Ok(first) => first,
+        let (first, full) = match sign_snapshot(&conn, revision, &snapshot_secret, page_keys) {
+            Ok(signed) => signed,
             // Serve it anyway: gateways keep their last good snapshot, and the operator can
             // repair the catalogue through the API.
             Err(Error::Conflict { detail, .. }) => {
@@ -140,12 +147,55 @@ impl Store {
             page_keys,
             published,
             retained: Mutex::new(VecDeque::from([first])),
+            latest: Mutex::new(Arc::new(full)),
+            deltas: Mutex::new(HashMap::new()),
         }))
     }
 
     /// The latest committed snapshot.
     pub fn snapshot(&self) -> Arc<SignedSnapshot> {
         self.published.borrow().clone()
+    }
+
+    /// One page taking a gateway that holds revision `since` to `current`: only the
+    /// key-directory buckets that changed in between. `None` when `since` is not a retained
+    /// older revision, or the change is larger than a page; the gateway then gets the full
+    /// revision instead. Cut once per starting revision and reused by every gateway.
+    pub fn delta(&self, since: u64, current: &SignedSnapshot) -> Option<Arc<SignedPage>> {
+        if since >= current.revision {
+            return None;
+        }
+        let old = self.retained(since)?;
+        let full = Arc::clone(&self.latest.lock().unwrap_or_else(|p| p.into_inner()));
+        if full.revision != current.revision {
+            return None;
+        }
+        {
+            let deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((to, page)) = deltas.get(&since) {
+                if *to == current.revision {
+                    return Some(Arc::clone(page));
+                }
+            }
+        }
+        let changed = snapshot::changed_buckets(&old.digests, &current.digests);
+        if snapshot::keys_in(&full, &changed) > self.page_keys {
+            return None;
+        }
+        let body = serde_json::to_vec(&snapshot::page_of(&full, &changed)).ok()?;
+        let signature = tollgate_core::signing::sign(&self.snapshot_secret, &body);
+        if let Err(rejected) = verify_snapshot(&self.snapshot_secret, &body, Some(&signature)) {
+            tracing::error!(since, revision = current.revision, %rejected, "delta refused by core; serving the full revision");
+            return None;
+        }
+        let page = Arc::new(SignedPage {
+            body: Bytes::from(body),
+            signature,
+        });
+        let mut deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
+        deltas.retain(|_, (to, _)| *to == current.revision);
+        deltas.insert(since, (current.revision, Arc::clone(&page)));
+        Some(page)
     }
 
     /// A recent revision's snapshot, if still retained.
@@ -228,13 +278,10 @@ impl Store {
             |row| row.get(0),
         )?;
         let revision = revision as u64;
-        let signed = Arc::new(sign_snapshot(
-            &tx,
-            revision,
-            &self.snapshot_secret,
-            self.page_keys,
-        )?);
+        let (signed, full) = sign_snapshot(&tx, revision, &self.snapshot_secret, self.page_keys)?;
+        let signed = Arc::new(signed);
         tx.tx.commit()?;
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(full);
         {
             let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
             retained.push_back(Arc::clone(&signed));
@@ -265,8 +312,8 @@ fn sign_snapshot(
     revision: u64,
     secret: &[u8],
     page_keys: usize,
-) -> Result<SignedSnapshot, Error> {
-    let signed = sign_unchecked(conn, revision, secret, page_keys)?;
+) -> Result<(SignedSnapshot, Snapshot), Error> {
+    let (signed, full) = sign_unchecked(conn, revision, secret, page_keys)?;
     for page in &signed.pages {
         if let Err(rejected) = verify_snapshot(secret, &page.body, Some(&page.signature)) {
             return Err(Error::conflict(
@@ -275,7 +322,7 @@ fn sign_snapshot(
             ));
         }
     }
-    Ok(signed)
+    Ok((signed, full))
 }
 
 fn sign_unchecked(
@@ -283,8 +330,9 @@ fn sign_unchecked(
     revision: u64,
     secret: &[u8],
     page_keys: usize,
-) -> Result<SignedSnapshot, Error> {
-    let mut pages = snapshot::paginate(snapshot::render(conn, revision)?, page_keys);
+) -> Result<(SignedSnapshot, Snapshot), Error> {
+    let full = snapshot::render(conn, revision)?;
+    let mut pages = snapshot::paginate(&full, page_keys);
     let count = pages.len();
     for (i, page) in pages.iter_mut().enumerate() {
         page.next = (i + 1 < count).then(|| page_cursor(revision, i + 1));
@@ -301,7 +349,15 @@ fn sign_unchecked(
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(SignedSnapshot { revision, pages })
+    let digests = snapshot::bucket_digests(&full);
+    Ok((
+        SignedSnapshot {
+            revision,
+            pages,
+            digests,
+        },
+        full,
+    ))
 }
 
 /// `<revision>.<page>`: pins the revision, so a gateway assembles pages of one revision only.

@@ -2,7 +2,9 @@
 //! Drafts never appear; retired API versions do (gateways answer 410). Every list is sorted,
 //! so equal catalogues render byte-identical bodies.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 use rusqlite::Connection;
 use tollgate_core::keydir::bucket_of;
@@ -130,13 +132,13 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
 /// the keys of each), those clients' contracts, and all plans and API versions, so that every
 /// page compiles on its own at the gateway. Together the pages cover every bucket once. The
 /// caller sets `next`.
-pub fn paginate(full: Snapshot, page_keys: usize) -> Vec<Snapshot> {
+pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
     let page_keys = page_keys.max(1);
     let total: usize = full.clients.iter().map(|c| c.keys.len()).sum();
     if total <= page_keys {
-        return vec![full];
+        return vec![full.clone()];
     }
-    let bucket = |sha256: &str| parse_digest_hex(sha256).map_or(0, |d| bucket_of(&d));
+    let bucket = key_bucket;
     let mut per_bucket: BTreeMap<u16, usize> = BTreeMap::new();
     for key in full.clients.iter().flat_map(|c| &c.keys) {
         *per_bucket.entry(bucket(&key.sha256)).or_default() += 1;
@@ -230,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_small_catalogue_is_one_complete_page() {
-        let pages = paginate(catalogue(3), 6);
+        let pages = paginate(&catalogue(3), 6);
         assert_eq!(pages.len(), 1);
         assert_eq!(pages[0].buckets, None);
     }
@@ -238,7 +240,7 @@ mod tests {
     #[test]
     fn pages_cover_every_bucket_once_and_every_key_once() {
         let full = catalogue(50);
-        let pages = paginate(full.clone(), 7);
+        let pages = paginate(&full, 7);
         assert!(pages.len() >= 100 / 7);
         let mut buckets = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -257,5 +259,153 @@ mod tests {
         }
         assert_eq!(buckets.len(), 1 << 16);
         assert_eq!(keys.len(), 100);
+    }
+}
+
+/// A digest of each non-empty key-directory bucket's content (its keys, their expiry, their
+/// client versions and those clients' contracts): two revisions differ in a bucket exactly
+/// when the digests differ or one lacks it.
+pub type BucketDigests = HashMap<u16, u64>;
+
+/// (key hash, expiry, client version) of one key in a bucket.
+type KeyFact<'a> = (&'a str, Option<u64>, &'a str);
+
+pub fn bucket_digests(full: &Snapshot) -> BucketDigests {
+    let mut grants: HashMap<&str, Vec<&Contract>> = HashMap::new();
+    for c in &full.contracts {
+        grants.entry(c.client.as_str()).or_default().push(c);
+    }
+    let mut records: BTreeMap<u16, Vec<KeyFact<'_>>> = BTreeMap::new();
+    for client in &full.clients {
+        for key in &client.keys {
+            records.entry(key_bucket(&key.sha256)).or_default().push((
+                key.sha256.as_str(),
+                key.expires_at,
+                client.id.as_str(),
+            ));
+        }
+    }
+    records
+        .into_iter()
+        .map(|(bucket, mut keys)| {
+            keys.sort_unstable();
+            let mut hasher = DefaultHasher::new();
+            for (sha256, expires_at, client) in keys {
+                (sha256, expires_at, client).hash(&mut hasher);
+                let mut contracts: Vec<_> = grants
+                    .get(client)
+                    .map(|g| g.iter().map(|c| (c.id, &c.api, &c.plan)).collect())
+                    .unwrap_or_default();
+                contracts.sort_unstable();
+                contracts.hash(&mut hasher);
+            }
+            (bucket, hasher.finish())
+        })
+        .collect()
+}
+
+/// The buckets whose content differs between two revisions.
+pub fn changed_buckets(old: &BucketDigests, new: &BucketDigests) -> BTreeSet<u16> {
+    let mut changed: BTreeSet<u16> = new
+        .iter()
+        .filter(|(bucket, digest)| old.get(bucket) != Some(digest))
+        .map(|(bucket, _)| *bucket)
+        .collect();
+    changed.extend(old.keys().filter(|b| !new.contains_key(b)));
+    changed
+}
+
+/// A page defining only `buckets` (all plans and API versions, the keys in those buckets,
+/// their clients' contracts): applied over the revision it was computed against, it yields
+/// the full revision at the gateway.
+pub fn page_of(full: &Snapshot, buckets: &BTreeSet<u16>) -> Snapshot {
+    let clients: Vec<ClientVersion> = full
+        .clients
+        .iter()
+        .filter_map(|c| {
+            let keys: Vec<ApiKeyHash> = c
+                .keys
+                .iter()
+                .filter(|k| buckets.contains(&key_bucket(&k.sha256)))
+                .cloned()
+                .collect();
+            (!keys.is_empty()).then(|| ClientVersion {
+                id: c.id.clone(),
+                keys,
+            })
+        })
+        .collect();
+    let ids: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
+    Snapshot {
+        schema: full.schema,
+        revision: full.revision,
+        plans: full.plans.clone(),
+        apis: full.apis.clone(),
+        contracts: full
+            .contracts
+            .iter()
+            .filter(|k| ids.contains(k.client.as_str()))
+            .cloned()
+            .collect(),
+        clients,
+        buckets: Some(buckets.iter().copied().collect()),
+        next: None,
+    }
+}
+
+/// How many keys `buckets` hold in `full`.
+pub fn keys_in(full: &Snapshot, buckets: &BTreeSet<u16>) -> usize {
+    full.clients
+        .iter()
+        .flat_map(|c| &c.keys)
+        .filter(|k| buckets.contains(&key_bucket(&k.sha256)))
+        .count()
+}
+
+fn key_bucket(sha256: &str) -> u16 {
+    parse_digest_hex(sha256).map_or(0, |d| bucket_of(&d))
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::*;
+    use tollgate_core::keys::key_hash_hex;
+
+    fn with_clients(n: usize) -> Snapshot {
+        let mut s = Snapshot::empty(1);
+        for i in 0..n {
+            s.clients.push(ClientVersion {
+                id: format!("acme/c{i}/1"),
+                keys: vec![ApiKeyHash {
+                    sha256: key_hash_hex(&format!("k{i}")),
+                    expires_at: None,
+                }],
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn only_the_buckets_of_changed_keys_differ() {
+        let before = with_clients(20);
+        let mut after = before.clone();
+        after.clients[3].keys[0].expires_at = Some(5);
+        after.contracts.push(Contract {
+            id: 9,
+            client: "acme/c7/1".into(),
+            api: "acme/orders/1".into(),
+            plan: "acme/gold/1".into(),
+        });
+        after.clients.remove(11);
+        let changed = changed_buckets(&bucket_digests(&before), &bucket_digests(&after));
+        let expected: BTreeSet<u16> = [3, 7, 11]
+            .iter()
+            .map(|i| key_bucket(&key_hash_hex(&format!("k{i}"))))
+            .collect();
+        assert_eq!(changed, expected);
+        let page = page_of(&after, &changed);
+        assert_eq!(page.clients.len(), 2, "c3 and c7; c11 is gone");
+        assert_eq!(page.contracts.len(), 1);
+        assert_eq!(keys_in(&after, &changed), 2);
     }
 }

@@ -217,6 +217,45 @@ impl Server {
         }
     }
 
+    /// POSTs only headers announcing a body of `length` bytes and reads the answer: a server
+    /// that refuses the size answers before any body is sent, so the test does not race the
+    /// server closing the connection mid-upload. Returns the status and the body.
+    pub fn post_announcing(&self, path: &str, length: usize) -> (u16, String) {
+        use std::io::{Read, Write};
+        let address = self.base.trim_start_matches("http://");
+        let stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            &stream,
+            "POST {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {length}\r\n\r\n",
+            self.admin_token
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let status = status_line[9..12].parse().unwrap();
+        let mut body_length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    body_length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0u8; body_length];
+        reader.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+
     pub fn get(&self, path: &str) -> Answer {
         self.request("GET", path, Some(&self.admin_token), None, &[])
     }
