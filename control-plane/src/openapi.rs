@@ -188,7 +188,7 @@ pub mod problems {
     #[response(status = 409, content_type = "application/problem+json")]
     pub struct Conflict(pub Problem);
 
-    /// payload-too-large: the body exceeds this path's limit (1 MiB; 16 MiB for apply)
+    /// payload-too-large: the body exceeds this path's limit (1 MiB; 64 MiB for apply)
     #[derive(IntoResponses)]
     #[response(status = 413, content_type = "application/problem+json")]
     pub struct TooLarge(pub Problem);

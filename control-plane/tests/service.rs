@@ -110,7 +110,7 @@ fn unknown_path_is_a_problem_404() {
 fn apply_accepts_larger_bodies_than_other_paths() {
     let s = Server::start();
     let token = s.admin_token.clone();
-    // 2 MiB: over the 1 MiB of ordinary paths, under the 16 MiB of apply. The unknown field
+    // 2 MiB: over the 1 MiB of ordinary paths, under the 64 MiB of apply. The unknown field
     // makes it a 400, which proves the body was read rather than refused for its size.
     let padded = format!(
         "{{\"orgs\": [], \"padding\": \"{}\"}}",
@@ -119,5 +119,5 @@ fn apply_accepts_larger_bodies_than_other_paths() {
     let answer = s.request("POST", "/v1/apply", Some(&token), Some(&padded), &[]);
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(answer.body.contains("padding"), "{}", answer.body);
-    assert_eq!(s.post_announcing("/v1/apply", 17 * 1024 * 1024).0, 413);
+    assert_eq!(s.post_announcing("/v1/apply", 65 * 1024 * 1024).0, 413);
 }

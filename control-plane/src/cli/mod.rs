@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use self::client::{ApiClient, ClientError};
 use crate::catalogue::{ApplyReport, Catalogue};
 use crate::domain::{parse_pair, period_from_str, VersionRef};
+use crate::http::MAX_APPLY_BODY_BYTES;
 use crate::secrets::{read_secret, SecretKind};
 use crate::server::{self, ServeArgs};
 
@@ -816,6 +817,18 @@ fn apply(api: &ApiClient, out: &Output, file: &PathBuf) -> Result<String, Client
     // Parsed here first so YAML mistakes are reported with their line and column.
     let document: Catalogue = yaml_serde::from_str(&text)
         .map_err(|e| ClientError::Other(format!("{}: {e}", file.display())))?;
+    // Checked here: a server refusing an oversized upload may close the connection before the
+    // client could read its 413.
+    let size = serde_json::to_vec(&document).map_or(0, |body| body.len());
+    if size > MAX_APPLY_BODY_BYTES {
+        return Err(ClientError::Other(format!(
+            "{}: the catalogue is {} MiB as JSON; /v1/apply accepts at most {} MiB, so apply it \
+             in several files",
+            file.display(),
+            size / (1024 * 1024),
+            MAX_APPLY_BODY_BYTES / (1024 * 1024)
+        )));
+    }
     let report: ApplyReport = api.post("/v1/apply", &document)?;
     if out.json {
         return Ok(serde_json::to_string_pretty(&report).unwrap_or_default());

@@ -37,7 +37,7 @@ pub const APPLY_PATH: &str = "/v1/apply";
 
 /// Management bodies are small; a whole catalogue for `apply` may be larger.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-pub const MAX_APPLY_BODY_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_APPLY_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -48,7 +48,8 @@ pub struct SnapshotQuery {
 /// "<revision>"`, `x-tollgate-signature: base64(HMAC-SHA256(snapshot secret, body))`.
 /// `If-None-Match: "<revision>"` answers 304 while the revision is unchanged. A catalogue with
 /// more keys than a page carries arrives in pages: each lists the key-directory `buckets` it
-/// defines and, but the last, the `next` cursor to pass as `?cursor=`.
+/// defines and, but the last, the `next` cursor to pass as `?cursor=`. With `?since=<held
+/// revision>` a newer revision comes as a delta page when one can be cut.
 #[utoipa::path(get, path = "/v1/snapshot", tag = "gateway", params(SnapshotQuery,
         ("If-None-Match" = Option<String>, Header, description = "\"<revision>\" already held")),
     responses(

@@ -157,6 +157,7 @@ pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
     }
     ranges.push((start, u16::MAX));
 
+    let shell = shell_of(full);
     ranges
         .into_iter()
         .map(|(lo, hi)| {
@@ -170,10 +171,7 @@ pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
                         .filter(|k| (lo..=hi).contains(&bucket(&k.sha256)))
                         .cloned()
                         .collect();
-                    (!keys.is_empty()).then(|| ClientVersion {
-                        id: c.id.clone(),
-                        keys,
-                    })
+                    (!keys.is_empty()).then(|| ClientVersion { keys, ..c.clone() })
                 })
                 .collect();
             let contracts = full
@@ -183,14 +181,10 @@ pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
                 .cloned()
                 .collect();
             Snapshot {
-                schema: full.schema,
-                revision: full.revision,
-                plans: full.plans.clone(),
-                apis: full.apis.clone(),
                 clients,
                 contracts,
                 buckets: Some((lo..=hi).collect()),
-                next: None,
+                ..shell.clone()
             }
         })
         .collect()
@@ -329,18 +323,11 @@ pub fn page_of(full: &Snapshot, buckets: &BTreeSet<u16>) -> Snapshot {
                 .filter(|k| buckets.contains(&key_bucket(&k.sha256)))
                 .cloned()
                 .collect();
-            (!keys.is_empty()).then(|| ClientVersion {
-                id: c.id.clone(),
-                keys,
-            })
+            (!keys.is_empty()).then(|| ClientVersion { keys, ..c.clone() })
         })
         .collect();
     let ids: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
     Snapshot {
-        schema: full.schema,
-        revision: full.revision,
-        plans: full.plans.clone(),
-        apis: full.apis.clone(),
         contracts: full
             .contracts
             .iter()
@@ -349,7 +336,19 @@ pub fn page_of(full: &Snapshot, buckets: &BTreeSet<u16>) -> Snapshot {
             .collect(),
         clients,
         buckets: Some(buckets.iter().copied().collect()),
+        ..shell_of(full)
+    }
+}
+
+/// Everything of `full` but its clients and contracts: what every page repeats (plans, API
+/// versions and whatever else the schema holds for the whole catalogue).
+fn shell_of(full: &Snapshot) -> Snapshot {
+    Snapshot {
+        clients: Vec::new(),
+        contracts: Vec::new(),
+        buckets: None,
         next: None,
+        ..full.clone()
     }
 }
 
