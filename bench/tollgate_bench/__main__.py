@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import exactness, request_cost
+from . import exactness, propagation, request_cost
 from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench, CpuLayout
 from .envoy import envoy_binary, envoy_version
 from .processes import Supervisor, raise_on_termination_signals
@@ -26,8 +26,9 @@ from .report import SectionReport, document, machine_lines
 SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
     "cost": request_cost.run,
     "exactness": exactness.run,
+    "propagation": propagation.run,
 }
-PENDING = ["3. Propagation", "4. Scale"]
+PENDING = ["4. Scale"]
 WASM_MAGIC = b"\0asm"
 
 

@@ -37,17 +37,26 @@ class Supervisor:
     def __init__(self) -> None:
         self._live: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: Sequence[str], log_path: Path, cpus: str | None = None) -> subprocess.Popen[bytes]:
-        """Starts `argv` with output to `log_path`, pinned to `cpus` (a taskset list) if given.
-        taskset execs the program, so the pid is the program's own."""
+    def start(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        cpus: str | None = None,
+        env: dict[str, str] | None = None,
+        append: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Starts `argv` with output to `log_path` (appended to, for a restart), pinned to
+        `cpus` (a taskset list) if given. taskset execs the program, so the pid is the
+        program's own."""
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab" if append else "wb") as log:
             process = subprocess.Popen(
                 list(argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=env,
                 # Its own session: a Ctrl-C in the terminal reaches only us, and we stop it.
                 start_new_session=True,
             )
