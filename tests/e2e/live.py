@@ -9,6 +9,7 @@ last resort by harness at interpreter exit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from harness import REPO, START_DEADLINE_S, WORKERS, Envoy, _live, _stop, prometheus_samples, wait_until
 
@@ -244,9 +246,14 @@ def gateway_bootstrap(
     upstream_port: int,
     failure_mode: str = "closed",
     unmatched: str = "pass",
+    control_plane_url: str | None = None,
+    poller: dict[str, Any] | None = None,
 ) -> str:
     """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`, with
-    the gateway token and snapshot secret from the same environment / data directory."""
+    the gateway token and snapshot secret from the same environment / data directory.
+    `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
+    the control plane); `poller` overrides fields of the plugins' `control_plane` settings
+    (e.g. `poll_timeout_seconds`)."""
     out = subprocess.run(
         [
             str(TOLLGATE),
@@ -255,7 +262,7 @@ def gateway_bootstrap(
             "--wasm", str(REPO / "target" / "tollgate.wasm"),
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
-            "--control-plane", control_plane.url,
+            "--control-plane", control_plane_url or control_plane.url,
             "--admin", "127.0.0.1:0",
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
@@ -266,7 +273,28 @@ def gateway_bootstrap(
         timeout=60,
     )
     assert out.returncode == 0, f"tollgate envoy-config failed: {out.stderr}"
-    return out.stdout
+    if not poller:
+        return out.stdout
+    bootstrap = yaml.safe_load(out.stdout)
+    for plugin in _plugin_configs(bootstrap):
+        value = json.loads(plugin["configuration"]["value"])
+        value["control_plane"].update(poller)
+        plugin["configuration"]["value"] = json.dumps(value)
+    return yaml.safe_dump(bootstrap)
+
+
+def _plugin_configs(node: Any) -> list[dict[str, Any]]:
+    """Every wasm plugin `config` (filter and poller service) in a bootstrap."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if "vm_config" in node and "configuration" in node:
+            found.append(node)
+        for child in node.values():
+            found += _plugin_configs(child)
+    elif isinstance(node, list):
+        for child in node:
+            found += _plugin_configs(child)
+    return found
 
 
 @dataclass
@@ -399,8 +427,17 @@ class LiveProcesses:
         self.control_planes.append(control_plane)
         return control_plane.start() if start else control_plane
 
-    def gateway(self, control_plane: ControlPlane, failure_mode: str = "closed", unmatched: str = "pass") -> Envoy:
-        bootstrap = gateway_bootstrap(control_plane, self.upstream_port, failure_mode, unmatched)
+    def gateway(
+        self,
+        control_plane: ControlPlane,
+        failure_mode: str = "closed",
+        unmatched: str = "pass",
+        control_plane_url: str | None = None,
+        poller: dict[str, Any] | None = None,
+    ) -> Envoy:
+        bootstrap = gateway_bootstrap(
+            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller
+        )
         envoy = Envoy(bootstrap, self.workdir / f"gateway-{len(self.gateways)}", listener="tollgate")
         self.gateways.append(envoy)
         envoy.wait_ready()
