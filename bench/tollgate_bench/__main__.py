@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import exactness, propagation, request_cost
+from . import exactness, propagation, request_cost, scale
 from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench, CpuLayout
 from .envoy import envoy_binary, envoy_version
 from .processes import Supervisor, raise_on_termination_signals
@@ -27,8 +27,9 @@ SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
     "cost": request_cost.run,
     "exactness": exactness.run,
     "propagation": propagation.run,
+    "scale": scale.run,
 }
-PENDING = ["4. Scale"]
+PENDING: list[str] = []
 WASM_MAGIC = b"\0asm"
 
 

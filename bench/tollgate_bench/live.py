@@ -195,18 +195,19 @@ class ControlPlane:
 # --- gateways ------------------------------------------------------------------------------
 
 
-def gateway(bench: Bench, control_plane: ControlPlane, name: str, upstream_port: int, concurrency: int, cpus: str | None) -> e.Envoy:
-    """An Envoy (not started) with the bootstrap `tollgate envoy-config` prints for
-    `control_plane`, loading the bench's copy of the module; unmatched requests are denied."""
+def gateway(bench: Bench, control_plane_url: str, name: str, upstream_port: int, concurrency: int, cpus: str | None) -> e.Envoy:
+    """An Envoy (not started) with the bootstrap `tollgate envoy-config` prints for the control
+    plane at `control_plane_url` (secrets from SECRETS), loading the bench's copy of the
+    module; unmatched requests are denied."""
     out = subprocess.run(
         [
-            str(control_plane.binary),
-            "--data-dir", str(control_plane.data_dir),
+            str(tollgate_binary(bench)),
+            "--data-dir", str(bench.workdir),
             "envoy-config",
             "--wasm", str(bench.tollgate_wasm),
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
-            "--control-plane", control_plane.url,
+            "--control-plane", control_plane_url,
             "--admin", "127.0.0.1:0",
             "--concurrency", str(concurrency),
             "--unmatched", "deny",

@@ -35,7 +35,7 @@ def run(bench: Bench) -> SectionReport:
     control_plane.seed("acme", "gold", [(1_000_000_000, "day"), (10**12, "month")], "orders", "/orders/v1")
     key = control_plane.client_version("acme", "propagation")
     upstream = live.upstream(bench)
-    gateway = live.gateway(bench, control_plane, "propagation-envoy", upstream.ports["upstream"], WORKERS, cpus=None)
+    gateway = live.gateway(bench, control_plane.url, "propagation-envoy", upstream.ports["upstream"], WORKERS, cpus=None)
     gateway.start(bench.supervisor, bench.envoy_binary)
     connections = live.worker_connections(gateway, WORKERS)
     bench.log(f"propagation: gateway ready ({WORKERS} workers), control plane on {control_plane.port}")

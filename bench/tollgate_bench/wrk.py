@@ -20,6 +20,7 @@ class WrkResult:
     socket_errors: int
     p50_ms: float
     p99_ms: float
+    max_ms: float
     statuses: dict[int | str, int] = field(default_factory=dict)
 
     @property
@@ -68,5 +69,6 @@ def run_wrk(
         socket_errors=data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"],
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
         statuses=statuses,
     )
