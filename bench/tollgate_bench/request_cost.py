@@ -71,7 +71,7 @@ CONFIGURATIONS = [
 ]
 BARE, NOOP, REPLAY, TOLLGATE_ALLOW = CONFIGURATIONS[0], CONFIGURATIONS[1], CONFIGURATIONS[2], CONFIGURATIONS[5]
 # What the replay row does per request (bench/noop-filter): tollgate's allow-path host calls.
-REPLAYED_HOST_CALLS = 13
+REPLAYED_HOST_CALLS = 12
 
 ROUTES = {"direct_response": e.DIRECT_PATH, "upstream": e.UPSTREAM_PATH}
 

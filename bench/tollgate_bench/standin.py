@@ -29,6 +29,11 @@ PAGE_KEYS = 20_000  # control-plane/src/store/mod.rs DEFAULT_PAGE_KEYS
 MAX_WAIT_S = 60
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a gateway stopping mid long poll resets its connection: not an error here
+
+
 @dataclass
 class Page:
     buckets: list[int]
@@ -50,7 +55,7 @@ class StandInControlPlane:
         # A probe client version with a key and no contract: `add_probe_contract` is the change.
         self.probe_key = "tg_benchprobe0000000000000000000000"
         self._publish()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

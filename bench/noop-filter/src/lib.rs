@@ -10,20 +10,24 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, MapType};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot { metric: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot { replay: false }) });
 }}
 
 const REPLAY: &[u8] = b"replay-tollgate-host-calls";
 const COUNTER_KEY: &str = "bench.contract.1";
+const BUCKET_KEY: &str = "bench.keys.0001";
+/// The size of the key-directory bucket of part 1's key: one record with one two-limit contract
+/// (core/src/keydir.rs: digest, expiry, client, contract id, API, plan, limits).
+const BUCKET_VALUE: [u8; 113] = [1; 113];
 /// The size of tollgate's counter value for a plan with two limits (format byte + 2 slots).
 const COUNTER_VALUE: [u8; 35] = [1; 35];
 
 struct FloorRoot {
-    /// Set in replay mode: the counter standing in for `tollgate_requests_total`.
-    metric: Option<u32>,
+    /// Set in replay mode.
+    replay: bool,
 }
 
 impl Context for FloorRoot {}
@@ -31,18 +35,18 @@ impl Context for FloorRoot {}
 impl RootContext for FloorRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         if self.get_plugin_configuration().as_deref() == Some(REPLAY) {
-            match hostcalls::define_metric(MetricType::Counter, "bench_replay_requests_total") {
-                Ok(id) => self.metric = Some(id),
-                Err(_) => return false,
-            }
+            self.replay = true;
+            // The bucket the replayed request reads, as tollgate's key directory holds it.
+            return hostcalls::set_shared_data(BUCKET_KEY, Some(&BUCKET_VALUE), None).is_ok();
         }
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        match self.metric {
-            None => Some(Box::new(NoopRequest)),
-            Some(metric) => Some(Box::new(ReplayRequest { metric })),
+        if self.replay {
+            Some(Box::new(ReplayRequest))
+        } else {
+            Some(Box::new(NoopRequest))
         }
     }
 
@@ -57,9 +61,7 @@ impl Context for NoopRequest {}
 
 impl HttpContext for NoopRequest {}
 
-struct ReplayRequest {
-    metric: u32,
-}
+struct ReplayRequest;
 
 impl Context for ReplayRequest {}
 
@@ -69,14 +71,15 @@ impl HttpContext for ReplayRequest {
         let request = MapType::HttpRequestHeaders;
         let _ = hostcalls::get_current_time();
         let _ = hostcalls::get_map_value(request, ":path");
-        let _ = hostcalls::get_map_value(request, ":authority");
+        // No `:authority`: tollgate reads it only when some API version routes by host.
         let _ = hostcalls::get_map_value(request, "x-api-key");
+        let _ = hostcalls::get_shared_data(BUCKET_KEY);
         let cas = hostcalls::get_shared_data(COUNTER_KEY).ok().and_then(|(_, cas)| cas);
         let _ = hostcalls::set_shared_data(COUNTER_KEY, Some(&COUNTER_VALUE), cas);
         let _ = hostcalls::set_map_value(request, "x-tollgate-client", Some("acme/mobile/1"));
         let _ = hostcalls::set_map_value(request, "x-tollgate-plan", Some("acme/gold/1"));
         let _ = hostcalls::set_map_value(request, "x-api-key", None);
-        let _ = hostcalls::increment_metric(self.metric, 1);
+        // No metric call: tollgate tallies decisions in the VM and flushes them on its tick.
         Action::Continue
     }
 
