@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::decision::Challenges;
 use crate::index::{compile, Directory, RouteIndex};
 use crate::snapshot::Snapshot;
 
@@ -125,8 +126,8 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub settings: FilterConfig,
-    /// `APIKey realm="tollgate", header="<key_header>"`
-    pub www_authenticate: String,
+    /// The challenges of a 401.
+    pub challenges: Challenges,
     /// The routing table in force: from the configuration (static mode) or the latest
     /// snapshot adopted from shared data (live mode); `None` until the first one arrives.
     pub routes: Option<Arc<RouteIndex>>,
@@ -184,10 +185,12 @@ impl LoadedConfig {
                 None
             }
         };
-        let www_authenticate = format!(
-            "APIKey realm=\"tollgate\", header=\"{}\"",
-            settings.key_header
-        );
+        let challenges = Challenges {
+            api_key: format!(
+                "APIKey realm=\"tollgate\", header=\"{}\"",
+                settings.key_header
+            ),
+        };
         let (routes, static_directory) = match compiled {
             Some(c) => (Some(Arc::new(c.routes)), Some(c.directory)),
             None => (None, None),
@@ -195,7 +198,7 @@ impl LoadedConfig {
         Ok(ParsedConfig {
             config: LoadedConfig {
                 settings,
-                www_authenticate,
+                challenges,
                 routes,
             },
             static_directory,
@@ -206,7 +209,7 @@ impl LoadedConfig {
     pub fn with_routes(&self, routes: Arc<RouteIndex>) -> Self {
         LoadedConfig {
             settings: self.settings.clone(),
-            www_authenticate: self.www_authenticate.clone(),
+            challenges: self.challenges.clone(),
             routes: Some(routes),
         }
     }
@@ -278,7 +281,7 @@ mod tests {
         assert_eq!(c.settings.key_header, "x-api-key");
         assert_eq!(c.settings.key_query_param, "apikey");
         assert_eq!(
-            c.www_authenticate,
+            c.challenges.api_key,
             r#"APIKey realm="tollgate", header="x-api-key""#
         );
     }

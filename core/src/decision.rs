@@ -7,6 +7,7 @@ use crate::limits::{count_request, counter_key, Admission, CountError, RateStatu
 use crate::problem::Problem;
 use crate::shared::SharedStore;
 use crate::snapshot::ApiStatus;
+use crate::token::subject_digest;
 
 /// Why a request was answered the way it was; also the `decision` label of the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,6 +19,8 @@ pub enum Reason {
     BadPath,
     MissingKey,
     InvalidKey,
+    MissingToken,
+    InvalidToken,
     NoContract,
     RateLimited,
     Retired,
@@ -26,7 +29,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Allow,
         Reason::Public,
         Reason::Unmatched,
@@ -34,6 +37,8 @@ impl Reason {
         Reason::BadPath,
         Reason::MissingKey,
         Reason::InvalidKey,
+        Reason::MissingToken,
+        Reason::InvalidToken,
         Reason::NoContract,
         Reason::RateLimited,
         Reason::Retired,
@@ -50,6 +55,8 @@ impl Reason {
             Reason::BadPath => "bad_path",
             Reason::MissingKey => "missing_key",
             Reason::InvalidKey => "invalid_key",
+            Reason::MissingToken => "missing_token",
+            Reason::InvalidToken => "invalid_token",
             Reason::NoContract => "no_contract",
             Reason::RateLimited => "rate_limited",
             Reason::Retired => "retired",
@@ -76,22 +83,43 @@ pub enum Verdict {
     Allow {
         client: String,
         plan: String,
+        /// The verified `sub` of a bearer token (principal propagation).
+        subject: Option<String>,
         rate: RateStatus,
         cas_retries: u32,
     },
     Deny(Denial),
 }
 
-/// Decides a request to `api` presenting `api_key`, counting it if it is admitted: the key is
-/// looked up in the shared key directory, its contract's counter updated in shared data.
-/// `www_authenticate` is the challenge sent with every 401.
+/// What the caller presented, as the API version's `auth` mode reads the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'r> {
+    /// An API key (`None`: none was sent).
+    ApiKey(Option<&'r str>),
+    /// A bearer token (`None`: none was sent, on an API that needs one).
+    Bearer(Option<&'r str>),
+    /// Neither, on an API that accepts either.
+    Nothing,
+}
+
+/// The challenges a 401 carries, built once from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenges {
+    /// `APIKey realm="tollgate", header="<key header>"`
+    pub api_key: String,
+}
+
+const BEARER_CHALLENGE: &str = "Bearer realm=\"tollgate\"";
+
+/// Decides a request to `api`, counting it if it is admitted: the credential is looked up in
+/// the shared key directory, its contract's counter updated in shared data.
 pub fn decide<S: SharedStore + ?Sized>(
     routes: &RouteIndex,
     api: ApiRef,
-    api_key: Option<&str>,
+    credential: Credential<'_>,
     now_ms: u64,
     store: &mut S,
-    www_authenticate: &str,
+    challenges: &Challenges,
 ) -> Verdict {
     let route = routes.api(api);
     if route.status == ApiStatus::Retired {
@@ -108,43 +136,94 @@ pub fn decide<S: SharedStore + ?Sized>(
     if route.public {
         return Verdict::Public;
     }
-    let unauthorized = |reason, kind, detail: &str| {
+    let unauthorized = |reason, kind, detail: &str, challenge: Vec<String>| {
         let mut d = deny(
             reason,
             Problem::new(kind, "Unauthorized", 401, detail.to_owned()),
         );
         d.headers
-            .push(("www-authenticate", www_authenticate.to_owned()));
+            .extend(challenge.into_iter().map(|c| ("www-authenticate", c)));
         Verdict::Deny(d)
     };
-    let key = match api_key {
-        Some(k) if !k.is_empty() => k,
-        _ => {
+    let api_key_challenge = || vec![challenges.api_key.clone()];
+
+    // Who is calling: a directory digest, and for tokens the verified principal.
+    let (digest, subject, invalid_detail): (_, Option<String>, &str) = match credential {
+        Credential::ApiKey(Some(k)) if !k.is_empty() => {
+            (key_digest(k), None, "the API key is not valid")
+        }
+        Credential::ApiKey(_) => {
             return unauthorized(
                 Reason::MissingKey,
                 "missing-api-key",
                 "this API requires an API key",
+                api_key_challenge(),
+            )
+        }
+        Credential::Bearer(Some(token)) => match routes.issuers().verify(token, now_ms) {
+            Ok(v) => (
+                subject_digest(&v.issuer, &v.client_subject),
+                v.subject,
+                "the token's client has no access here",
+            ),
+            Err(rejected) => {
+                return unauthorized(
+                    Reason::InvalidToken,
+                    "invalid-token",
+                    &rejected.to_string(),
+                    vec![format!(
+                    "{BEARER_CHALLENGE}, error=\"invalid_token\", error_description=\"{rejected}\""
+                )],
+                )
+            }
+        },
+        Credential::Bearer(None) => {
+            return unauthorized(
+                Reason::MissingToken,
+                "missing-token",
+                "this API requires a bearer token",
+                vec![BEARER_CHALLENGE.to_owned()],
+            )
+        }
+        Credential::Nothing => {
+            return unauthorized(
+                Reason::MissingKey,
+                "missing-credentials",
+                "this API requires an API key or a bearer token",
+                vec![challenges.api_key.clone(), BEARER_CHALLENGE.to_owned()],
             )
         }
     };
-    let digest = key_digest(key);
+    let bearer = matches!(credential, Credential::Bearer(_));
+    let invalid = |detail: &str| {
+        if bearer {
+            unauthorized(
+                Reason::InvalidToken,
+                "invalid-token",
+                detail,
+                vec![format!(
+                    "{BEARER_CHALLENGE}, error=\"invalid_token\", error_description=\"{detail}\""
+                )],
+            )
+        } else {
+            unauthorized(
+                Reason::InvalidKey,
+                "invalid-api-key",
+                detail,
+                api_key_challenge(),
+            )
+        }
+    };
+
     let bucket = match store.get(&bucket_key(bucket_of(&digest))) {
         Ok(found) => found.map(|(bytes, _)| bytes).unwrap_or_default(),
         Err(e) => return counter_unavailable(CountError::Store(e)),
     };
     let Some(found) = find(&bucket, &digest) else {
-        return unauthorized(
-            Reason::InvalidKey,
-            "invalid-api-key",
-            "the API key is not valid",
-        );
+        return invalid(invalid_detail);
     };
     if found.expires_at.is_some_and(|at| now_ms / 1000 >= at) {
-        return unauthorized(
-            Reason::InvalidKey,
-            "invalid-api-key",
-            "the API key has expired",
-        );
+        return invalid("the API key has expired");
     }
     let Some(grant) = found.grant_for(&route.id) else {
         return Verdict::Deny(deny(
@@ -163,6 +242,7 @@ pub fn decide<S: SharedStore + ?Sized>(
             Admission::Admitted(rate) => Verdict::Allow {
                 client: found.client.to_owned(),
                 plan: grant.plan.to_owned(),
+                subject,
                 rate,
                 cas_retries: counted.cas_retries,
             },

@@ -15,7 +15,7 @@ use crate::index::{
 use crate::keydir::{bucket_key, BUCKETS};
 use crate::shared::{SharedStore, StoreError};
 use crate::signing;
-use crate::snapshot::{ApiVersion, Snapshot};
+use crate::snapshot::{ApiVersion, Issuer, Snapshot};
 
 /// Shared-data key holding the routing table workers enforce ([`RoutesDocument`] JSON).
 pub const ROUTES_KEY: &str = "tollgate.routes";
@@ -26,18 +26,20 @@ pub const REVISION_KEY: &str = "tollgate.routes.revision";
 /// a complete catalogue can clear the buckets it no longer uses.
 pub const MANIFEST_KEY: &str = "tollgate.keys.manifest";
 
-/// What workers keep of a revision: its API versions.
+/// What workers keep of a revision: its API versions and trusted token issuers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutesDocument {
     pub revision: u64,
     pub apis: Vec<ApiVersion>,
+    #[serde(default)]
+    pub issuers: Vec<Issuer>,
 }
 
 impl RoutesDocument {
     pub fn compile(bytes: &[u8]) -> Result<RouteIndex, SnapshotRejected> {
         let doc: RoutesDocument =
             serde_json::from_slice(bytes).map_err(|e| SnapshotRejected::BadJson(e.to_string()))?;
-        RouteIndex::build(doc.revision, &doc.apis).map_err(SnapshotRejected::Invalid)
+        RouteIndex::build(doc.revision, &doc.apis, &doc.issuers).map_err(SnapshotRejected::Invalid)
     }
 }
 
@@ -92,12 +94,13 @@ pub fn publish_directory<S: SharedStore + ?Sized>(
 /// Publishes the routing table of a revision; workers adopt it on their next tick.
 pub fn publish_routes<S: SharedStore + ?Sized>(
     store: &mut S,
-    revision: u64,
-    apis: &[ApiVersion],
+    snapshot: &Snapshot,
 ) -> Result<(), StoreError> {
+    let revision = snapshot.revision;
     let doc = RoutesDocument {
         revision,
-        apis: apis.to_vec(),
+        apis: snapshot.apis.clone(),
+        issuers: snapshot.issuers.clone(),
     };
     let body = serde_json::to_vec(&doc).map_err(|e| StoreError(e.to_string()))?;
     store.set(ROUTES_KEY, &body, 0)?;
@@ -291,8 +294,9 @@ mod tests {
     #[test]
     fn published_routes_compile_back_with_their_revision() {
         let mut store = MemoryStore::new();
-        let s = acme();
-        publish_routes(&mut store, 42, &s.apis).unwrap();
+        let mut s = acme();
+        s.revision = 42;
+        publish_routes(&mut store, &s).unwrap();
         let (revision, _) = store.peek(REVISION_KEY).unwrap();
         assert_eq!(decode_revision(&revision), Some(42));
         let routes = RoutesDocument::compile(&store.peek(ROUTES_KEY).unwrap().0).unwrap();

@@ -3,13 +3,26 @@
 //! tests; the filter implements the trait with proxy-wasm host calls.
 
 use crate::config::{FailureMode, LoadedConfig, Unmatched};
-use crate::decision::{decide, deny, not_configured, rate_limit_headers, Denial, Reason, Verdict};
-use crate::path::{is_normal, split_query, take_query_param};
+use crate::decision::{
+    decide, deny, not_configured, rate_limit_headers, Credential, Denial, Reason, Verdict,
+};
+use crate::path::{is_normal, split_query, take_query_param, without_parameters};
 use crate::problem::Problem;
 use crate::shared::{SharedStore, StoreError};
+use crate::snapshot::AuthMode;
 
 pub const CLIENT_HEADER: &str = "x-tollgate-client";
 pub const PLAN_HEADER: &str = "x-tollgate-plan";
+/// The verified `sub` of a bearer token.
+pub const SUBJECT_HEADER: &str = "x-tollgate-subject";
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
 
 /// The request headers of the request being decided.
 pub trait RequestHeaders {
@@ -75,7 +88,9 @@ where
 
     let raw_path = headers.get(":path")?.unwrap_or_default();
     let (path, query) = split_query(&raw_path);
-    if !is_normal(path) {
+    // Checked and routed as parameter-honouring upstreams will read it.
+    let effective = without_parameters(path);
+    if !is_normal(&effective) {
         return Ok(Handled::respond(deny(
             Reason::BadPath,
             Problem::new(
@@ -92,7 +107,7 @@ where
     } else {
         String::new()
     };
-    let Some(api) = routes.route(&authority, path) else {
+    let Some(api) = routes.route(&authority, &effective) else {
         return Ok(match settings.unmatched {
             Unmatched::Pass => Handled::forward(Reason::Unmatched, Vec::new()),
             Unmatched::Deny => Handled::respond(deny(
@@ -107,39 +122,65 @@ where
         });
     };
 
+    // Keys are read (and stripped) on every matched API, whatever its auth mode.
     let header_key = headers.get(&settings.key_header)?;
     let (query_key, rest_of_query) = match query {
         Some(q) => take_query_param(q, &settings.key_query_param),
         None => (None, None),
     };
     let key = header_key.as_deref().or(query_key.as_deref());
+    let auth = routes.api(api).auth;
+    let authorization = if auth.accepts_jwt() && !routes.api(api).public {
+        headers.get(AUTHORIZATION_HEADER)?
+    } else {
+        None
+    };
+    let token = authorization.as_deref().and_then(bearer_token);
+    let credential = match (auth, token, key) {
+        (AuthMode::ApiKey, _, key) => Credential::ApiKey(key),
+        (AuthMode::Jwt, token, _) => Credential::Bearer(token),
+        (AuthMode::ApiKeyOrJwt, Some(token), _) => Credential::Bearer(Some(token)),
+        (AuthMode::ApiKeyOrJwt, None, Some(key)) => Credential::ApiKey(Some(key)),
+        (AuthMode::ApiKeyOrJwt, None, None) => Credential::Nothing,
+    };
 
-    let verdict = decide(routes, api, key, now_ms, store, &config.www_authenticate);
+    let verdict = decide(routes, api, credential, now_ms, store, &config.challenges);
     let (reason, identity, response_headers, cas_retries) = match verdict {
         Verdict::Deny(denial) => return Ok(Handled::respond(denial)),
         Verdict::Public => (Reason::Public, None, Vec::new(), 0),
         Verdict::Allow {
             client,
             plan,
+            subject,
             rate,
             cas_retries,
         } => (
             Reason::Allow,
-            Some((client, plan)),
+            Some((client, plan, subject)),
             Vec::from(rate_limit_headers(&rate)),
             cas_retries,
         ),
     };
 
-    // Forwarding: the upstream learns who called from us only.
+    // Forwarding: the upstream learns who called from us only. The subject header is managed
+    // once the gateway trusts any token issuer (before that it sets none, and claims none).
+    let manage_subject = !routes.issuers().is_empty();
     match identity {
-        Some((client, plan)) => {
+        Some((client, plan, subject)) => {
             headers.set(CLIENT_HEADER, &client)?;
             headers.set(PLAN_HEADER, &plan)?;
+            match subject {
+                Some(subject) => headers.set(SUBJECT_HEADER, &subject)?,
+                None if manage_subject => headers.remove(SUBJECT_HEADER)?,
+                None => {}
+            }
         }
         None => {
             headers.remove(CLIENT_HEADER)?;
             headers.remove(PLAN_HEADER)?;
+            if manage_subject {
+                headers.remove(SUBJECT_HEADER)?;
+            }
         }
     }
     if !routes.api(api).forward_api_key {

@@ -10,7 +10,8 @@ use std::fmt;
 
 use crate::keydir::{bucket_of, encode_buckets, Grant, KeyRecord};
 use crate::keys::parse_digest_hex;
-use crate::snapshot::{ApiStatus, ApiVersion, Period, Snapshot, SCHEMA_VERSION};
+use crate::snapshot::{ApiStatus, ApiVersion, AuthMode, Issuer, Period, Snapshot, SCHEMA_VERSION};
+use crate::token::{subject_digest, TrustedIssuers};
 
 /// Why a snapshot cannot be enforced, with the path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,7 @@ pub struct ApiRoute {
     pub status: ApiStatus,
     pub public: bool,
     pub forward_api_key: bool,
+    pub auth: AuthMode,
     /// Normalised: no trailing slash, except the root prefix `/`.
     prefix: String,
 }
@@ -56,6 +58,8 @@ pub struct RouteIndex {
     by_host: HashMap<String, Vec<u32>>,
     /// Routes of APIs for any host, longest prefix first.
     any_host: Vec<u32>,
+    /// The issuers whose bearer tokens are accepted.
+    issuers: TrustedIssuers,
 }
 
 /// Which key buckets a snapshot defines.
@@ -98,7 +102,7 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, IndexError> {
             ),
         ));
     }
-    let routes = RouteIndex::build(snapshot.revision, &snapshot.apis)?;
+    let routes = RouteIndex::build(snapshot.revision, &snapshot.apis, &snapshot.issuers)?;
 
     let mut plans: HashMap<&str, &[crate::snapshot::RateLimit]> = HashMap::new();
     for (i, plan) in snapshot.plans.iter().enumerate() {
@@ -210,23 +214,38 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, IndexError> {
             ));
         }
         let client_grants = grants.remove(client.id.as_str()).unwrap_or_default();
+        // API keys and token subjects: both are records of this client in the directory.
+        let mut identities = Vec::with_capacity(client.keys.len() + client.subjects.len());
         for (j, key) in client.keys.iter().enumerate() {
-            let digest = parse_digest_hex(&key.sha256).ok_or_else(|| {
-                invalid(
-                    format!("{field}.keys[{j}].sha256"),
-                    "must be 64 hex digits (a SHA-256)",
-                )
-            })?;
+            let field = format!("{field}.keys[{j}].sha256");
+            let digest = parse_digest_hex(&key.sha256)
+                .ok_or_else(|| invalid(&field, "must be 64 hex digits (a SHA-256)"))?;
+            identities.push((field, digest, key.expires_at));
+        }
+        for (j, subject) in client.subjects.iter().enumerate() {
+            let field = format!("{field}.subjects[{j}]");
+            if !snapshot.issuers.iter().any(|i| i.issuer == subject.issuer) {
+                return Err(invalid(
+                    format!("{field}.issuer"),
+                    format!("{} is not among the snapshot's issuers", subject.issuer),
+                ));
+            }
+            if subject.value.is_empty() {
+                return Err(invalid(format!("{field}.value"), "must not be empty"));
+            }
+            identities.push((field, subject_digest(&subject.issuer, &subject.value), None));
+        }
+        for (field, digest, expires_at) in identities {
             if !seen_keys.insert(digest) {
                 return Err(invalid(
-                    format!("{field}.keys[{j}].sha256"),
-                    "the same key hash appears twice",
+                    field,
+                    "the same key or token subject appears twice",
                 ));
             }
             if let Some(covered) = &covered {
                 if !covered.contains(&bucket_of(&digest)) {
                     return Err(invalid(
-                        format!("{field}.keys[{j}].sha256"),
+                        field,
                         format!(
                             "falls in bucket {}, which this snapshot page does not cover",
                             bucket_of(&digest)
@@ -236,7 +255,7 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, IndexError> {
             }
             records.push(KeyRecord {
                 digest,
-                expires_at: key.expires_at,
+                expires_at,
                 client: client.id.clone(),
                 grants: client_grants.clone(),
             });
@@ -253,8 +272,14 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, IndexError> {
 }
 
 impl RouteIndex {
-    /// The routing table of `apis`; published routings must not collide.
-    pub fn build(revision: u64, apis_in: &[ApiVersion]) -> Result<Self, IndexError> {
+    /// The routing table of `apis`, with the token issuers it trusts; published routings must
+    /// not collide.
+    pub fn build(
+        revision: u64,
+        apis_in: &[ApiVersion],
+        issuers: &[Issuer],
+    ) -> Result<Self, IndexError> {
+        let issuers = TrustedIssuers::build(issuers)?;
         let mut apis: Vec<ApiRoute> = Vec::with_capacity(apis_in.len());
         let mut ids: HashSet<&str> = HashSet::new();
         // (host or "" for any, prefix) → api index; published beats retired.
@@ -316,8 +341,15 @@ impl RouteIndex {
                 status: api.status,
                 public: api.public,
                 forward_api_key: api.forward_api_key,
+                auth: api.auth,
                 prefix,
             });
+            if api.auth.accepts_jwt() && issuers.is_empty() && !api.public {
+                return Err(invalid(
+                    format!("{field}.auth"),
+                    "accepts bearer tokens, but the snapshot trusts no issuer",
+                ));
+            }
         }
         let mut by_host: HashMap<String, Vec<u32>> = HashMap::new();
         let mut any_host = Vec::new();
@@ -344,11 +376,16 @@ impl RouteIndex {
             apis,
             by_host,
             any_host,
+            issuers,
         })
     }
 
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    pub fn issuers(&self) -> &TrustedIssuers {
+        &self.issuers
     }
 
     /// Whether any API version names hosts; if none does, routing ignores `:authority`.

@@ -10,6 +10,7 @@
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
 //! - [`shared`]: the shared-data contract (Envoy's semantics) and an in-memory mirror;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
+//! - [`token`]: JWT bearer tokens verified against the snapshot's trusted issuers;
 //! - [`gateway`]: one request end to end over a request-headers trait the filter implements.
 
 pub mod config;
@@ -26,6 +27,7 @@ pub mod shared;
 pub mod signing;
 pub mod snapshot;
 pub mod time;
+pub mod token;
 
 #[cfg(test)]
 mod testkit;

@@ -5,6 +5,8 @@
 //! in normal form, because a prefix check on `/public/../orders` would pass where the upstream
 //! then serves `/orders`.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode_str;
 
 /// Splits `:path` into the path and the query string (without `?`).
@@ -13,6 +15,24 @@ pub fn split_query(path: &str) -> (&str, Option<&str>) {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     }
+}
+
+/// The path as servers that honour `;` path parameters read it: each segment up to its first
+/// `;` (`/status/admin;x=1/users` → `/status/admin/users`, `/a/..;/b` → `/a/../b`). Tomcat, Jetty
+/// and Spring route on this form, so the gateway checks and routes on it too (and forwards the
+/// path unchanged).
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    Cow::Owned(out)
 }
 
 /// True for a path without empty, `.` or `..` segments, backslashes, or percent-encoded
@@ -96,6 +116,21 @@ mod tests {
         ] {
             assert!(!is_normal(p), "{p}");
         }
+    }
+
+    #[test]
+    fn path_parameters_are_dropped_per_segment() {
+        assert_eq!(
+            without_parameters("/status/admin;x=1/users"),
+            "/status/admin/users"
+        );
+        assert_eq!(without_parameters("/status/admin;"), "/status/admin");
+        assert_eq!(without_parameters("/a/..;/b"), "/a/../b");
+        assert!(!is_normal(&without_parameters("/a/..;jsessionid=1/b")));
+        assert!(matches!(
+            without_parameters("/plain/path"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

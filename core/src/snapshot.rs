@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub clients: Vec<ClientVersion>,
     #[serde(default)]
     pub contracts: Vec<Contract>,
+    /// Token issuers whose JWTs the gateway accepts (tollgate's own and registered ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<Issuer>,
     /// The key-directory buckets this document defines in full (a page of a live-mode
     /// revision: only clients with keys in these buckets, and their contracts). Absent: a
     /// complete catalogue.
@@ -108,6 +111,56 @@ pub struct ApiVersion {
     pub routing: Routing,
     #[serde(default)]
     pub forward_api_key: bool,
+    /// How callers of a private API identify themselves.
+    #[serde(default, skip_serializing_if = "AuthMode::is_default")]
+    pub auth: AuthMode,
+}
+
+/// How a private API's callers identify themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// An API key (header or query parameter).
+    #[default]
+    ApiKey,
+    /// A JWT bearer token from a trusted issuer.
+    Jwt,
+    /// Either; a bearer token is used when one is sent.
+    ApiKeyOrJwt,
+}
+
+impl AuthMode {
+    pub fn is_default(&self) -> bool {
+        *self == AuthMode::ApiKey
+    }
+
+    pub fn accepts_jwt(self) -> bool {
+        matches!(self, AuthMode::Jwt | AuthMode::ApiKeyOrJwt)
+    }
+
+    pub fn accepts_api_key(self) -> bool {
+        matches!(self, AuthMode::ApiKey | AuthMode::ApiKeyOrJwt)
+    }
+}
+
+/// A JWT issuer the gateway trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    /// The `iss` value its tokens carry.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Its public keys. Each key's algorithm comes from the key (`alg`, else its type), never
+    /// from a token.
+    pub jwks: jsonwebtoken::jwk::JwkSet,
+    /// The claim whose value names the client (matched against client versions' `subjects`).
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+}
+
+fn default_client_claim() -> String {
+    "sub".to_owned()
 }
 
 /// Only published and retired versions reach gateways; drafts stay in the control plane.
@@ -134,6 +187,17 @@ pub struct ClientVersion {
     pub id: String,
     /// The current key and, during a rotation's grace period, the previous one.
     pub keys: Vec<ApiKeyHash>,
+    /// Token identities of this client: a JWT from `issuer` whose client claim equals `value`
+    /// acts as this client version, under the same contracts and counters as its API key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<TokenSubject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSubject {
+    pub issuer: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +232,7 @@ impl Snapshot {
             apis: Vec::new(),
             clients: Vec::new(),
             contracts: Vec::new(),
+            issuers: Vec::new(),
             buckets: None,
             next: None,
         }

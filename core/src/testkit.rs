@@ -18,6 +18,53 @@ pub fn published(snapshot: &Snapshot) -> (RouteIndex, MemoryStore) {
 pub const GOLD_KEY: &str = "gold-key-0123456789";
 pub const BRONZE_KEY: &str = "bronze-key-0123456789";
 pub const OLD_KEY: &str = "old-key-0123456789";
+pub const ISSUER: &str = "https://tollgate.example/issuer";
+
+/// An Ed25519 key as a JWK (seeded, so tests are repeatable).
+pub fn ed_jwk(seed: u8, kid: &str) -> serde_json::Value {
+    use base64::Engine;
+    let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": kid,
+        "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public.as_bytes())})
+}
+
+/// A compact JWT with this header and these claims, signed with Ed25519 key `seed`.
+pub fn ed_token(seed: u8, header: serde_json::Value, claims: serde_json::Value) -> String {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let input = format!("{}.{}", b64(&header), b64(&claims));
+    let signature = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).sign(input.as_bytes());
+    format!(
+        "{input}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    )
+}
+
+/// ACME with token access: the issuer (key seed 1, kid "k1", audience "orders-api"), the
+/// mobile client reachable by tokens whose `sub` is its id, and orders/1 taking either.
+pub fn acme_with_tokens() -> Snapshot {
+    let mut s = acme();
+    s.issuers.push(Issuer {
+        issuer: ISSUER.into(),
+        audiences: vec!["orders-api".into()],
+        jwks: serde_json::from_value(serde_json::json!({ "keys": [ed_jwk(1, "k1")] })).unwrap(),
+        client_claim: "sub".into(),
+    });
+    s.clients[0].subjects.push(TokenSubject {
+        issuer: ISSUER.into(),
+        value: "acme/mobile/1".into(),
+    });
+    s.clients[1].subjects.push(TokenSubject {
+        issuer: ISSUER.into(),
+        value: "acme/hobby/1".into(),
+    });
+    s.apis[0].auth = AuthMode::ApiKeyOrJwt;
+    s.apis[3].auth = AuthMode::Jwt;
+    s
+}
 
 pub fn api(id: &str, prefix: &str, public: bool) -> ApiVersion {
     ApiVersion {
@@ -29,6 +76,7 @@ pub fn api(id: &str, prefix: &str, public: bool) -> ApiVersion {
             hosts: Vec::new(),
         },
         forward_api_key: false,
+        auth: AuthMode::ApiKey,
     }
 }
 
@@ -80,6 +128,7 @@ pub fn acme() -> Snapshot {
                         expires_at: Some(1_749_988_800),
                     },
                 ],
+                subjects: Vec::new(),
             },
             ClientVersion {
                 id: "acme/hobby/1".into(),
@@ -87,6 +136,7 @@ pub fn acme() -> Snapshot {
                     sha256: key_hash_hex(BRONZE_KEY),
                     expires_at: None,
                 }],
+                subjects: Vec::new(),
             },
         ],
         contracts: vec![
@@ -103,6 +153,7 @@ pub fn acme() -> Snapshot {
                 plan: "acme/bronze/1".into(),
             },
         ],
+        issuers: Vec::new(),
         buckets: None,
         next: None,
     }

@@ -144,7 +144,7 @@ impl Poller {
                 let published = publish_directory(&mut shared, &compiled.directory).and_then(
                     |_| match &snapshot.next {
                         Some(_) => Ok(()),
-                        None => publish_routes(&mut shared, revision, &snapshot.apis),
+                        None => publish_routes(&mut shared, &snapshot),
                     },
                 );
                 if let Err(e) = published {

@@ -70,6 +70,7 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
             public,
             routing: Routing { path_prefix, hosts },
             forward_api_key,
+            auth: Default::default(),
         });
     }
 
@@ -102,7 +103,11 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
     }
     snapshot.clients = clients
         .into_iter()
-        .map(|(id, keys)| ClientVersion { id, keys })
+        .map(|(id, keys)| ClientVersion {
+            id,
+            keys,
+            subjects: Vec::new(),
+        })
         .collect();
 
     let mut stmt = conn.prepare(
@@ -174,10 +179,11 @@ pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
                     (!keys.is_empty()).then(|| ClientVersion { keys, ..c.clone() })
                 })
                 .collect();
+            let ids: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
             let contracts = full
                 .contracts
                 .iter()
-                .filter(|k| clients.iter().any(|c| c.id == k.client))
+                .filter(|k| ids.contains(k.client.as_str()))
                 .cloned()
                 .collect();
             Snapshot {
@@ -219,6 +225,7 @@ mod tests {
                         expires_at: None,
                     },
                 ],
+                subjects: Vec::new(),
             });
         }
         s
@@ -379,6 +386,7 @@ mod delta_tests {
                     sha256: key_hash_hex(&format!("k{i}")),
                     expires_at: None,
                 }],
+                subjects: Vec::new(),
             });
         }
         s

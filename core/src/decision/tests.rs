@@ -5,6 +5,12 @@ use crate::testkit::*;
 const NOW: u64 = 1_749_988_800_000 - 60_000; // 11:59:00Z, before OLD_KEY expires
 const CHALLENGE: &str = r#"APIKey realm="tollgate", header="x-api-key""#;
 
+fn challenges() -> Challenges {
+    Challenges {
+        api_key: CHALLENGE.to_owned(),
+    }
+}
+
 fn decide_at(
     routes: &RouteIndex,
     path: &str,
@@ -12,7 +18,14 @@ fn decide_at(
     store: &mut MemoryStore,
 ) -> (Reason, u16, Vec<(&'static str, String)>, String) {
     let api = routes.route("gw", path).unwrap();
-    match decide(routes, api, key, NOW, store, CHALLENGE) {
+    match decide(
+        routes,
+        api,
+        Credential::ApiKey(key),
+        NOW,
+        store,
+        &challenges(),
+    ) {
         Verdict::Public => (Reason::Public, 200, vec![], String::new()),
         Verdict::Allow {
             client, plan, rate, ..
@@ -92,7 +105,14 @@ fn expired_key_is_refused() {
     let (routes, mut store) = published(&acme());
     let api = routes.route("gw", "/orders/v1").unwrap();
     let later = 1_749_988_800_000;
-    match decide(&routes, api, Some(OLD_KEY), later, &mut store, CHALLENGE) {
+    match decide(
+        &routes,
+        api,
+        Credential::ApiKey(Some(OLD_KEY)),
+        later,
+        &mut store,
+        &challenges(),
+    ) {
         Verdict::Deny(d) => assert_eq!((d.reason, d.status), (Reason::InvalidKey, 401)),
         other => panic!("expected 401, got {other:?}"),
     }
@@ -100,10 +120,10 @@ fn expired_key_is_refused() {
         decide(
             &routes,
             api,
-            Some(OLD_KEY),
+            Credential::ApiKey(Some(OLD_KEY)),
             later - 1,
             &mut store,
-            CHALLENGE
+            &challenges()
         ),
         Verdict::Allow { .. }
     ));

@@ -145,6 +145,31 @@ fn traversal_out_of_a_public_prefix_is_refused() {
 }
 
 #[test]
+fn path_parameters_cannot_hide_a_private_prefix() {
+    let mut s = acme();
+    s.apis.push(crate::testkit::api(
+        "acme/status-admin/1",
+        "/status/admin",
+        false,
+    ));
+    let (cfg, mut store) = config("", &s);
+    for path in [
+        "/status/admin;x=1/users",
+        "/status/admin;",
+        "/status/admin;/users",
+    ] {
+        let handled = run(&cfg, &mut FakeHeaders::new(path, &[]), &mut store);
+        assert_eq!(handled.reason, Reason::MissingKey, "{path}");
+    }
+    let handled = run(
+        &cfg,
+        &mut FakeHeaders::new("/status/..;/orders/v1", &[]),
+        &mut store,
+    );
+    assert_eq!(handled.reason, Reason::BadPath);
+}
+
+#[test]
 fn custom_key_header_is_used() {
     let (cfg, mut store) = config(r#""key_header":"X-Acme-Key","#, &acme());
     let mut h = FakeHeaders::new("/orders/v1", &[("x-acme-key", GOLD_KEY)]);
@@ -170,4 +195,110 @@ fn no_configuration_fails_closed_by_default() {
     cfg.settings.failure_mode = FailureMode::Open;
     let handled = run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store);
     assert!(matches!(handled.outcome, Outcome::Forward { .. }));
+}
+
+fn token_for(client: &str, aud: &str) -> String {
+    let now_s = NOW / 1000;
+    ed_token(
+        1,
+        serde_json::json!({"alg": "EdDSA", "kid": "k1"}),
+        serde_json::json!({"iss": ISSUER, "sub": client, "aud": aud, "iat": now_s, "exp": now_s + 600}),
+    )
+}
+
+#[test]
+fn bearer_token_acts_as_its_client_and_names_the_subject() {
+    let (cfg, mut store) = config("", &acme_with_tokens());
+    let token = token_for("acme/mobile/1", "orders-api");
+    let mut h = FakeHeaders::new(
+        "/orders/v1/1",
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-tollgate-subject", "forged"),
+        ],
+    );
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    assert_eq!(h.value("x-tollgate-client"), Some("acme/mobile/1"));
+    assert_eq!(h.value("x-tollgate-subject"), Some("acme/mobile/1"));
+    assert!(h.value("authorization").is_some(), "the token is forwarded");
+}
+
+#[test]
+fn token_and_api_key_of_one_client_share_one_counter() {
+    // Bronze: 2 a minute. One request by key, one by token, the third is over the limit.
+    let (cfg, mut store) = config("", &acme_with_tokens());
+    let token = token_for("acme/hobby/1", "orders-api");
+    let by_key = || FakeHeaders::new("/orders/v1", &[("x-api-key", BRONZE_KEY)]);
+    let bearer = format!("Bearer {token}");
+    let by_token = || FakeHeaders::new("/orders/v1", &[("authorization", bearer.as_str())]);
+    assert_eq!(run(&cfg, &mut by_key(), &mut store).reason, Reason::Allow);
+    assert_eq!(run(&cfg, &mut by_token(), &mut store).reason, Reason::Allow);
+    assert_eq!(
+        run(&cfg, &mut by_token(), &mut store).reason,
+        Reason::RateLimited
+    );
+    assert_eq!(
+        run(&cfg, &mut by_key(), &mut store).reason,
+        Reason::RateLimited
+    );
+}
+
+#[test]
+fn bad_or_missing_tokens_get_bearer_challenges() {
+    let (cfg, mut store) = config("", &acme_with_tokens());
+    let challenge_of = |handled: Handled| match handled.outcome {
+        Outcome::Respond(d) => (
+            d.status,
+            d.headers
+                .iter()
+                .filter(|(n, _)| *n == "www-authenticate")
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>(),
+        ),
+        other => panic!("expected a 401, got {other:?}"),
+    };
+    // billing/1 takes tokens only.
+    let (status, challenges) = challenge_of(run(
+        &cfg,
+        &mut FakeHeaders::new("/billing", &[]),
+        &mut store,
+    ));
+    assert_eq!(
+        (status, challenges),
+        (401, vec![r#"Bearer realm="tollgate""#.to_owned()])
+    );
+    let wrong_aud = format!("Bearer {}", token_for("acme/mobile/1", "other-api"));
+    let (status, challenges) = challenge_of(run(
+        &cfg,
+        &mut FakeHeaders::new("/billing", &[("authorization", wrong_aud.as_str())]),
+        &mut store,
+    ));
+    assert_eq!(status, 401);
+    assert!(
+        challenges[0].contains(r#"error="invalid_token""#),
+        "{challenges:?}"
+    );
+    // orders/1 takes either: with neither, both challenges.
+    let (_, challenges) = challenge_of(run(
+        &cfg,
+        &mut FakeHeaders::new("/orders/v1", &[]),
+        &mut store,
+    ));
+    assert_eq!(challenges.len(), 2);
+    // A valid token of a client without a contract for billing/1: 403.
+    let token = format!("Bearer {}", token_for("acme/mobile/1", "orders-api"));
+    let handled = run(
+        &cfg,
+        &mut FakeHeaders::new("/billing", &[("authorization", token.as_str())]),
+        &mut store,
+    );
+    assert_eq!(handled.reason, Reason::NoContract);
+    // A token for a subject no client holds: 401.
+    let stranger = format!("Bearer {}", token_for("acme/stranger/1", "orders-api"));
+    let handled = run(
+        &cfg,
+        &mut FakeHeaders::new("/billing", &[("authorization", stranger.as_str())]),
+        &mut store,
+    );
+    assert_eq!(handled.reason, Reason::InvalidToken);
 }
