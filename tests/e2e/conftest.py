@@ -1,15 +1,68 @@
 """Fixtures: one echo upstream per session, Envoys per test module, all stopped on teardown;
-the control plane binary for live mode, and the figures live-mode tests measure."""
+the control plane binary for live mode, the figures live-mode tests measure, and the
+session-wide check that no API key or token ever reached a log."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+import harness
 from harness import WASM, EchoUpstream, Envoy, envoy_bootstrap
 from live import TOLLGATE, ControlPlane, LiveProcesses
+
+
+# A module constant named KEY or *_KEY, or a test parameter named *key, holding a string at
+# least this long, is a key the suite sends; shorter strings would match unrelated log text.
+_KEY_NAME = re.compile(r"(^|_)KEY$|(^|_)key$")
+_MIN_SECRET_LEN = 12
+
+
+def _keys_the_tests_use(session: pytest.Session, root: Path) -> set[str]:
+    keys: set[str] = set()
+    modules = {id(item.module): item.module for item in session.items if getattr(item, "module", None)}
+    for module in modules.values():
+        keys |= {v for k, v in vars(module).items() if _KEY_NAME.search(k) and isinstance(v, str)}
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        keys |= {v for k, v in params.items() if _KEY_NAME.search(k) and isinstance(v, str)}
+    # The demo keeps the keys it was issued in `<demo dir>/keys`: "<client version> <key>".
+    for keys_file in root.rglob("keys"):
+        if keys_file.is_file():
+            keys |= {line.split()[-1] for line in keys_file.read_text(errors="replace").splitlines() if line.strip()}
+    return keys
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Keys are never logged: at the end of the session, every log the suite's processes wrote
+    (Envoy, control planes, echo upstreams, the demo's) is searched for every API key the suite
+    issued or sent and every control-plane token it read. Processes started without a directory
+    of their own log under the session's temporary directory, and nothing there is deleted
+    before this runs, so every log is still there to be read."""
+    root = tmp_path_factory.getbasetemp()
+    harness.SCRATCH = root / "scratch"
+    harness.SCRATCH.mkdir(exist_ok=True)
+    yield
+    secrets = {s for s in harness.SECRETS | _keys_the_tests_use(request.session, root) if len(s) >= _MIN_SECRET_LEN}
+    logs = {p for p in harness.LOGS if p.exists()} | {p for p in root.rglob("*.log") if p.is_file()}
+    leaks: list[str] = []
+    scanned = 0
+    for log in sorted(logs):
+        text = log.read_bytes()
+        scanned += len(text)
+        leaks += [f"{log}: a secret starting {s[:6]!r}" for s in secrets if s.encode() in text]
+    _FIGURES.append(
+        f"secrets in logs: {len(secrets)} keys and tokens searched in {len(logs)} logs "
+        f"({scanned / 1e6:.1f} MB): {len(leaks)} found"
+    )
+    if leaks:
+        pytest.fail("secrets found in logs:\n" + "\n".join(leaks[:20]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

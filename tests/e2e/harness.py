@@ -35,6 +35,26 @@ START_DEADLINE_S = 60.0  # V8 compiles the module once per VM; CI machines are b
 
 _live: list[subprocess.Popen[bytes]] = []
 
+# --- what the suite's secrets-in-logs check sees (conftest.py) ------------------------------
+# Where processes started here write their logs when no directory is given: the session's
+# temporary directory once conftest sets it, so no log is ever deleted before it is checked.
+SCRATCH: Path | None = None
+# Every API key and token the suite issued or read; no log may contain any of them.
+SECRETS: set[str] = set()
+# Every log file a process started here wrote to.
+LOGS: set[Path] = set()
+
+
+def remember_secret(value: str) -> str:
+    """Registers a key or token for the session's log check; returns it unchanged."""
+    if value:
+        SECRETS.add(value)
+    return value
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+
 
 def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     if process.poll() is None:
@@ -91,11 +111,16 @@ class EchoUpstream:
     """tests/echo_upstream.py as a child process."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ECHO_UPSTREAM), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        # stdout carries the one "listening" line; anything else it says (a traceback) goes to
+        # its log.
+        self.log_path = scratch_dir("echo-upstream-") / "echo-upstream.log"
+        LOGS.add(self.log_path)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ECHO_UPSTREAM), "--port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
         _live.append(self.process)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -252,8 +277,10 @@ class Envoy:
     def __init__(
         self, bootstrap: dict[str, Any] | str, workdir: Path | None = None, listener: str = "ingress"
     ) -> None:
-        self._owns_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tollgate-envoy-"))
+        # Without a workdir: a scratch one, removed on stop unless the session keeps it (for the
+        # log check).
+        self._owns_workdir = workdir is None and SCRATCH is None
+        self.workdir = Path(workdir or scratch_dir("tollgate-envoy-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.listener = listener
         if isinstance(bootstrap, str):  # YAML, as `tollgate envoy-config` prints it
@@ -264,6 +291,7 @@ class Envoy:
             self.config_path.write_text(json.dumps(bootstrap, indent=2))
         self.admin_address_path = self.workdir / "admin-address"
         self.log_path = self.workdir / "envoy.log"
+        LOGS.add(self.log_path)
         self.admin_url = ""
         self.url = ""
         self.port = 0
@@ -405,6 +433,7 @@ def api(
 
 
 def client(id_: str, key: str, expires_at: int | None = None) -> dict[str, Any]:
+    remember_secret(key)
     return {"id": id_, "keys": [{"sha256": sha256_hex(key), "expires_at": expires_at}]}
 
 

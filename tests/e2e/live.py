@@ -21,7 +21,18 @@ from typing import Any
 import requests
 import yaml
 
-from harness import REPO, START_DEADLINE_S, WORKERS, Envoy, _live, _stop, prometheus_samples, wait_until
+from harness import (
+    LOGS,
+    REPO,
+    START_DEADLINE_S,
+    WORKERS,
+    Envoy,
+    _live,
+    _stop,
+    prometheus_samples,
+    remember_secret,
+    wait_until,
+)
 
 TOLLGATE = REPO / "target" / "debug" / "tollgate"
 
@@ -55,6 +66,7 @@ class ControlPlane:
         self.port = port
         self.env = dict(env or {})
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        LOGS.add(self.log_path)
         self.process: subprocess.Popen[bytes] | None = None
         # The extra environment of the current run (e.g. a wrong snapshot secret).
         self.run_env: dict[str, str] = {}
@@ -90,6 +102,8 @@ class ControlPlane:
         except BaseException as error:
             self.stop()
             raise ControlPlaneFailedToStart(f"{error}\n--- control plane log ---\n{self.log()[-4000:]}") from None
+        for name in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_GATEWAY_TOKEN", "TOLLGATE_SNAPSHOT_SECRET"):
+            remember_secret(self.secret(name))
         return self
 
     def _listening(self, offset: int) -> str | None:
@@ -206,7 +220,7 @@ class ControlPlane:
         """Client `org/client` (created if new) with a new `version`; returns its API key."""
         self._create_owned(org, "clients", client)
         created = self.ok("POST", f"/v1/orgs/{org}/clients/{client}/versions", {"version": version})
-        return str(created["api_key"])
+        return remember_secret(str(created["api_key"]))
 
     def contract(self, client: str, api: str, plan: str) -> int:
         """`client` and `api` as `org/id/version`, `plan` as `id` (offered by the API)."""
@@ -225,13 +239,15 @@ class ControlPlane:
 
     def rotate_key(self, client: str, grace_seconds: int) -> dict[str, Any]:
         org, client_id, client_version = client.split("/")
-        return dict(
+        rotated = dict(
             self.ok(
                 "POST",
                 f"/v1/orgs/{org}/clients/{client_id}/versions/{client_version}/keys/rotate",
                 {"grace_seconds": grace_seconds},
             )
         )
+        remember_secret(str(rotated.get("api_key", "")))
+        return rotated
 
     def _create_owned(self, org: str, kind: str, id_: str) -> None:
         response = self.call("POST", f"/v1/orgs/{org}/{kind}", {"id": id_})

@@ -137,6 +137,7 @@ def test_acknowledged_writes_survive_kill_9_under_load(live: LiveProcesses, repo
 
 # --- a faulty control plane ------------------------------------------------------------------
 
+UNKNOWN_KEY = "faults-unknown-key-5d1c2b"
 POLL_TIMEOUT_S = 1  # the gateway's long-poll wait; it gives up 5 s after that
 HOLD_S = 8.0  # the slow fault holds each answer longer than the gateway waits
 
@@ -168,7 +169,7 @@ class Traffic:
     and an unknown key, each checked against what the snapshot in force says."""
 
     def __init__(self, envoy: Envoy, key: str, no_contract_key: str) -> None:
-        self.expect = {key: {200}, no_contract_key: {403}, "faults-unknown-key-5d1c2b": {401}}
+        self.expect = {key: {200}, no_contract_key: {403}, UNKNOWN_KEY: {401}}
         self.seen: Counter[int] = Counter()
         self.wrong: list[str] = []
         self._stop = threading.Event()
