@@ -313,7 +313,9 @@ fn sign_snapshot(
     secret: &[u8],
     page_keys: usize,
 ) -> Result<(SignedSnapshot, Snapshot), Error> {
+    let started = std::time::Instant::now();
     let (signed, full) = sign_unchecked(conn, revision, secret, page_keys)?;
+    let rendered = started.elapsed();
     for page in &signed.pages {
         if let Err(rejected) = verify_snapshot(secret, &page.body, Some(&page.signature)) {
             return Err(Error::conflict(
@@ -322,6 +324,15 @@ fn sign_snapshot(
             ));
         }
     }
+    // Both grow with the catalogue (every gateway-visible write re-renders it): worth watching.
+    tracing::debug!(
+        revision,
+        pages = signed.pages.len(),
+        bytes = signed.bytes(),
+        render_ms = rendered.as_millis() as u64,
+        verify_ms = (started.elapsed() - rendered).as_millis() as u64,
+        "snapshot rendered"
+    );
     Ok((signed, full))
 }
 
