@@ -1,6 +1,6 @@
 //! The snapshot poller: one per Envoy process (a singleton WasmService on the main thread).
 //!
-//! It long-polls the control plane (`GET <path>?wait=<s>` with `If-None-Match`), verifies each
+//! It long-polls the control plane (`GET <path>?since=<held>&wait=<s>`), verifies each
 //! snapshot's signature and compiles it, and only then publishes the body into shared data,
 //! where every worker picks it up on its next refresh tick. Anything else (an error status, a
 //! timeout, a bad signature, bad JSON, an unknown schema) keeps the last good snapshot, is
@@ -75,9 +75,10 @@ impl Poller {
         let (path, if_none_match) = match (&self.next_page, self.revision) {
             // The rest of a revision that arrives in pages.
             (Some(cursor), _) => (format!("{}?cursor={cursor}", cp.path), None),
-            // With a snapshot in hand, ask to be told only of a newer one.
+            // With a snapshot in hand, wait for a newer one and take only what changed since
+            // (the key-directory buckets it touched, plus routes and issuers).
             (None, Some(rev)) => (
-                format!("{}?wait={}", cp.path, cp.poll_timeout_seconds),
+                format!("{}?since={rev}&wait={}", cp.path, cp.poll_timeout_seconds),
                 Some(format!("\"{rev}\"")),
             ),
             (None, None) => (cp.path.clone(), None),
