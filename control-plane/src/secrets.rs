@@ -113,13 +113,25 @@ pub fn load_or_generate(kind: SecretKind, data_dir: &Path) -> Result<(String, So
     Ok((value, Source::Generated(path)))
 }
 
-/// Creates the data directory (mode 0700: it holds secrets) if missing.
+/// Creates the data directory (mode 0700: it holds secrets) if missing; warns when an existing
+/// one is open to other users.
 pub fn ensure_data_dir(data_dir: &Path) -> Result<(), Error> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data_dir)
-        .map_err(|e| Error::Internal(format!("creating {}: {e}", data_dir.display())))
+        .map_err(|e| Error::Internal(format!("creating {}: {e}", data_dir.display())))?;
+    if let Ok(meta) = fs::metadata(data_dir) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{} is readable by other users (mode {:o}); it holds the catalogue and secrets: chmod 700 it",
+                data_dir.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A bearer token held only as its digest. Comparing digests in constant time reveals

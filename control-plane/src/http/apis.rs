@@ -167,7 +167,8 @@ async fn update_api_version(
 }
 
 /// Publishes a draft: gateways start routing it. Conflict kinds: api-version-not-draft,
-/// routing-collision (a published or retired version holds the same hosts and prefix).
+/// routing-collision (a published version already routes the same prefix on a shared host, or
+/// both on any host).
 #[utoipa::path(post, path = "/v1/orgs/{org}/apis/{api}/versions/{version}/publish", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
     responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict))]
