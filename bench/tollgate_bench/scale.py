@@ -296,7 +296,7 @@ def report(
         f"with two limits (never reached). The control plane is `tollgate serve` ({build} build) on a SQLite file "
         "the bench filled in one transaction with the rows its store writes (`bench/tollgate_bench/bulk.py`); "
         f"gateways are Envoys from `tollgate envoy-config`. Above {REAL_CONTROL_PLANE_MAX:,} keys the real control "
-        "plane is not run (see *What bounds the control plane* below): a stand-in "
+        "plane is not run (see *What bounds the figures* below): a stand-in "
         "(`bench/tollgate_bench/standin.py`) serves the same pages, so the gateway side — poller, verification, "
         "key directory in shared data, workers — is still the product's own code.",
         "",
