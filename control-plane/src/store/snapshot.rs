@@ -10,8 +10,9 @@ use rusqlite::Connection;
 use tollgate_core::keydir::bucket_of;
 use tollgate_core::keys::parse_digest_hex;
 use tollgate_core::snapshot::{
-    self, ApiKeyHash, ApiStatus, ClientVersion, Contract, Routing, Snapshot,
+    self, ApiKeyHash, ApiStatus, ClientVersion, Contract, Routing, Snapshot, TokenSubject,
 };
+use tollgate_core::token::subject_digest;
 
 use super::plans::read_limits;
 use crate::error::Error;
@@ -139,14 +140,15 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
 /// caller sets `next`.
 pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
     let page_keys = page_keys.max(1);
-    let total: usize = full.clients.iter().map(|c| c.keys.len()).sum();
+    let total: usize = full.clients.iter().map(identity_count).sum();
     if total <= page_keys {
         return vec![full.clone()];
     }
-    let bucket = key_bucket;
     let mut per_bucket: BTreeMap<u16, usize> = BTreeMap::new();
-    for key in full.clients.iter().flat_map(|c| &c.keys) {
-        *per_bucket.entry(bucket(&key.sha256)).or_default() += 1;
+    for client in &full.clients {
+        for b in identity_buckets(client) {
+            *per_bucket.entry(b).or_default() += 1;
+        }
     }
     // Contiguous bucket ranges, closed before they would exceed `page_keys` (a single bucket
     // larger than that still travels whole: its records are one atomic write).
@@ -169,15 +171,7 @@ pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
             let clients: Vec<ClientVersion> = full
                 .clients
                 .iter()
-                .filter_map(|c| {
-                    let keys: Vec<ApiKeyHash> = c
-                        .keys
-                        .iter()
-                        .filter(|k| (lo..=hi).contains(&bucket(&k.sha256)))
-                        .cloned()
-                        .collect();
-                    (!keys.is_empty()).then(|| ClientVersion { keys, ..c.clone() })
-                })
+                .filter_map(|c| restrict(c, |b| (lo..=hi).contains(&b)))
                 .collect();
             let ids: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
             let contracts = full
@@ -268,8 +262,9 @@ mod tests {
 /// when the digests differ or one lacks it.
 pub type BucketDigests = HashMap<u16, u64>;
 
-/// (key hash, expiry, client version) of one key in a bucket.
-type KeyFact<'a> = (&'a str, Option<u64>, &'a str);
+/// One record of a bucket: ("key", hash, expiry, client version) for an API key,
+/// (issuer, value, none, client version) for a token subject.
+type KeyFact<'a> = (&'a str, &'a str, Option<u64>, &'a str);
 
 pub fn bucket_digests(full: &Snapshot) -> BucketDigests {
     let mut grants: HashMap<&str, Vec<&Contract>> = HashMap::new();
@@ -280,8 +275,17 @@ pub fn bucket_digests(full: &Snapshot) -> BucketDigests {
     for client in &full.clients {
         for key in &client.keys {
             records.entry(key_bucket(&key.sha256)).or_default().push((
+                "key",
                 key.sha256.as_str(),
                 key.expires_at,
+                client.id.as_str(),
+            ));
+        }
+        for subject in &client.subjects {
+            records.entry(subject_bucket(subject)).or_default().push((
+                subject.issuer.as_str(),
+                subject.value.as_str(),
+                None,
                 client.id.as_str(),
             ));
         }
@@ -291,8 +295,8 @@ pub fn bucket_digests(full: &Snapshot) -> BucketDigests {
         .map(|(bucket, mut keys)| {
             keys.sort_unstable();
             let mut hasher = DefaultHasher::new();
-            for (sha256, expires_at, client) in keys {
-                (sha256, expires_at, client).hash(&mut hasher);
+            for (kind, identity, expires_at, client) in keys {
+                (kind, identity, expires_at, client).hash(&mut hasher);
                 let mut contracts: Vec<_> = grants
                     .get(client)
                     .map(|g| g.iter().map(|c| (c.id, &c.api, &c.plan)).collect())
@@ -323,15 +327,7 @@ pub fn page_of(full: &Snapshot, buckets: &BTreeSet<u16>) -> Snapshot {
     let clients: Vec<ClientVersion> = full
         .clients
         .iter()
-        .filter_map(|c| {
-            let keys: Vec<ApiKeyHash> = c
-                .keys
-                .iter()
-                .filter(|k| buckets.contains(&key_bucket(&k.sha256)))
-                .cloned()
-                .collect();
-            (!keys.is_empty()).then(|| ClientVersion { keys, ..c.clone() })
-        })
+        .filter_map(|c| restrict(c, |b| buckets.contains(&b)))
         .collect();
     let ids: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
     Snapshot {
@@ -359,17 +355,121 @@ fn shell_of(full: &Snapshot) -> Snapshot {
     }
 }
 
-/// How many keys `buckets` hold in `full`.
+/// How many directory records (keys and token subjects) `buckets` hold in `full`.
 pub fn keys_in(full: &Snapshot, buckets: &BTreeSet<u16>) -> usize {
     full.clients
         .iter()
-        .flat_map(|c| &c.keys)
-        .filter(|k| buckets.contains(&key_bucket(&k.sha256)))
+        .flat_map(identity_buckets)
+        .filter(|b| buckets.contains(b))
         .count()
 }
 
 fn key_bucket(sha256: &str) -> u16 {
     parse_digest_hex(sha256).map_or(0, |d| bucket_of(&d))
+}
+
+/// Token subjects are key-directory records too (`core::token::subject_digest`).
+fn subject_bucket(subject: &TokenSubject) -> u16 {
+    bucket_of(&subject_digest(&subject.issuer, &subject.value))
+}
+
+fn identity_count(client: &ClientVersion) -> usize {
+    client.keys.len() + client.subjects.len()
+}
+
+/// The bucket of each of a client version's directory records.
+fn identity_buckets(client: &ClientVersion) -> impl Iterator<Item = u16> + '_ {
+    let keys = client.keys.iter().map(|k| key_bucket(&k.sha256));
+    keys.chain(client.subjects.iter().map(subject_bucket))
+}
+
+/// The client version with only its records in buckets `keep` accepts; `None` if none are.
+fn restrict(client: &ClientVersion, keep: impl Fn(u16) -> bool) -> Option<ClientVersion> {
+    let keys: Vec<ApiKeyHash> = client
+        .keys
+        .iter()
+        .filter(|k| keep(key_bucket(&k.sha256)))
+        .cloned()
+        .collect();
+    let subjects: Vec<TokenSubject> = client
+        .subjects
+        .iter()
+        .filter(|s| keep(subject_bucket(s)))
+        .cloned()
+        .collect();
+    (!keys.is_empty() || !subjects.is_empty()).then(|| ClientVersion {
+        keys,
+        subjects,
+        ..client.clone()
+    })
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use tollgate_core::keys::key_hash_hex;
+
+    /// 30 client versions, each with a key and a token subject of one trusted issuer.
+    fn with_subjects() -> Snapshot {
+        let mut s = Snapshot::empty(4);
+        s.issuers.push(
+            serde_json::from_value(serde_json::json!({
+                "issuer": "https://id.example", "audiences": ["orders"], "jwks": {"keys": []}
+            }))
+            .unwrap(),
+        );
+        for i in 0..30 {
+            s.clients.push(ClientVersion {
+                id: format!("acme/c{i}/1"),
+                keys: vec![ApiKeyHash {
+                    sha256: key_hash_hex(&format!("k{i}")),
+                    expires_at: None,
+                }],
+                subjects: vec![TokenSubject {
+                    issuer: "https://id.example".into(),
+                    value: format!("svc-{i}"),
+                }],
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn pages_split_token_subjects_by_their_bucket_and_each_page_compiles() {
+        let full = with_subjects();
+        let pages = paginate(&full, 7);
+        assert!(pages.len() >= 60 / 7);
+        let mut subjects = BTreeSet::new();
+        for page in &pages {
+            assert_eq!(page.issuers, full.issuers, "every page carries the issuers");
+            let body = serde_json::to_vec(page).unwrap();
+            tollgate_core::distribution::compile(&body)
+                .unwrap_or_else(|e| panic!("core refuses a page: {e}"));
+            for c in &page.clients {
+                for s in &c.subjects {
+                    assert!(subjects.insert(s.value.clone()), "{} twice", s.value);
+                }
+            }
+        }
+        assert_eq!(subjects.len(), 30);
+    }
+
+    #[test]
+    fn a_changed_subject_changes_its_bucket_digest() {
+        let before = with_subjects();
+        let mut after = before.clone();
+        after.clients[5].subjects[0].value = "svc-renamed".into();
+        let changed = changed_buckets(&bucket_digests(&before), &bucket_digests(&after));
+        let expected: BTreeSet<u16> = [
+            subject_bucket(&before.clients[5].subjects[0]),
+            subject_bucket(&after.clients[5].subjects[0]),
+        ]
+        .into();
+        assert_eq!(changed, expected);
+        let page = page_of(&after, &changed);
+        tollgate_core::distribution::compile(&serde_json::to_vec(&page).unwrap()).unwrap();
+    }
 }
 
 #[cfg(test)]
