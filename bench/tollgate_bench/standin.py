@@ -6,7 +6,7 @@ catalogue `bulk.insert_clients` writes): the same JSON schema (core/src/snapshot
 pagination (control-plane/src/store/snapshot.rs `paginate`: contiguous key-directory bucket
 ranges of at most `page_keys` keys, all plans and API versions on every page, `next` cursors
 `<revision>.<page>`), the same HMAC-SHA256 signature header, ETag / If-None-Match / ?wait=
-long polling and ?cursor= pages. The gateway side — the poller verifying and compiling every
+long polling (`?since=` as the held revision, always answered in full) and ?cursor= pages. The gateway side — the poller verifying and compiling every
 page with core, publishing the key directory into shared data, the workers — is the product's
 own code, which is what the gateway figures measure.
 """
@@ -172,7 +172,10 @@ class StandInControlPlane:
                             served, index = stand_in.revision, 0
                         chosen = stand_in._signed[served][index]
                     return self._page(served, chosen)
-                held = (self.headers.get("if-none-match") or "").strip('W/"')
+                # `?since=` names the held revision as If-None-Match does; the stand-in never
+                # cuts deltas and answers a newer revision in full, as the control plane does
+                # when it cannot cut one (the worst case for a swap).
+                held = query.get("since") or (self.headers.get("if-none-match") or "").strip('W/"')
                 wait = min(int(query.get("wait", "0")), MAX_WAIT_S)
                 with stand_in._condition:
                     if held == str(stand_in.revision) and wait:
