@@ -1,0 +1,136 @@
+//! One request through the gateway (routing, key and token extraction, stripping, identity
+//! headers, verdict, counting) over the fixed catalogue in static mode.
+//!
+//! Input: `:path` `\n` `:authority` `\n` `x-api-key` `\n` `authorization`, each read as Envoy
+//! hands it over (lossy UTF-8); a header whose line is missing is not sent. The request is
+//! sent three times against the same shared data (Bronze allows 2 a minute).
+//!
+//! Invariants: nothing panics or errors; a local answer is one of the documented statuses and
+//! never contains the key or token sent; an unmatched request is forwarded untouched; a public
+//! answer never carries an identity or the key, and never comes from a path under the nested
+//! private prefix `/status/admin` (as parameter-honouring upstreams read it); an allowed
+//! request carries the identity of a client of the catalogue; Bronze is never admitted more
+//! than twice.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use tollgate_core::config::LoadedConfig;
+use tollgate_core::decision::Reason;
+use tollgate_core::gateway::{handle_request, Outcome, CLIENT_HEADER, PLAN_HEADER};
+use tollgate_core::index::Directory;
+use tollgate_core::keydir::bucket_key;
+use tollgate_core::path::{split_query, without_parameters};
+use tollgate_core::shared::{MemoryStore, SharedStore};
+use tollgate_fuzz::{catalogue, fields, Headers, NOW_MS};
+
+fn fixture() -> &'static (LoadedConfig, Directory) {
+    static FIXTURE: OnceLock<(LoadedConfig, Directory)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let json = serde_json::json!({ "snapshot": catalogue() }).to_string();
+        let parsed = LoadedConfig::parse(json.as_bytes()).expect("the fixed catalogue is valid");
+        let directory = parsed
+            .static_directory
+            .expect("static mode has a directory");
+        (parsed.config, directory)
+    })
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (config, directory) = fixture();
+    let mut store = MemoryStore::new();
+    for (bucket, bytes) in &directory.buckets {
+        store
+            .set(&bucket_key(*bucket), bytes, 0)
+            .expect("memory store never fails");
+    }
+
+    let input = fields(data, 4);
+    let text = |i: usize| {
+        input
+            .get(i)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+    };
+    let path = text(0).unwrap_or_default();
+    let mut sent = vec![(":path".to_owned(), path.clone())];
+    for (i, name) in [(1, ":authority"), (2, "x-api-key"), (3, "authorization")] {
+        if let Some(value) = text(i) {
+            sent.push((name.to_owned(), value));
+        }
+    }
+    let secrets: Vec<String> = [text(2), text(3)]
+        .into_iter()
+        .flatten()
+        .filter(|s| s.trim().len() >= 8)
+        .collect();
+    let effective = without_parameters(split_query(&path).0).into_owned();
+
+    let mut bronze_admitted = 0;
+    for _ in 0..3 {
+        let mut headers = Headers(sent.clone());
+        let handled = handle_request(config, &mut headers, &mut store, NOW_MS)
+            .expect("the memory store never fails");
+        match &handled.outcome {
+            Outcome::Respond(denial) => {
+                assert!(
+                    [400, 401, 403, 404, 410, 429, 503].contains(&denial.status),
+                    "undocumented status {}",
+                    denial.status
+                );
+                let body = denial.problem.to_json();
+                for secret in &secrets {
+                    assert!(
+                        !body.contains(secret.trim()),
+                        "a credential echoed in {body}"
+                    );
+                    for (_, value) in &denial.headers {
+                        assert!(
+                            !value.contains(secret.trim()),
+                            "a credential echoed in a header"
+                        );
+                    }
+                }
+            }
+            Outcome::Forward { .. } => match handled.reason {
+                Reason::Unmatched => {
+                    assert_eq!(headers.0, sent, "unmatched requests are untouched")
+                }
+                Reason::Public => {
+                    assert!(
+                        !under(&effective, "/status/admin"),
+                        "private path answered as public: {path:?}"
+                    );
+                    assert_eq!(headers.value(CLIENT_HEADER), None);
+                    assert_eq!(headers.value(PLAN_HEADER), None);
+                    assert_eq!(
+                        headers.value("x-api-key"),
+                        None,
+                        "key forwarded by a public API"
+                    );
+                }
+                Reason::Allow => {
+                    let client = headers.value(CLIENT_HEADER).unwrap_or_default();
+                    assert!(
+                        ["acme/mobile/1", "acme/hobby/1"].contains(&client),
+                        "identity {client:?}"
+                    );
+                    assert!(headers.value(PLAN_HEADER).is_some());
+                    if client == "acme/hobby/1" {
+                        bronze_admitted += 1;
+                    }
+                }
+                other => panic!("forwarded with reason {other:?}"),
+            },
+        }
+    }
+    assert!(
+        bronze_admitted <= 2,
+        "Bronze admitted {bronze_admitted} times in a minute"
+    );
+});
