@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use tollgate_core::snapshot::{RateLimit, Routing};
+use tollgate_core::snapshot::{AuthMode, RateLimit, Routing};
 use utoipa::ToSchema;
 
 use crate::domain::{check_name, check_slug, check_version, normalize_limits, VersionRef};
@@ -100,6 +100,10 @@ pub struct ApiVersionEntry {
     pub plans: Vec<String>,
     #[serde(default)]
     pub forward_api_key: bool,
+    /// `api_key` (default), `jwt` or `api_key_or_jwt`.
+    #[serde(default, skip_serializing_if = "AuthMode::is_default")]
+    #[schema(value_type = crate::openapi::AuthModeSchema)]
+    pub auth: AuthMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -474,6 +478,7 @@ fn apply_api(
             &entry.routing,
             &choices,
             entry.forward_api_key,
+            entry.auth,
         )
         .map_err(|e| e.at(format!("versions[{}]", entry.version)))?;
         let current = match apis::find_version(tx, org, &api.id, &entry.version)? {
@@ -686,6 +691,7 @@ pub fn export(conn: &rusqlite::Connection) -> Result<Catalogue, Error> {
                         .map(|p| format!("{}/{}/{}", p.org, p.plan, p.version))
                         .collect(),
                     forward_api_key: v.forward_api_key,
+                    auth: v.auth,
                 })
                 .collect();
             entry.apis.push(ApiEntry {

@@ -21,6 +21,16 @@ pub enum Error {
     /// Missing or wrong bearer token.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A valid management token whose scopes do not allow this request.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// An OAuth 2.0 token endpoint error (RFC 6749 §5.2): answered as its JSON, not as a
+    /// problem. `error` is the RFC's code.
+    #[error("{description}")]
+    OAuth {
+        error: &'static str,
+        description: String,
+    },
     #[error("{0} does not exist")]
     NotFound(String),
     #[error("{0} already exists")]
@@ -74,6 +84,9 @@ impl Error {
         match self {
             Error::InvalidBody(_) | Error::InvalidField { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::OAuth { error, .. } if *error == "invalid_client" => StatusCode::UNAUTHORIZED,
+            Error::OAuth { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::AlreadyExists(_) | Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +102,8 @@ impl Error {
             Error::InvalidBody(_) => "invalid-body",
             Error::InvalidField { .. } => "invalid-field",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::OAuth { error, .. } => error,
             Error::NotFound(_) => "not-found",
             Error::AlreadyExists(_) => "already-exists",
             Error::Conflict { kind, .. } | Error::Unprocessable { kind, .. } => kind,
@@ -102,6 +117,7 @@ impl Error {
         match self.status() {
             StatusCode::BAD_REQUEST => "Invalid request",
             StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
@@ -148,6 +164,9 @@ impl IntoResponse for Error {
         if let Error::Internal(cause) = &self {
             tracing::error!(%cause, "request failed");
         }
+        if let Error::OAuth { error, description } = &self {
+            return oauth_response(self.status(), error, description);
+        }
         let status = self.status();
         let unauthorized = matches!(self, Error::Unauthorized(_));
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
@@ -165,4 +184,25 @@ impl IntoResponse for Error {
         }
         response
     }
+}
+
+/// RFC 6749 §5.2: `{"error", "error_description"}`, never cached; `invalid_client` names the
+/// Basic scheme the token endpoint takes (§2.3.1).
+fn oauth_response(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = serde_json::json!({"error": error, "error_description": description});
+    let mut response = (status, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"tollgate\""),
+        );
+    }
+    response
 }

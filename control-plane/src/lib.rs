@@ -13,3 +13,4 @@ pub mod openapi;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod tokens;

@@ -4,10 +4,10 @@
 //! exactly what a gateway receives; `crate::openapi` documents their shape.
 
 use serde::{Deserialize, Serialize};
-use tollgate_core::snapshot::{RateLimit, Routing};
+use tollgate_core::snapshot::{AuthMode, RateLimit, Routing};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::openapi::{RateLimitSchema, RoutingSchema};
+use crate::openapi::{AuthModeSchema, RateLimitSchema, RoutingSchema};
 
 /// Unix seconds. (Resource fields spell out `i64` so the OpenAPI schema inlines an integer.)
 pub type Timestamp = i64;
@@ -84,6 +84,8 @@ pub struct ApiVersion {
     pub routing: Routing,
     pub plans: Vec<OfferedPlan>,
     pub forward_api_key: bool,
+    #[schema(value_type = AuthModeSchema)]
+    pub auth: AuthMode,
     pub created_at: i64,
     pub published_at: Option<i64>,
     pub retired_at: Option<i64>,
@@ -208,6 +210,10 @@ pub struct CreateApiVersion {
     /// Keep the key on the upstream request (default: stripped).
     #[serde(default)]
     pub forward_api_key: bool,
+    /// How callers of a private version identify themselves (default `api_key`).
+    #[serde(default)]
+    #[schema(value_type = AuthModeSchema)]
+    pub auth: AuthMode,
 }
 
 /// Replaces a draft API version's settings.
@@ -222,6 +228,9 @@ pub struct UpdateApiVersion {
     pub plans: Vec<PlanChoice>,
     #[serde(default)]
     pub forward_api_key: bool,
+    #[serde(default)]
+    #[schema(value_type = AuthModeSchema)]
+    pub auth: AuthMode,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -266,4 +275,136 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+// ---- tokens ----
+
+/// One of the own issuer's signing keys (the public half; the private one never leaves the
+/// data directory).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenKey {
+    pub kid: String,
+    pub created_at: i64,
+    /// Absent on the current key, which signs every new token.
+    pub retired_at: Option<i64>,
+    /// On a retired key: it stays published (JWKS, snapshot) until then, when every token it
+    /// signed has expired.
+    pub published_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RotatedTokenKey {
+    /// The new current key.
+    pub kid: String,
+    /// The keys still published, the new one included.
+    pub keys: Vec<TokenKey>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredentials {
+    /// How long credentials issued before keep working (default 0: replaced at once; at most
+    /// 30 days).
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
+/// OAuth client credentials, returned once. Use them at `POST /oauth/token`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssuedCredentials {
+    pub client_id: String,
+    /// Shown only here; the control plane keeps its SHA-256.
+    pub client_secret: String,
+    /// When credentials issued before stop working (absent: there were none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_expires_at: Option<i64>,
+}
+
+/// What is known about a client version's or service account's credentials.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CredentialsInfo {
+    pub client_id: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServiceAccount {
+    /// A slug.
+    pub id: String,
+    /// `tollgate:admin` (everything) and/or `tollgate:read` (reads only).
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccount {
+    pub id: String,
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+    pub credentials: Vec<CredentialsInfo>,
+}
+
+/// A service account and its credentials, returned once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedServiceAccount {
+    pub id: String,
+    pub scopes: Vec<String>,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// An external token issuer (Keycloak, Entra ID, Auth0…) whose JWTs gateways accept.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSpec {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name one.
+    pub audiences: Vec<String>,
+    /// Its JWKS document (`{"keys": […]}`), public keys only.
+    #[schema(value_type = Object)]
+    pub jwks: serde_json::Value,
+    /// The claim naming the client, matched against client versions' subjects.
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+}
+
+fn default_client_claim() -> String {
+    "sub".to_owned()
+}
+
+/// Replaces an external issuer's settings.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIssuer {
+    pub audiences: Vec<String>,
+    #[schema(value_type = Object)]
+    pub jwks: serde_json::Value,
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExternalIssuer {
+    #[serde(flatten)]
+    pub spec: IssuerSpec,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A client version's identity at an external issuer: its tokens whose client claim equals
+/// `value` act as the client version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubject {
+    pub issuer: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Subject {
+    pub issuer: String,
+    pub value: String,
+    pub created_at: i64,
 }

@@ -28,6 +28,19 @@ pub enum PeriodSchema {
     Month,
 }
 
+/// Shape of `core`'s `AuthMode`: how a private API version's callers identify themselves.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuthMode)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthModeSchema {
+    /// An API key (header or query parameter); the default.
+    ApiKey,
+    /// A JWT bearer token from a trusted issuer.
+    Jwt,
+    /// Either; a bearer token is used when one is sent.
+    ApiKeyOrJwt,
+}
+
 /// Shape of `core`'s `Routing`.
 #[derive(Serialize, ToSchema)]
 #[schema(as = Routing)]
@@ -74,6 +87,8 @@ pub struct SnapshotApiSchema {
     pub public: bool,
     pub routing: RoutingSchema,
     pub forward_api_key: bool,
+    /// Absent means `api_key`.
+    pub auth: Option<AuthModeSchema>,
 }
 
 #[derive(Serialize, ToSchema)]

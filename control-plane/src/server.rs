@@ -10,7 +10,11 @@ use crate::error::Error;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::secrets::{self, BearerToken, SecretKind, Source};
-use crate::store::{Store, DATABASE_FILE, DEFAULT_PAGE_KEYS};
+use crate::store::{tokens, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS};
+use crate::tokens::{
+    IssuerConfig, SigningKeys, DEFAULT_GATEWAY_AUDIENCE, DEFAULT_MANAGEMENT_AUDIENCE,
+    DEFAULT_TOKEN_LIFETIME_SECONDS,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -20,6 +24,20 @@ pub struct ServeArgs {
     /// Key hashes per snapshot page; a larger catalogue is served in pages (`next` cursors).
     #[arg(long, env = "TOLLGATE_SNAPSHOT_PAGE_KEYS", default_value_t = DEFAULT_PAGE_KEYS)]
     pub snapshot_page_keys: usize,
+    /// The `iss` of the tokens `/oauth/token` issues (default: http://<listen address>).
+    #[arg(long, env = "TOLLGATE_ISSUER")]
+    pub issuer: Option<String>,
+    /// The `aud` of client versions' tokens, which gateways accept.
+    #[arg(long, env = "TOLLGATE_GATEWAY_AUDIENCE", default_value = DEFAULT_GATEWAY_AUDIENCE)]
+    pub gateway_audience: String,
+    /// The `aud` of service accounts' tokens, which the management API accepts.
+    #[arg(long, env = "TOLLGATE_MANAGEMENT_AUDIENCE", default_value = DEFAULT_MANAGEMENT_AUDIENCE)]
+    pub management_audience: String,
+    /// Seconds an issued token is valid; a retired signing key stays published this long
+    /// (plus 30 s of clock leeway) after its rotation.
+    #[arg(long, env = "TOLLGATE_TOKEN_LIFETIME", default_value_t = DEFAULT_TOKEN_LIFETIME_SECONDS,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub token_lifetime: u64,
     /// Set from the global `--data-dir` (env TOLLGATE_DATA_DIR, default ./.tollgate).
     #[arg(skip)]
     pub data_dir: PathBuf,
@@ -55,32 +73,57 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         ));
     }
 
-    let db_path = args.data_dir.join(DATABASE_FILE);
-    let store = Store::open(
-        &db_path,
-        snapshot_secret.into_bytes(),
-        args.snapshot_page_keys,
-    )?;
-    tracing::info!(
-        database = %db_path.display(),
-        revision = store.snapshot().revision,
-        "catalogue opened"
-    );
-
-    let (stop, shutdown) = watch::channel(false);
-    let state = AppState {
-        store: Arc::clone(&store),
-        admin_token: BearerToken::new(&admin_token),
-        gateway_token: BearerToken::new(&gateway_token),
-        metrics: Arc::new(Metrics::new()),
-        shutdown,
-    };
+    if args.gateway_audience == args.management_audience {
+        return Err(Error::Internal(
+            "the gateway and management audiences must differ".into(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::Internal(format!("listening on {}: {e}", args.listen)))?;
     let local = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+    let issuer = Arc::new(IssuerConfig {
+        issuer: args
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}")),
+        gateway_audience: args.gateway_audience.clone(),
+        management_audience: args.management_audience.clone(),
+        token_lifetime_seconds: args.token_lifetime,
+    });
+    let signing_keys = Arc::new(SigningKeys::load(&args.data_dir)?);
+
+    let db_path = args.data_dir.join(DATABASE_FILE);
+    let store = {
+        let (config, keys) = (Arc::clone(&issuer), Arc::clone(&signing_keys));
+        Store::open(
+            &db_path,
+            snapshot_secret.into_bytes(),
+            args.snapshot_page_keys,
+            move |tx| tokens::ensure_own_issuer(tx, &config, &keys),
+        )?
+    };
+    tracing::info!(
+        database = %db_path.display(),
+        revision = store.snapshot().revision,
+        "catalogue opened"
+    );
+
+    tracing::info!(issuer = %issuer.issuer, "token issuer ready");
+    tokio::spawn(drop_expired_token_keys(Arc::clone(&store)));
+
+    let (stop, shutdown) = watch::channel(false);
+    let state = AppState {
+        store: Arc::clone(&store),
+        admin_token: BearerToken::new(&admin_token),
+        gateway_token: BearerToken::new(&gateway_token),
+        issuer,
+        signing_keys,
+        metrics: Arc::new(Metrics::new()),
+        shutdown,
+    };
     println!("tollgate control plane listening on http://{local}");
     tracing::info!(%local, "listening");
     axum::serve(listener, http::router(state))
@@ -91,6 +134,29 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         })
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))
+}
+
+/// Unpublishes retired signing keys once every token they signed has expired: checks once a
+/// second and writes (moving the revision) only when a key is due.
+async fn drop_expired_token_keys(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let due = match store.read(tokens::next_key_drop).await {
+            Ok(Some(at)) => at <= crate::store::unix_now(),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking retired token keys");
+                false
+            }
+        };
+        if due {
+            match store.write(tokens::drop_expired_keys).await {
+                Ok(n) => tracing::info!(keys = n, "retired token keys unpublished"),
+                Err(e) => tracing::warn!(error = %e, "unpublishing retired token keys"),
+            }
+        }
+    }
 }
 
 async fn stop_signal() {

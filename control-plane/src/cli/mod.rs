@@ -215,6 +215,9 @@ struct ApiVersionSettings {
     /// Send the API key on to the upstream (default: stripped).
     #[arg(long)]
     forward_api_key: bool,
+    /// How callers of a private version identify themselves: api_key, jwt, api_key_or_jwt.
+    #[arg(long, default_value = "api_key", value_parser = ["api_key", "jwt", "api_key_or_jwt"])]
+    auth: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -606,6 +609,7 @@ fn api_settings(settings: &ApiVersionSettings) -> Result<Value, ClientError> {
         "routing": {"path_prefix": settings.path_prefix, "hosts": settings.hosts},
         "plans": plans,
         "forward_api_key": settings.forward_api_key,
+        "auth": settings.auth,
     }))
 }
 

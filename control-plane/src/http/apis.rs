@@ -96,6 +96,7 @@ async fn create_api_version(
                 &body.routing,
                 &body.plans,
                 body.forward_api_key,
+                body.auth,
             )?;
             apis::create_version(tx, &org, &api, &body.version, &spec)
         })
@@ -159,6 +160,7 @@ async fn update_api_version(
                 &body.routing,
                 &body.plans,
                 body.forward_api_key,
+                body.auth,
             )?;
             apis::update_version(tx, &org, &api, &version, &spec)
         })

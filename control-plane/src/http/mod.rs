@@ -5,10 +5,14 @@ mod apis;
 mod catalogue;
 mod clients;
 mod contracts;
+mod credentials;
+mod issuers;
+mod oauth;
 mod orgs;
 mod owned;
 mod plans;
 mod service;
+mod service_accounts;
 mod snapshot;
 
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -31,6 +36,7 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::openapi::{add_security, ApiDoc};
 use crate::secrets::BearerToken;
 use crate::store::Store;
+use crate::tokens::{verify_management, IssuerConfig, SigningKeys};
 
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
 pub const APPLY_PATH: &str = "/v1/apply";
@@ -44,6 +50,9 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub admin_token: BearerToken,
     pub gateway_token: BearerToken,
+    /// The own token issuer's configuration and private signing keys.
+    pub issuer: Arc<IssuerConfig>,
+    pub signing_keys: Arc<SigningKeys>,
     pub metrics: Arc<Metrics>,
     /// Turns true when the server stops, so long polls answer at once instead of holding
     /// graceful shutdown for up to their full wait.
@@ -58,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .merge(clients::routes())
         .merge(contracts::routes())
         .merge(catalogue::routes())
+        .merge(credentials::routes())
+        .merge(issuers::routes())
+        .merge(service_accounts::routes())
+        .merge(oauth::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let gateway = snapshot::routes().route_layer(middleware::from_fn_with_state(
         state.clone(),
@@ -67,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(gateway)
         .merge(service::routes())
+        .merge(oauth::public_routes())
         .split_for_parts();
     add_security(&mut doc);
     let doc = Arc::new(doc);
@@ -100,15 +114,34 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    match bearer(&request) {
-        Some(token) if state.admin_token.matches(token) => Ok(next.run(request).await),
-        Some(_) => Err(Error::Unauthorized(
-            "the bearer token is not the admin token",
-        )),
-        None => Err(Error::Unauthorized(
-            "send the admin token as Authorization: Bearer <token>",
-        )),
+    let token = match bearer(&request) {
+        Some(token) if state.admin_token.matches(token) => return Ok(next.run(request).await),
+        Some(token) => token,
+        None => {
+            return Err(Error::Unauthorized(
+                "send the admin token or a management token as Authorization: Bearer <token>",
+            ))
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let access = verify_management(&state.store.catalogue(), &state.issuer, token, now_ms)
+        .map_err(|_| {
+            Error::Unauthorized(
+                "the bearer token is neither the admin token nor a valid management token",
+            )
+        })?;
+    let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !access.allows(read_only) {
+        return Err(Error::Forbidden(if read_only {
+            "this management token has no tollgate:read or tollgate:admin scope"
+        } else {
+            "this management token may only read (tollgate:read); writes need tollgate:admin"
+        }));
     }
+    Ok(next.run(request).await)
 }
 
 async fn require_gateway(

@@ -3,7 +3,7 @@
 //! there (gateways answer 410 on its routes) until a published version claims the same route.
 
 use rusqlite::{params, Connection};
-use tollgate_core::snapshot::Routing;
+use tollgate_core::snapshot::{AuthMode, Routing};
 
 use super::orgs::{get_owned, OwnedKind};
 use super::plans::get_locked;
@@ -20,6 +20,7 @@ pub struct ApiVersionSpec {
     /// Sorted, at most one version per plan, all locked.
     pub plans: Vec<OfferedPlan>,
     pub forward_api_key: bool,
+    pub auth: AuthMode,
 }
 
 impl ApiVersionSpec {
@@ -31,6 +32,7 @@ impl ApiVersionSpec {
         routing: &Routing,
         plans: &[PlanChoice],
         forward_api_key: bool,
+        auth: AuthMode,
     ) -> Result<Self, Error> {
         let routing = normalize_routing("routing", routing)?;
         let mut offered = Vec::with_capacity(plans.len());
@@ -72,6 +74,7 @@ impl ApiVersionSpec {
             routing,
             plans: offered,
             forward_api_key,
+            auth,
         })
     }
 
@@ -81,6 +84,7 @@ impl ApiVersionSpec {
             routing: version.routing.clone(),
             plans: version.plans.clone(),
             forward_api_key: version.forward_api_key,
+            auth: version.auth,
         }
     }
 }
@@ -100,8 +104,9 @@ pub fn create_version(
     }
     tx.execute(
         "INSERT INTO api_versions
-             (org, api, version, status, public, path_prefix, hosts, forward_api_key, created_at)
-         VALUES (?1, ?2, ?3, 'draft', ?4, ?5, ?6, ?7, ?8)",
+             (org, api, version, status, public, path_prefix, hosts, forward_api_key, created_at,
+              auth)
+         VALUES (?1, ?2, ?3, 'draft', ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             org,
             api,
@@ -110,7 +115,8 @@ pub fn create_version(
             spec.routing.path_prefix,
             hosts_json(&spec.routing)?,
             spec.forward_api_key,
-            tx.now
+            tx.now,
+            auth_name(spec.auth)
         ],
     )?;
     write_plans(tx, org, api, version, &spec.plans)?;
@@ -129,7 +135,8 @@ pub fn update_version(
         return Err(not_draft(&current, "edited"));
     }
     tx.execute(
-        "UPDATE api_versions SET public = ?4, path_prefix = ?5, hosts = ?6, forward_api_key = ?7
+        "UPDATE api_versions SET public = ?4, path_prefix = ?5, hosts = ?6, forward_api_key = ?7,
+                auth = ?8
          WHERE org = ?1 AND api = ?2 AND version = ?3",
         params![
             org,
@@ -138,7 +145,8 @@ pub fn update_version(
             spec.public,
             spec.routing.path_prefix,
             hosts_json(&spec.routing)?,
-            spec.forward_api_key
+            spec.forward_api_key,
+            auth_name(spec.auth)
         ],
     )?;
     tx.execute(
@@ -286,7 +294,7 @@ pub fn find_version(
     let row = query_opt(
         conn,
         "SELECT status, public, path_prefix, hosts, forward_api_key, created_at, published_at,
-                retired_at
+                retired_at, auth
          FROM api_versions WHERE org = ?1 AND api = ?2 AND version = ?3",
         [org, api, version],
         |r| {
@@ -299,6 +307,7 @@ pub fn find_version(
                 r.get::<_, i64>(5)?,
                 r.get::<_, Option<i64>>(6)?,
                 r.get::<_, Option<i64>>(7)?,
+                r.get::<_, String>(8)?,
             ))
         },
     )?;
@@ -311,6 +320,7 @@ pub fn find_version(
         created_at,
         published_at,
         retired_at,
+        auth,
     )) = row
     else {
         return Ok(None);
@@ -332,6 +342,7 @@ pub fn find_version(
         routing: Routing { path_prefix, hosts },
         plans: offered_plans(conn, org, api, version)?,
         forward_api_key,
+        auth: parse_auth(&auth)?,
         created_at,
         published_at,
         retired_at,
@@ -393,4 +404,22 @@ pub fn list_versions(
         rows.push((seq, get_version(conn, org, api, &version)?));
     }
     Ok(page.page(rows))
+}
+
+/// The stored spelling of an auth mode (core's serde names).
+pub fn auth_name(auth: AuthMode) -> &'static str {
+    match auth {
+        AuthMode::ApiKey => "api_key",
+        AuthMode::Jwt => "jwt",
+        AuthMode::ApiKeyOrJwt => "api_key_or_jwt",
+    }
+}
+
+pub fn parse_auth(stored: &str) -> Result<AuthMode, Error> {
+    match stored {
+        "api_key" => Ok(AuthMode::ApiKey),
+        "jwt" => Ok(AuthMode::Jwt),
+        "api_key_or_jwt" => Ok(AuthMode::ApiKeyOrJwt),
+        other => Err(Error::Internal(format!("unknown auth mode {other:?}"))),
+    }
 }

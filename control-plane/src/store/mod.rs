@@ -9,9 +9,11 @@
 pub mod apis;
 pub mod clients;
 pub mod contracts;
+pub mod issuers;
 pub mod orgs;
 pub mod plans;
 mod snapshot;
+pub mod tokens;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
@@ -101,7 +103,10 @@ impl Tx<'_> {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("schema.sql")),
+        M::up(include_str!("schema_tokens.sql")),
+    ])
 }
 
 pub fn unix_now() -> Timestamp {
@@ -112,10 +117,14 @@ pub fn unix_now() -> Timestamp {
 }
 
 impl Store {
+    /// Opens (and migrates) the catalogue. `prepare` runs first in its own transaction, to
+    /// bring configuration-derived content (the own token issuer) in line; a change it makes
+    /// moves the revision, except when it fills a brand-new catalogue that no gateway saw.
     pub fn open(
         path: &Path,
         snapshot_secret: Vec<u8>,
         page_keys: usize,
+        prepare: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
     ) -> Result<Arc<Store>, Error> {
         let mut conn = Connection::open(path)
             .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
@@ -128,6 +137,23 @@ impl Store {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
+        {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut tx = Tx {
+                tx,
+                now: unix_now(),
+                gateway_change: false,
+            };
+            let fresh = current_revision(&tx)? == 1 && tokens::own_issuer(&tx)?.is_none();
+            prepare(&mut tx)?;
+            if tx.gateway_change && !fresh {
+                tx.execute(
+                    "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1",
+                    [],
+                )?;
+            }
+            tx.tx.commit()?;
+        }
         let revision = current_revision(&conn)?;
         let (first, full) = match sign_snapshot(&conn, revision, &snapshot_secret, page_keys) {
             Ok(signed) => signed,
@@ -150,6 +176,11 @@ impl Store {
             latest: Mutex::new(Arc::new(full)),
             deltas: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The latest revision's whole catalogue, as gateways assemble it.
+    pub fn catalogue(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.latest.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The latest committed snapshot.

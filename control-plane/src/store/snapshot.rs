@@ -42,7 +42,7 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
 
     let mut stmt = conn.prepare(
         "SELECT org || '/' || api || '/' || version, status, public, path_prefix, hosts,
-                forward_api_key
+                forward_api_key, auth
          FROM api_versions WHERE status IN ('published', 'retired')
          ORDER BY org, api, version",
     )?;
@@ -55,10 +55,11 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, bool>(5)?,
+                r.get::<_, String>(6)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    for (id, status, public, path_prefix, hosts, forward_api_key) in rows {
+    for (id, status, public, path_prefix, hosts, forward_api_key, auth) in rows {
         let hosts: Vec<String> = serde_json::from_str(&hosts)
             .map_err(|e| Error::Internal(format!("stored hosts of {id}: {e}")))?;
         snapshot.apis.push(snapshot::ApiVersion {
@@ -71,7 +72,7 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
             public,
             routing: Routing { path_prefix, hosts },
             forward_api_key,
-            auth: Default::default(),
+            auth: super::apis::parse_auth(&auth)?,
         });
     }
 
@@ -102,14 +103,40 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
             expires_at: expires_at.map(|t| t.max(0) as u64),
         });
     }
+    // Token identities: the own issuer's for client versions with credentials, then the
+    // external issuers' mappings.
+    let own = super::tokens::own_issuer(conn)?
+        .map(|value| {
+            serde_json::from_value::<snapshot::Issuer>(value)
+                .map_err(|e| Error::Internal(format!("own issuer: {e}")))
+        })
+        .transpose()?;
+    let mut subjects: BTreeMap<String, Vec<TokenSubject>> = BTreeMap::new();
+    if let Some(own) = &own {
+        for id in super::tokens::client_versions_with_credentials(conn)? {
+            subjects.entry(id.clone()).or_default().push(TokenSubject {
+                issuer: own.issuer.clone(),
+                value: id,
+            });
+        }
+    }
+    for (id, issuer, value) in super::issuers::all_subjects(conn)? {
+        subjects
+            .entry(id)
+            .or_default()
+            .push(TokenSubject { issuer, value });
+    }
     snapshot.clients = clients
         .into_iter()
-        .map(|(id, keys)| ClientVersion {
-            id,
-            keys,
-            subjects: Vec::new(),
+        .map(|(id, keys)| {
+            let mut subjects = subjects.remove(&id).unwrap_or_default();
+            subjects.sort_by(|a, b| (&a.issuer, &a.value).cmp(&(&b.issuer, &b.value)));
+            ClientVersion { id, keys, subjects }
         })
         .collect();
+    snapshot.issuers = own.into_iter().collect();
+    snapshot.issuers.extend(super::issuers::all_core(conn)?);
+    snapshot.issuers.sort_by(|a, b| a.issuer.cmp(&b.issuer));
 
     let mut stmt = conn.prepare(
         "SELECT id, client_org || '/' || client || '/' || client_version,

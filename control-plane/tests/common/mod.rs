@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// The `iss` of the test servers' tokens (`TOLLGATE_ISSUER`).
+pub const TEST_ISSUER: &str = "http://tollgate.test";
 
 pub struct Server {
     child: Child,
@@ -92,6 +94,9 @@ impl Server {
             .env_remove("TOLLGATE_SNAPSHOT_SECRET")
             .env_remove("TOLLGATE_LISTEN")
             .env_remove("TOLLGATE_DATA_DIR")
+            // A fixed issuer: the listen port changes across restarts, the issuer must not.
+            .env("TOLLGATE_ISSUER", TEST_ISSUER)
+            .env_remove("TOLLGATE_TOKEN_LIFETIME")
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,102 @@
+//! `/v1/issuers`: external token issuers (Keycloak, Entra ID, Auth0…) gateways trust. The
+//! issuer's URL is the last path segment, percent-encoded.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{AppState, Json, PathParams};
+use crate::error::Error;
+use crate::model::{ExternalIssuer, IssuerSpec, UpdateIssuer};
+use crate::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
+use crate::store::issuers;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_issuer, list_issuers))
+        .routes(routes!(get_issuer, update_issuer, delete_issuer))
+}
+
+/// Trusts an external issuer: gateways verify its tokens against the given JWKS (public keys
+/// only; each key's algorithm from its `alg` or type). Checked with the gateways' own key
+/// decoding first. Conflict kinds: already-exists, own-issuer. Unprocessable kinds:
+/// invalid-issuer.
+#[utoipa::path(post, path = "/v1/issuers", tag = "tokens", request_body = IssuerSpec,
+    responses((status = 201, description = "Created", body = ExternalIssuer), BadRequest, Unauthorized, Conflict,
+        TooLarge, Unprocessable))]
+async fn create_issuer(
+    State(state): State<AppState>,
+    Json(body): Json<IssuerSpec>,
+) -> Result<(StatusCode, axum::Json<ExternalIssuer>), Error> {
+    let created = state
+        .store
+        .write(move |tx| issuers::create(tx, &body))
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+#[utoipa::path(get, path = "/v1/issuers", tag = "tokens",
+    responses((status = 200, description = "OK", body = Vec<ExternalIssuer>), Unauthorized))]
+async fn list_issuers(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Vec<ExternalIssuer>>, Error> {
+    Ok(axum::Json(state.store.read(issuers::list).await?))
+}
+
+#[utoipa::path(get, path = "/v1/issuers/{issuer}", tag = "tokens",
+    params(("issuer" = String, Path, description = "the issuer URL, percent-encoded")),
+    responses((status = 200, description = "OK", body = ExternalIssuer), Unauthorized, NotFound))]
+async fn get_issuer(
+    State(state): State<AppState>,
+    PathParams(issuer): PathParams<String>,
+) -> Result<axum::Json<ExternalIssuer>, Error> {
+    let found = state
+        .store
+        .read(move |conn| issuers::get(conn, &issuer))
+        .await?;
+    Ok(axum::Json(found))
+}
+
+/// Replaces the issuer's audiences, keys and client claim (e.g. after the issuer rotated its
+/// keys). Unprocessable kinds: invalid-issuer.
+#[utoipa::path(put, path = "/v1/issuers/{issuer}", tag = "tokens",
+    params(("issuer" = String, Path, description = "the issuer URL, percent-encoded")),
+    request_body = UpdateIssuer,
+    responses((status = 200, description = "OK", body = ExternalIssuer), BadRequest, Unauthorized, NotFound,
+        TooLarge, Unprocessable))]
+async fn update_issuer(
+    State(state): State<AppState>,
+    PathParams(issuer): PathParams<String>,
+    Json(body): Json<UpdateIssuer>,
+) -> Result<axum::Json<ExternalIssuer>, Error> {
+    let spec = IssuerSpec {
+        issuer,
+        audiences: body.audiences,
+        jwks: body.jwks,
+        client_claim: body.client_claim,
+    };
+    let updated = state
+        .store
+        .write(move |tx| issuers::update(tx, &spec))
+        .await?;
+    Ok(axum::Json(updated))
+}
+
+/// Stops trusting the issuer. Conflict kinds: issuer-in-use (client versions map subjects of
+/// it; delete those first).
+#[utoipa::path(delete, path = "/v1/issuers/{issuer}", tag = "tokens",
+    params(("issuer" = String, Path, description = "the issuer URL, percent-encoded")),
+    responses((status = 204, description = "Deleted"), Unauthorized, NotFound, Conflict))]
+async fn delete_issuer(
+    State(state): State<AppState>,
+    PathParams(issuer): PathParams<String>,
+) -> Result<StatusCode, Error> {
+    state
+        .store
+        .write(move |tx| issuers::delete(tx, &issuer))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

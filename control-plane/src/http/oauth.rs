@@ -1,0 +1,324 @@
+//! The own issuer's public endpoints: `POST /oauth/token` (RFC 6749 §4.4, the client
+//! credentials grant) and `GET /.well-known/jwks.json`; and, behind the admin gate, its signing
+//! keys (`/v1/token-keys`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use crate::error::Error;
+use crate::model::{RotatedTokenKey, TokenKey};
+use crate::openapi::problems::Unauthorized;
+use crate::secrets::random_token;
+use crate::store::tokens::{self, CredentialOwner};
+use crate::tokens::SCOPE_GATEWAY;
+
+/// Public: no token.
+pub fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(jwks))
+}
+
+/// Behind the admin gate.
+pub fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_token_keys))
+        .routes(routes!(rotate_token_key))
+}
+
+/// The form `POST /oauth/token` takes (documentation of its fields).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokenRequest {
+    /// `client_credentials`
+    grant_type: String,
+    /// Space-separated; omitted: every scope the client has.
+    scope: Option<String>,
+    /// Only when not sent by HTTP Basic.
+    client_id: Option<String>,
+    /// Only when not sent by HTTP Basic.
+    client_secret: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// A JWT signed with the own issuer's current key (EdDSA, `kid` in its header).
+    pub access_token: String,
+    /// `Bearer`
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+/// RFC 6749 §5.2 error body.
+#[derive(Serialize, ToSchema)]
+pub struct OAuthError {
+    /// `invalid_request`, `invalid_client`, `unsupported_grant_type`, `invalid_scope`
+    pub error: String,
+    pub error_description: String,
+}
+
+fn oauth(error: &'static str, description: impl Into<String>) -> Error {
+    Error::OAuth {
+        error,
+        description: description.into(),
+    }
+}
+
+/// Issues an access token for client credentials (RFC 6749 §4.4). A client version's token
+/// (audience: the gateways) acts as that client version at every gateway; a service account's
+/// (audience: the management API) carries its scopes. The client authenticates with HTTP Basic
+/// (§2.3.1) or `client_id`/`client_secret` in the form, never both.
+#[utoipa::path(post, path = "/oauth/token", tag = "tokens",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Issued (Cache-Control: no-store)", body = TokenResponse),
+        (status = 400, description = "invalid_request, unsupported_grant_type, invalid_scope", body = OAuthError),
+        (status = 401, description = "invalid_client (WWW-Authenticate: Basic)", body = OAuthError)))]
+async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, Error> {
+    let form_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if form_type.as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(oauth(
+            "invalid_request",
+            "send the parameters as application/x-www-form-urlencoded",
+        ));
+    }
+    let form = parse_form(&body)?;
+    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    match get("grant_type").as_deref() {
+        None => return Err(oauth("invalid_request", "grant_type is missing")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(oauth(
+                "unsupported_grant_type",
+                "only the client_credentials grant is supported",
+            ))
+        }
+    }
+    let basic = basic_credentials(&headers)?;
+    let (client_id, secret) =
+        match (basic, get("client_id"), get("client_secret")) {
+            (Some(_), _, Some(_)) => {
+                return Err(oauth(
+                    "invalid_request",
+                    "authenticate with HTTP Basic or with client_secret in the body, not both",
+                ))
+            }
+            (Some((id, secret)), body_id, None) => {
+                if body_id.is_some_and(|b| b != id) {
+                    return Err(oauth(
+                        "invalid_request",
+                        "client_id in the body differs from the HTTP Basic one",
+                    ));
+                }
+                (id, secret)
+            }
+            (None, Some(id), Some(secret)) => (id, secret),
+            (None, _, _) => return Err(oauth(
+                "invalid_client",
+                "client authentication is missing: send HTTP Basic or client_id and client_secret",
+            )),
+        };
+    let requested: Option<Vec<String>> = get("scope").map(|s| {
+        let mut v: Vec<String> = s
+            .split(' ')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    });
+
+    let now = now_seconds();
+    let (owner, kid) = state
+        .store
+        .read(move |conn| {
+            let owner = tokens::authenticate(conn, &client_id, &secret, now as i64)?;
+            Ok((owner, tokens::current_kid(conn)?))
+        })
+        .await?;
+    let owner = owner.ok_or_else(|| oauth("invalid_client", "client authentication failed"))?;
+    let kid = kid.ok_or_else(|| Error::Internal("the own issuer has no signing key".into()))?;
+    let (subject, audience, allowed) = match owner {
+        CredentialOwner::ClientVersion(id) => (
+            id,
+            state.issuer.gateway_audience.clone(),
+            vec![SCOPE_GATEWAY.to_owned()],
+        ),
+        CredentialOwner::ServiceAccount { id, scopes } => (
+            format!("service-account:{id}"),
+            state.issuer.management_audience.clone(),
+            scopes,
+        ),
+    };
+    let granted = match requested {
+        None => allowed,
+        Some(requested) => {
+            if let Some(bad) = requested.iter().find(|s| !allowed.contains(s)) {
+                return Err(oauth(
+                    "invalid_scope",
+                    format!("scope {bad:?} is not granted to this client"),
+                ));
+            }
+            if requested.is_empty() {
+                allowed
+            } else {
+                requested
+            }
+        }
+    };
+    let scope = granted.join(" ");
+    let lifetime = state.issuer.token_lifetime_seconds;
+    let claims = json!({
+        "iss": state.issuer.issuer,
+        "sub": subject,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": random_token(16)?,
+        "scope": scope,
+    });
+    let access_token = state.signing_keys.sign(&kid, &claims)?;
+    Ok((
+        [(CACHE_CONTROL, "no-store"), (PRAGMA, "no-cache")],
+        axum::Json(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: lifetime,
+            scope,
+        }),
+    ))
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Form pairs; a parameter without a value counts as omitted and none may repeat (§3.2).
+fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if v.is_empty() {
+            continue;
+        }
+        if pairs.iter().any(|(seen, _)| *seen == k) {
+            return Err(oauth(
+                "invalid_request",
+                format!("{k} is sent more than once"),
+            ));
+        }
+        pairs.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(pairs)
+}
+
+/// HTTP Basic client authentication: both halves form-urlencoded (§2.3.1).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Error> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        oauth(
+            "invalid_client",
+            "the Authorization header is not valid HTTP Basic",
+        )
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Err(malformed());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(oauth(
+            "invalid_client",
+            "the token endpoint takes HTTP Basic client authentication",
+        ));
+    }
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(malformed)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let unescape = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), unescape(secret))))
+}
+
+/// The own issuer's public keys (JWKS, RFC 7517): the current key and retired keys whose
+/// tokens may still be valid. The same keys gateways get in the snapshot.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "tokens",
+    responses((status = 200, description = "OK", content_type = "application/jwk-set+json", body = Object)))]
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    let catalogue = state.store.catalogue();
+    let keys = catalogue
+        .issuers
+        .iter()
+        .find(|i| i.issuer == state.issuer.issuer)
+        .and_then(|i| serde_json::to_value(&i.jwks).ok())
+        .unwrap_or_else(|| json!({"keys": []}));
+    let keys: Value = keys;
+    (
+        [
+            (CONTENT_TYPE, "application/jwk-set+json"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        keys.to_string(),
+    )
+}
+
+/// The own issuer's signing keys (public information only).
+#[utoipa::path(get, path = "/v1/token-keys", tag = "tokens",
+    responses((status = 200, description = "OK", body = Vec<TokenKey>), Unauthorized))]
+async fn list_token_keys(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Vec<TokenKey>>, Error> {
+    Ok(axum::Json(state.store.read(tokens::list_keys).await?))
+}
+
+/// Generates a new signing key, which signs every token from now on. The previous key stays
+/// published (JWKS and snapshot) until every token it signed has expired — the token lifetime
+/// plus the gateways' 30 s leeway — then drops out on its own: no token is refused meanwhile.
+#[utoipa::path(post, path = "/v1/token-keys/rotate", tag = "tokens",
+    responses((status = 200, description = "OK", body = RotatedTokenKey), Unauthorized))]
+async fn rotate_token_key(
+    State(state): State<AppState>,
+) -> Result<axum::Json<RotatedTokenKey>, Error> {
+    let keys = std::sync::Arc::clone(&state.signing_keys);
+    let lifetime = state.issuer.token_lifetime_seconds;
+    let rotated = state
+        .store
+        .write(move |tx| tokens::rotate_key(tx, &keys, lifetime))
+        .await?;
+    tracing::info!(kid = %rotated.kid, "token signing key rotated");
+    Ok(axum::Json(rotated))
+}
