@@ -121,8 +121,9 @@ pub struct SnapshotContractSchema {
 #[openapi(
     info(
         title = "tollgate control plane",
-        description = "Catalogue management (`/v1/*`, admin token) and the signed gateway \
-                       snapshot (`/v1/snapshot`, gateway token). Errors are \
+        description = "Catalogue management (`/v1/*`, admin token or management token), the \
+                       signed gateway snapshot (`/v1/snapshot`, gateway token), and the OAuth 2.0 \
+                       token issuer (`/oauth/token`, `/.well-known/jwks.json`). Errors are \
                        `application/problem+json` with a stable `type` \
                        `urn:tollgate:problem:<kind>`."
     ),
@@ -141,7 +142,9 @@ pub fn add_security(doc: &mut OpenApiDoc) {
     for (name, description) in [
         (
             ADMIN_TOKEN,
-            "Admin token: TOLLGATE_ADMIN_TOKEN or <data-dir>/admin-token",
+            "Admin token (TOLLGATE_ADMIN_TOKEN or <data-dir>/admin-token), or a management \
+             token from POST /oauth/token with a service account's credentials: scope \
+             tollgate:admin for every request, tollgate:read for GET only (else 403)",
         ),
         (
             GATEWAY_TOKEN,
