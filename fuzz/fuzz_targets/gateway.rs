@@ -6,11 +6,11 @@
 //! sent three times against the same shared data (Bronze allows 2 a minute).
 //!
 //! Invariants: nothing panics or errors; a local answer is one of the documented statuses and
-//! never contains the key or token sent; an unmatched request is forwarded untouched; a public
-//! answer never carries an identity or the key, and never comes from a path under the nested
-//! private prefix `/status/admin` (as parameter-honouring upstreams read it); an allowed
-//! request carries the identity of a client of the catalogue; Bronze is never admitted more
-//! than twice.
+//! never echoes the key or token sent (checked with marked credentials); an unmatched request
+//! is forwarded untouched; a public answer never carries an identity or the key, and never
+//! comes from a path under the nested private prefix `/status/admin` (as parameter-honouring
+//! upstreams read it); an allowed request carries the identity of a client of the catalogue;
+//! Bronze is never admitted more than twice.
 
 #![no_main]
 
@@ -38,6 +38,8 @@ fn fixture() -> &'static (LoadedConfig, Directory) {
     })
 }
 
+const ECHO_MARK: &str = "~echo-7f3a~";
+
 fn under(path: &str, prefix: &str) -> bool {
     path == prefix || path.starts_with(&format!("{prefix}/"))
 }
@@ -64,11 +66,6 @@ fuzz_target!(|data: &[u8]| {
             sent.push((name.to_owned(), value));
         }
     }
-    let secrets: Vec<String> = [text(2), text(3)]
-        .into_iter()
-        .flatten()
-        .filter(|s| s.trim().len() >= 8)
-        .collect();
     let effective = without_parameters(split_query(&path).0).into_owned();
 
     let mut bronze_admitted = 0;
@@ -83,19 +80,6 @@ fuzz_target!(|data: &[u8]| {
                     "undocumented status {}",
                     denial.status
                 );
-                let body = denial.problem.to_json();
-                for secret in &secrets {
-                    assert!(
-                        !body.contains(secret.trim()),
-                        "a credential echoed in {body}"
-                    );
-                    for (_, value) in &denial.headers {
-                        assert!(
-                            !value.contains(secret.trim()),
-                            "a credential echoed in a header"
-                        );
-                    }
-                }
             }
             Outcome::Forward { .. } => match handled.reason {
                 Reason::Unmatched => {
@@ -133,4 +117,25 @@ fuzz_target!(|data: &[u8]| {
         bronze_admitted <= 2,
         "Bronze admitted {bronze_admitted} times in a minute"
     );
+
+    // The credentials once more, each ending in a marker that no fixed text of the gateway
+    // contains: any marker in the answer is the caller's bytes coming back. (Comparing the
+    // plain credential would flag a "key" that merely spells part of a fixed text, such as
+    // `realm="tollgate`, which the fuzzer found within seconds.)
+    let marked: Vec<(String, String)> = sent
+        .iter()
+        .map(|(name, value)| match name.as_str() {
+            "x-api-key" | "authorization" => (name.clone(), format!("{value}{ECHO_MARK}")),
+            _ => (name.clone(), value.clone()),
+        })
+        .collect();
+    let handled = handle_request(config, &mut Headers(marked), &mut store, NOW_MS)
+        .expect("the memory store never fails");
+    if let Outcome::Respond(denial) = &handled.outcome {
+        let body = denial.problem.to_json();
+        assert!(!body.contains(ECHO_MARK), "a credential echoed in {body}");
+        for (name, value) in &denial.headers {
+            assert!(!value.contains(ECHO_MARK), "a credential echoed in {name}");
+        }
+    }
 });
