@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod tokens;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use self::client::{ApiClient, ClientError};
+use self::tokens::{IssuerCommand, ServiceAccountCommand, SubjectCommand, TokenKeyCommand};
 use crate::catalogue::{ApplyReport, Catalogue};
 use crate::domain::{parse_pair, period_from_str, VersionRef};
 use crate::http::MAX_APPLY_BODY_BYTES;
@@ -74,6 +76,15 @@ enum Command {
     /// Contracts between client versions and API versions.
     #[command(subcommand)]
     Contract(ContractCommand),
+    /// External token issuers gateways trust (Keycloak, Entra ID, Auth0…).
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
+    /// The own token issuer's signing keys.
+    #[command(subcommand)]
+    TokenKey(TokenKeyCommand),
+    /// Service accounts: client credentials for management tokens.
+    #[command(subcommand)]
+    ServiceAccount(ServiceAccountCommand),
     /// Converge the catalogue towards a YAML document (idempotent; never deletes).
     Apply {
         /// The catalogue file; `-` reads standard input.
@@ -270,6 +281,20 @@ enum ClientVersionCommand {
         #[arg(long)]
         grace_seconds: u64,
     },
+    /// Issue OAuth client credentials (for POST /oauth/token); prints the secret once.
+    Credentials {
+        name: String,
+        /// How long earlier credentials keep working.
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+    },
+    /// Revoke every credential: its tokens stop working at the gateways.
+    RevokeCredentials {
+        name: String,
+    },
+    /// Identities at external issuers that act as this client version.
+    #[command(subcommand)]
+    Subject(SubjectCommand),
     /// List versions of `org/client`.
     List {
         client: String,
@@ -427,6 +452,9 @@ fn run(global: &GlobalArgs, command: Command) -> Result<String, ClientError> {
         Command::Client(ClientCommand::Owned(c)) => owned(&api, &out, "clients", c),
         Command::Client(ClientCommand::Version(c)) => client_version(&api, &out, c),
         Command::Contract(c) => contract(&api, &out, c),
+        Command::Issuer(c) => tokens::issuer(&api, &out, c),
+        Command::TokenKey(c) => tokens::token_key(&api, &out, c),
+        Command::ServiceAccount(c) => tokens::service_account(&api, &out, c),
         Command::Apply { file } => apply(&api, &out, &file),
         Command::Export => export(&api, &out),
     }
@@ -715,6 +743,12 @@ fn client_version(
                  the previous key keeps working until {until}"
             ))
         }
+        ClientVersionCommand::Credentials {
+            name,
+            grace_seconds,
+        } => tokens::credentials(api, out, &name, grace_seconds),
+        ClientVersionCommand::RevokeCredentials { name } => tokens::revoke_credentials(api, &name),
+        ClientVersionCommand::Subject(c) => tokens::subject(api, out, c),
         ClientVersionCommand::List { client } => {
             let (org, id) = pair("client", &client)?;
             Ok(out.list(

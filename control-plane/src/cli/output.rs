@@ -57,7 +57,7 @@ fn cell(field: &str, value: Option<&Value>) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
-        Value::Number(n) if field.ends_with("_at") => {
+        Value::Number(n) if field.ends_with("_at") || field.ends_with("_until") => {
             n.as_i64().map(time).unwrap_or_else(|| n.to_string())
         }
         Value::Array(items) if field == "keys" => items
