@@ -34,7 +34,9 @@ fn check_window(period: Period, now_ms: u64) {
         Period::Minute => assert_eq!(length, 60),
         Period::Hour => assert_eq!(length, 3_600),
         Period::Day => assert_eq!(length, 86_400),
-        Period::Month => assert!((28..=31).contains(&(length / 86_400)) && length % 86_400 == 0),
+        Period::Month => {
+            assert!((28..=31).contains(&(length / 86_400)) && length.is_multiple_of(86_400))
+        }
     }
     assert!(w.seconds_left(now_ms) >= 1);
     if let Some(end_ms) = w.end.checked_mul(1000) {
