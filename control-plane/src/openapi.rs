@@ -184,6 +184,22 @@ pub fn add_security(doc: &mut OpenApiDoc) {
     }
 }
 
+/// Paths whose JSON body may be omitted (utoipa marks every `$ref` body required).
+pub const OPTIONAL_BODIES: [&str; 1] =
+    ["/v1/orgs/{org}/clients/{client}/versions/{version}/credentials"];
+
+pub fn mark_optional_bodies(doc: &mut OpenApiDoc) {
+    for path in OPTIONAL_BODIES {
+        if let Some(item) = doc.paths.paths.get_mut(path) {
+            if let Some(utoipa::openapi::RefOr::T(body)) =
+                item.post.as_mut().and_then(|o| o.request_body.as_mut())
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+    }
+}
+
 /// Documented error answers, shared by the path annotations. Each is a problem+json body; the
 /// operation's description names the `type` kinds it can answer.
 pub mod problems {

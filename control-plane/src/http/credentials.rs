@@ -53,10 +53,16 @@ async fn create_credentials(
     let grace = if body.iter().all(u8::is_ascii_whitespace) {
         0
     } else {
-        serde_json::from_slice::<CreateCredentials>(&body)
-            .map_err(|e| {
-                Error::InvalidBody(format!("the body does not match this path's schema: {e}"))
-            })?
+        let invalid = |e: String| {
+            Error::InvalidBody(format!("the body does not match this path's schema: {e}"))
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+        if !value.is_object() {
+            return Err(invalid("expected a JSON object".into()));
+        }
+        serde_json::from_value::<CreateCredentials>(value)
+            .map_err(|e| invalid(e.to_string()))?
             .grace_seconds
     };
     let issued = state

@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::public_routes())
         .split_for_parts();
     add_security(&mut doc);
+    crate::openapi::mark_optional_bodies(&mut doc);
     let doc = Arc::new(doc);
     router
         .route(
