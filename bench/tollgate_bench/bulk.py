@@ -30,10 +30,11 @@ def client_id(n: int) -> str:
     return f"client-{n:07d}"
 
 
-def insert_clients(database: Path, org: str, api: str, plan: str, count: int) -> float:
+def insert_clients(database: Path, org: str, api: str, plan: str, count: int, spare: int = 0) -> float:
     """Adds `count` client versions (`<org>/client-NNNNNNN/1`), each with one key and one
-    contract on `<org>/<api>/1` through `<org>/<plan>/1`, and bumps the gateway revision.
-    Returns the seconds it took."""
+    contract on `<org>/<api>/1` through `<org>/<plan>/1`, then `spare` more (numbered from
+    `count`) with a key but no contract yet: the bench gives them contracts later, as the
+    changes it times. Bumps the gateway revision. Returns the seconds it took."""
     started = time.monotonic()
     now = int(time.time())
     connection = sqlite3.connect(database, isolation_level=None)
@@ -42,7 +43,7 @@ def insert_clients(database: Path, org: str, api: str, plan: str, count: int) ->
         connection.execute("BEGIN IMMEDIATE")
 
         def rows(shape: str) -> Iterator[tuple[object, ...]]:
-            for n in range(count):
+            for n in range(count if shape == "contract" else count + spare):
                 c = client_id(n)
                 if shape == "client":
                     yield (org, c, c, now)
@@ -66,3 +67,23 @@ def insert_clients(database: Path, org: str, api: str, plan: str, count: int) ->
     finally:
         connection.close()
     return time.monotonic() - started
+
+
+def insert_contract(database: Path, org: str, api: str, plan: str, n: int) -> None:
+    """A contract for bulk client `n` on `<org>/<api>/1` through `<org>/<plan>/1`, written
+    while the control plane is stopped, and the gateway revision bumped, as a committed change
+    does: the control plane reopens at a revision it never served, so it has no older one to
+    cut a delta from."""
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(
+            "INSERT INTO contracts (client_org, client, client_version, api_org, api, api_version,"
+            " plan_org, plan, plan_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (org, client_id(n), "1", org, api, "1", org, plan, "1", int(time.time())),
+        )
+        connection.execute("UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1")
+        connection.execute("COMMIT")
+    finally:
+        connection.close()

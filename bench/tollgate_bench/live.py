@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -35,12 +36,18 @@ LISTENING = re.compile(rb"tollgate control plane listening on http://(\S+)")
 
 def tollgate_binary(bench: Bench) -> Path:
     """The release control plane for a full run (bench/run builds it); --quick uses the debug
-    build scripts/test.sh already made, since timings are not the point there."""
+    build scripts/test.sh already made, since timings are not the point there. Copied into the
+    run's directory on first use, so a rebuild of target/ by someone else during the run cannot
+    change what is measured."""
+    copy = bench.workdir / "tollgate-control-plane"
+    if copy.exists():
+        return copy
     profile = "debug" if bench.quick else "release"
     binary = REPO / "target" / profile / "tollgate"
     if not binary.exists():
         raise RuntimeError(f"no {binary}: cargo build {'' if bench.quick else '--release '}-p tollgate-control-plane")
-    return binary
+    shutil.copy2(binary, copy)
+    return copy
 
 
 def clean_env() -> dict[str, str]:
@@ -52,9 +59,11 @@ def clean_env() -> dict[str, str]:
 class ControlPlane:
     """`tollgate serve --data-dir <dir>`; `start` returns once /healthz answers."""
 
-    def __init__(self, bench: Bench, name: str) -> None:
+    def __init__(self, bench: Bench, name: str, debug: bool = False) -> None:
         self.bench = bench
         self.name = name
+        # RUST_LOG=tollgate_control_plane=debug: per-revision render_ms/verify_ms in the log.
+        self.debug = debug
         self.binary = tollgate_binary(bench)
         self.data_dir = bench.workdir / name / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +85,10 @@ class ControlPlane:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         started = time.monotonic()
         argv = [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]
-        self.process = self.bench.supervisor.start(argv, self.log_path, cpus=cpus, env=clean_env(), append=True)
+        env = clean_env()
+        if self.debug:
+            env["RUST_LOG"] = "tollgate_control_plane=debug"
+        self.process = self.bench.supervisor.start(argv, self.log_path, cpus=cpus, env=env, append=True)
 
         def listening() -> str | None:
             assert self.process is not None
