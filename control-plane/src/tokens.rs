@@ -178,6 +178,9 @@ pub fn public_jwk(kid: &str, x: &str) -> Value {
     json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"})
 }
 
+/// The `sub` of a management token: this prefix and the service account's id.
+pub const SERVICE_ACCOUNT_SUBJECT_PREFIX: &str = "service-account:";
+
 /// Who a verified management token speaks for, and what it may do.
 #[derive(Debug, Clone)]
 pub struct ManagementToken {

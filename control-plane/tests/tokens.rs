@@ -422,6 +422,25 @@ fn management_tokens_carry_scopes_and_their_own_audience() {
 }
 
 #[test]
+fn deleting_a_service_account_stops_its_tokens_at_once() {
+    let s = Server::start();
+    s.seed();
+    let admin = service_token(&s, "ci", &["tollgate:admin"]);
+    assert_eq!(
+        s.request("GET", "/v1/orgs", Some(&admin), None, &[]).status,
+        200
+    );
+    let deleted = s.delete("/v1/service-accounts/ci");
+    assert!(deleted.status < 300, "{}", deleted.body);
+    let answer = s.request("GET", "/v1/orgs", Some(&admin), None, &[]);
+    assert_eq!(
+        answer.status, 401,
+        "a still-valid token of a deleted account"
+    );
+    assert_eq!(answer.problem_type(), "urn:tollgate:problem:unauthorized");
+}
+
+#[test]
 fn external_issuers_are_checked_and_map_to_client_versions() {
     let s = Server::start();
     s.seed();

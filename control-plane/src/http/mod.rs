@@ -36,7 +36,7 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::openapi::{add_security, ApiDoc};
 use crate::secrets::BearerToken;
 use crate::store::Store;
-use crate::tokens::{verify_management, IssuerConfig, SigningKeys};
+use crate::tokens::{verify_management, IssuerConfig, SigningKeys, SERVICE_ACCOUNT_SUBJECT_PREFIX};
 
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
 pub const APPLY_PATH: &str = "/v1/apply";
@@ -134,6 +134,31 @@ async fn require_admin(
                 "the bearer token is neither the admin token nor a valid management token",
             )
         })?;
+    // A token outlives nothing it was issued for: its service account must still exist, and
+    // only the scopes the account still holds count (deleting or narrowing an account takes
+    // effect at once, not when its tokens expire).
+    let account = access
+        .subject
+        .strip_prefix(SERVICE_ACCOUNT_SUBJECT_PREFIX)
+        .map(str::to_owned)
+        .ok_or(Error::Unauthorized(
+            "the bearer token is neither the admin token nor a valid management token",
+        ))?;
+    let current = state
+        .store
+        .read(move |conn| crate::store::tokens::find_service_account(conn, &account))
+        .await?
+        .ok_or(Error::Unauthorized(
+            "the service account of this management token no longer exists",
+        ))?;
+    let access = crate::tokens::ManagementToken {
+        scopes: access
+            .scopes
+            .into_iter()
+            .filter(|s| current.scopes.contains(s))
+            .collect(),
+        ..access
+    };
     let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
     if !access.allows(read_only) {
         return Err(Error::Forbidden(if read_only {

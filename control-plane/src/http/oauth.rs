@@ -23,7 +23,7 @@ use crate::model::{RotatedTokenKey, TokenKey};
 use crate::openapi::problems::Unauthorized;
 use crate::secrets::random_token;
 use crate::store::tokens::{self, CredentialOwner};
-use crate::tokens::SCOPE_GATEWAY;
+use crate::tokens::{SCOPE_GATEWAY, SERVICE_ACCOUNT_SUBJECT_PREFIX};
 
 /// Public: no token.
 pub fn public_routes() -> OpenApiRouter<AppState> {
@@ -169,7 +169,7 @@ async fn token(
             vec![SCOPE_GATEWAY.to_owned()],
         ),
         CredentialOwner::ServiceAccount { id, scopes } => (
-            format!("service-account:{id}"),
+            format!("{SERVICE_ACCOUNT_SUBJECT_PREFIX}{id}"),
             state.issuer.management_audience.clone(),
             scopes,
         ),
