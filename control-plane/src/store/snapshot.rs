@@ -191,21 +191,37 @@ pub fn paginate(full: &Snapshot, page_keys: usize) -> Vec<Snapshot> {
     }
     ranges.push((start, u16::MAX));
 
+    // One pass over clients and contracts for all pages (not one per page): each client goes to
+    // the page(s) its records' buckets fall in, with its contracts, in catalogue order.
+    let page_of = |b: u16| ranges.partition_point(|&(_, hi)| hi < b);
+    let mut contracts_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, k) in full.contracts.iter().enumerate() {
+        contracts_of.entry(k.client.as_str()).or_default().push(i);
+    }
+    let mut pages: Vec<(Vec<ClientVersion>, Vec<usize>)> = vec![Default::default(); ranges.len()];
+    for client in &full.clients {
+        let client_pages: BTreeSet<usize> = identity_buckets(client).map(page_of).collect();
+        for p in client_pages {
+            let (Some(restricted), Some(page)) =
+                (restrict(client, |b| page_of(b) == p), pages.get_mut(p))
+            else {
+                continue;
+            };
+            page.0.push(restricted);
+            if let Some(contracts) = contracts_of.get(client.id.as_str()) {
+                page.1.extend(contracts);
+            }
+        }
+    }
     let shell = shell_of(full);
     ranges
         .into_iter()
-        .map(|(lo, hi)| {
-            let clients: Vec<ClientVersion> = full
-                .clients
-                .iter()
-                .filter_map(|c| restrict(c, |b| (lo..=hi).contains(&b)))
-                .collect();
-            let ids: HashSet<&str> = clients.iter().map(|c| c.id.as_str()).collect();
-            let contracts = full
-                .contracts
-                .iter()
-                .filter(|k| ids.contains(k.client.as_str()))
-                .cloned()
+        .zip(pages)
+        .map(|((lo, hi), (clients, mut contract_indices))| {
+            contract_indices.sort_unstable();
+            let contracts = contract_indices
+                .into_iter()
+                .filter_map(|i| full.contracts.get(i).cloned())
                 .collect();
             Snapshot {
                 clients,
