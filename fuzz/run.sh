@@ -20,6 +20,11 @@ cd "$(dirname "$0")"
 
 minutes="${1:-10}"
 shift || true
+# libFuzzer reads -max_total_time=0 as "forever".
+if ! [[ "$minutes" =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: fuzz/run.sh [minutes ≥ 1] [target …]" >&2
+    exit 2
+fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then targets=(snapshot gateway limits keydir token); fi
 export RUSTC_BOOTSTRAP=1
@@ -41,8 +46,8 @@ echo
 printf '%-9s %12s %8s %8s %8s %s\n' target executions exec/s cov ft findings
 for target in "${targets[@]}"; do
     log="logs/$target.log"
-    runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
-    rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
+    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
     ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
     found=$(find "artifacts/$target" -type f | wc -l)
