@@ -43,6 +43,9 @@ pub enum Error {
     Unprocessable { kind: &'static str, detail: String },
     #[error("the request body is larger than this path accepts")]
     PayloadTooLarge,
+    /// The path exists, the method does not; the `Allow` header lists the ones that do.
+    #[error("{0} is not a method of this path")]
+    MethodNotAllowed(String),
     /// A step of `apply`: the inner error decides the status, the path says where.
     #[error("{at}: {source}")]
     At { at: String, source: Box<Error> },
@@ -90,6 +93,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::AlreadyExists(_) | Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::At { source, .. } => source.status(),
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -108,6 +112,7 @@ impl Error {
             Error::AlreadyExists(_) => "already-exists",
             Error::Conflict { kind, .. } | Error::Unprocessable { kind, .. } => kind,
             Error::PayloadTooLarge => "payload-too-large",
+            Error::MethodNotAllowed(_) => "method-not-allowed",
             Error::At { source, .. } => source.kind(),
             Error::Internal(_) => "internal",
         }
@@ -121,6 +126,7 @@ impl Error {
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
+            StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
             StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable request",
             _ => "Internal error",
         }

@@ -177,11 +177,6 @@ def test_unknown_fields_are_refused_400_naming_the_field(cp: ControlPlane, path:
     absent(cp, "/v1/orgs/acme/apis/typo")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="405 Method Not Allowed answers with an empty body and no content type (axum's default), "
-    "not application/problem+json like every other error",
-)
 def test_wrong_method_is_a_problem(cp: ControlPlane) -> None:
     response = send(cp, "PATCH", "/v1/orgs", {"id": "patched"})
     assert response.status_code == 405 and "POST" in response.headers["allow"]

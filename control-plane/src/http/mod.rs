@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
             count_requests,
         ))
         .layer(middleware::from_fn(refuse_declared_oversize))
+        .layer(middleware::from_fn(method_not_allowed_as_problem))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -184,6 +185,24 @@ async fn require_gateway(
             "send the gateway token as Authorization: Bearer <token>",
         )),
     }
+}
+
+/// axum answers a known path with an unknown method by a bare 405; give it the same
+/// problem+json body as every other error, keeping its `Allow` header.
+async fn method_not_allowed_as_problem(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(CONTENT_TYPE)
+    {
+        return response;
+    }
+    let allow = response.headers().get(ALLOW).cloned();
+    let mut problem = Error::MethodNotAllowed(method).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(ALLOW, allow);
+    }
+    problem
 }
 
 /// The body limit of a path: larger for a whole catalogue.
