@@ -32,6 +32,35 @@ pub trait RequestHeaders {
     fn remove(&mut self, name: &str) -> Result<(), StoreError>;
 }
 
+/// Request headers as a list, the way Envoy keeps them (lowercase names, repeats allowed, `get`
+/// answers the first value): the in-memory [`RequestHeaders`] of native tests and fuzzing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderList(pub Vec<(String, String)>);
+
+impl HeaderList {
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RequestHeaders for HeaderList {
+    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.value(name).map(str::to_owned))
+    }
+    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.0.retain(|(k, _)| k != name);
+        self.0.push((name.to_owned(), value.to_owned()));
+        Ok(())
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StoreError> {
+        self.0.retain(|(k, _)| k != name);
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Forward upstream, adding these headers to the response.

@@ -19,12 +19,12 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use tollgate_core::config::LoadedConfig;
 use tollgate_core::decision::Reason;
-use tollgate_core::gateway::{handle_request, Outcome, CLIENT_HEADER, PLAN_HEADER};
+use tollgate_core::gateway::{handle_request, HeaderList, Outcome, CLIENT_HEADER, PLAN_HEADER};
 use tollgate_core::index::Directory;
 use tollgate_core::keydir::bucket_key;
 use tollgate_core::path::{split_query, without_parameters};
 use tollgate_core::shared::{MemoryStore, SharedStore};
-use tollgate_fuzz::{catalogue, fields, Headers, NOW_MS};
+use tollgate_fuzz::{catalogue, fields, NOW_MS};
 
 fn fixture() -> &'static (LoadedConfig, Directory) {
     static FIXTURE: OnceLock<(LoadedConfig, Directory)> = OnceLock::new();
@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut bronze_admitted = 0;
     for _ in 0..3 {
-        let mut headers = Headers(sent.clone());
+        let mut headers = HeaderList(sent.clone());
         let handled = handle_request(config, &mut headers, &mut store, NOW_MS)
             .expect("the memory store never fails");
         match &handled.outcome {
@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
             _ => (name.clone(), value.clone()),
         })
         .collect();
-    let handled = handle_request(config, &mut Headers(marked), &mut store, NOW_MS)
+    let handled = handle_request(config, &mut HeaderList(marked), &mut store, NOW_MS)
         .expect("the memory store never fails");
     if let Outcome::Respond(denial) = &handled.outcome {
         let body = denial.problem.to_json();

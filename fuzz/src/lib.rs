@@ -6,9 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::Signer;
 use serde_json::{json, Value};
-use tollgate_core::gateway::RequestHeaders;
 use tollgate_core::keys::key_hash_hex;
-use tollgate_core::shared::StoreError;
 use tollgate_core::snapshot::Issuer;
 
 /// The snapshot secret the `snapshot` target verifies against.
@@ -98,35 +96,6 @@ pub fn catalogue() -> Value {
         ],
         "issuers": [issuer()],
     })
-}
-
-/// Request headers as a list, the way Envoy keeps them (names lowercase, repeats allowed,
-/// `get` answers the first value).
-#[derive(Debug, Default, Clone)]
-pub struct Headers(pub Vec<(String, String)>);
-
-impl Headers {
-    pub fn value(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl RequestHeaders for Headers {
-    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.value(name).map(str::to_owned))
-    }
-    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
-        self.0.retain(|(k, _)| k != name);
-        self.0.push((name.to_owned(), value.to_owned()));
-        Ok(())
-    }
-    fn remove(&mut self, name: &str) -> Result<(), StoreError> {
-        self.0.retain(|(k, _)| k != name);
-        Ok(())
-    }
 }
 
 /// Splits an input into at most `n` fields at `\n` (the last field keeps any further ones).

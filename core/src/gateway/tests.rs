@@ -4,40 +4,14 @@ use crate::testkit::*;
 
 const NOW: u64 = 1_749_988_800_000 - 60_000;
 
-/// Request headers as a list, the way Envoy keeps them (names lowercase, repeats allowed).
-#[derive(Default)]
-struct FakeHeaders(Vec<(String, String)>);
-
-impl FakeHeaders {
-    fn new(path: &str, extra: &[(&str, &str)]) -> Self {
-        let mut h = vec![
-            (":path".to_owned(), path.to_owned()),
-            (":authority".to_owned(), "gw.example.com".to_owned()),
-        ];
-        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        FakeHeaders(h)
-    }
-    fn value(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl RequestHeaders for FakeHeaders {
-    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.value(name).map(str::to_owned))
-    }
-    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
-        self.0.retain(|(k, _)| k != name);
-        self.0.push((name.to_owned(), value.to_owned()));
-        Ok(())
-    }
-    fn remove(&mut self, name: &str) -> Result<(), StoreError> {
-        self.0.retain(|(k, _)| k != name);
-        Ok(())
-    }
+/// A request to `gw.example.com` for `path`, with `extra` headers.
+fn request(path: &str, extra: &[(&str, &str)]) -> HeaderList {
+    let mut h = vec![
+        (":path".to_owned(), path.to_owned()),
+        (":authority".to_owned(), "gw.example.com".to_owned()),
+    ];
+    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    HeaderList(h)
 }
 
 /// A static-mode configuration, and shared data holding its published key directory.
@@ -52,14 +26,14 @@ fn config(json_extra: &str, snapshot: &crate::snapshot::Snapshot) -> (LoadedConf
     (parsed.config, store)
 }
 
-fn run(cfg: &LoadedConfig, headers: &mut FakeHeaders, store: &mut MemoryStore) -> Handled {
+fn run(cfg: &LoadedConfig, headers: &mut HeaderList, store: &mut MemoryStore) -> Handled {
     handle_request(cfg, headers, store, NOW).unwrap()
 }
 
 #[test]
 fn key_and_forged_identity_are_replaced_before_upstream() {
     let (cfg, mut store) = config("", &acme());
-    let mut h = FakeHeaders::new(
+    let mut h = request(
         "/orders/v1/1?apikey=ignored&x=1",
         &[
             ("x-api-key", GOLD_KEY),
@@ -84,7 +58,7 @@ fn key_and_forged_identity_are_replaced_before_upstream() {
 #[test]
 fn key_in_query_parameter_is_accepted_and_stripped() {
     let (cfg, mut store) = config("", &acme());
-    let mut h = FakeHeaders::new(&format!("/orders/v1?apikey={GOLD_KEY}"), &[]);
+    let mut h = request(&format!("/orders/v1?apikey={GOLD_KEY}"), &[]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value(":path"), Some("/orders/v1"));
 }
@@ -92,7 +66,7 @@ fn key_in_query_parameter_is_accepted_and_stripped() {
 #[test]
 fn public_api_strips_key_and_forged_identity() {
     let (cfg, mut store) = config("", &acme());
-    let mut h = FakeHeaders::new(
+    let mut h = request(
         "/status?apikey=k",
         &[("x-api-key", "k"), ("x-tollgate-client", "forged")],
     );
@@ -107,7 +81,7 @@ fn forward_api_key_keeps_the_key() {
     let mut s = acme();
     s.apis[0].forward_api_key = true;
     let (cfg, mut store) = config("", &s);
-    let mut h = FakeHeaders::new("/orders/v1?apikey=q", &[("x-api-key", GOLD_KEY)]);
+    let mut h = request("/orders/v1?apikey=q", &[("x-api-key", GOLD_KEY)]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value("x-api-key"), Some(GOLD_KEY));
     assert_eq!(h.value(":path"), Some("/orders/v1?apikey=q"));
@@ -116,7 +90,7 @@ fn forward_api_key_keeps_the_key() {
 #[test]
 fn unmatched_passes_untouched_or_is_denied() {
     let (pass, mut store) = config("", &acme());
-    let mut h = FakeHeaders::new(
+    let mut h = request(
         "/elsewhere",
         &[("x-api-key", "k"), ("x-tollgate-client", "c")],
     );
@@ -125,7 +99,7 @@ fn unmatched_passes_untouched_or_is_denied() {
     assert_eq!(h.value("x-tollgate-client"), Some("c"), "untouched");
 
     let (deny, _) = config(r#""unmatched":"deny","#, &acme());
-    match run(&deny, &mut FakeHeaders::new("/elsewhere", &[]), &mut store).outcome {
+    match run(&deny, &mut request("/elsewhere", &[]), &mut store).outcome {
         Outcome::Respond(d) => assert_eq!(d.status, 404),
         other => panic!("expected 404, got {other:?}"),
     }
@@ -139,7 +113,7 @@ fn traversal_out_of_a_public_prefix_is_refused() {
         "/nothing/%2e%2e/orders/v1",
         "//orders/v1",
     ] {
-        let handled = run(&cfg, &mut FakeHeaders::new(path, &[]), &mut store);
+        let handled = run(&cfg, &mut request(path, &[]), &mut store);
         assert_eq!(handled.reason, Reason::BadPath, "{path}");
     }
 }
@@ -158,24 +132,20 @@ fn path_parameters_cannot_hide_a_private_prefix() {
         "/status/admin;",
         "/status/admin;/users",
     ] {
-        let handled = run(&cfg, &mut FakeHeaders::new(path, &[]), &mut store);
+        let handled = run(&cfg, &mut request(path, &[]), &mut store);
         assert_eq!(handled.reason, Reason::MissingKey, "{path}");
     }
-    let handled = run(
-        &cfg,
-        &mut FakeHeaders::new("/status/..;/orders/v1", &[]),
-        &mut store,
-    );
+    let handled = run(&cfg, &mut request("/status/..;/orders/v1", &[]), &mut store);
     assert_eq!(handled.reason, Reason::BadPath);
 }
 
 #[test]
 fn custom_key_header_is_used() {
     let (cfg, mut store) = config(r#""key_header":"X-Acme-Key","#, &acme());
-    let mut h = FakeHeaders::new("/orders/v1", &[("x-acme-key", GOLD_KEY)]);
+    let mut h = request("/orders/v1", &[("x-acme-key", GOLD_KEY)]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value("x-acme-key"), None);
-    match run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store).outcome {
+    match run(&cfg, &mut request("/orders/v1", &[]), &mut store).outcome {
         Outcome::Respond(d) => assert!(d.headers.contains(&(
             "www-authenticate",
             r#"APIKey realm="tollgate", header="x-acme-key""#.into()
@@ -188,12 +158,12 @@ fn custom_key_header_is_used() {
 fn no_configuration_fails_closed_by_default() {
     let (mut cfg, mut store) = config("", &acme());
     cfg.routes = None;
-    match run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store).outcome {
+    match run(&cfg, &mut request("/orders/v1", &[]), &mut store).outcome {
         Outcome::Respond(d) => assert_eq!(d.status, 503),
         other => panic!("expected 503, got {other:?}"),
     }
     cfg.settings.failure_mode = FailureMode::Open;
-    let handled = run(&cfg, &mut FakeHeaders::new("/orders/v1", &[]), &mut store);
+    let handled = run(&cfg, &mut request("/orders/v1", &[]), &mut store);
     assert!(matches!(handled.outcome, Outcome::Forward { .. }));
 }
 
@@ -210,7 +180,7 @@ fn token_for(client: &str, aud: &str) -> String {
 fn bearer_token_acts_as_its_client_and_names_the_subject() {
     let (cfg, mut store) = config("", &acme_with_tokens());
     let token = token_for("acme/mobile/1", "orders-api");
-    let mut h = FakeHeaders::new(
+    let mut h = request(
         "/orders/v1/1",
         &[
             ("authorization", &format!("Bearer {token}")),
@@ -228,9 +198,9 @@ fn token_and_api_key_of_one_client_share_one_counter() {
     // Bronze: 2 a minute. One request by key, one by token, the third is over the limit.
     let (cfg, mut store) = config("", &acme_with_tokens());
     let token = token_for("acme/hobby/1", "orders-api");
-    let by_key = || FakeHeaders::new("/orders/v1", &[("x-api-key", BRONZE_KEY)]);
+    let by_key = || request("/orders/v1", &[("x-api-key", BRONZE_KEY)]);
     let bearer = format!("Bearer {token}");
-    let by_token = || FakeHeaders::new("/orders/v1", &[("authorization", bearer.as_str())]);
+    let by_token = || request("/orders/v1", &[("authorization", bearer.as_str())]);
     assert_eq!(run(&cfg, &mut by_key(), &mut store).reason, Reason::Allow);
     assert_eq!(run(&cfg, &mut by_token(), &mut store).reason, Reason::Allow);
     assert_eq!(
@@ -258,11 +228,7 @@ fn bad_or_missing_tokens_get_bearer_challenges() {
         other => panic!("expected a 401, got {other:?}"),
     };
     // billing/1 takes tokens only.
-    let (status, challenges) = challenge_of(run(
-        &cfg,
-        &mut FakeHeaders::new("/billing", &[]),
-        &mut store,
-    ));
+    let (status, challenges) = challenge_of(run(&cfg, &mut request("/billing", &[]), &mut store));
     assert_eq!(
         (status, challenges),
         (401, vec![r#"Bearer realm="tollgate""#.to_owned()])
@@ -270,7 +236,7 @@ fn bad_or_missing_tokens_get_bearer_challenges() {
     let wrong_aud = format!("Bearer {}", token_for("acme/mobile/1", "other-api"));
     let (status, challenges) = challenge_of(run(
         &cfg,
-        &mut FakeHeaders::new("/billing", &[("authorization", wrong_aud.as_str())]),
+        &mut request("/billing", &[("authorization", wrong_aud.as_str())]),
         &mut store,
     ));
     assert_eq!(status, 401);
@@ -279,17 +245,13 @@ fn bad_or_missing_tokens_get_bearer_challenges() {
         "{challenges:?}"
     );
     // orders/1 takes either: with neither, both challenges.
-    let (_, challenges) = challenge_of(run(
-        &cfg,
-        &mut FakeHeaders::new("/orders/v1", &[]),
-        &mut store,
-    ));
+    let (_, challenges) = challenge_of(run(&cfg, &mut request("/orders/v1", &[]), &mut store));
     assert_eq!(challenges.len(), 2);
     // A valid token of a client without a contract for billing/1: 403.
     let token = format!("Bearer {}", token_for("acme/mobile/1", "orders-api"));
     let handled = run(
         &cfg,
-        &mut FakeHeaders::new("/billing", &[("authorization", token.as_str())]),
+        &mut request("/billing", &[("authorization", token.as_str())]),
         &mut store,
     );
     assert_eq!(handled.reason, Reason::NoContract);
@@ -297,7 +259,7 @@ fn bad_or_missing_tokens_get_bearer_challenges() {
     let stranger = format!("Bearer {}", token_for("acme/stranger/1", "orders-api"));
     let handled = run(
         &cfg,
-        &mut FakeHeaders::new("/billing", &[("authorization", stranger.as_str())]),
+        &mut request("/billing", &[("authorization", stranger.as_str())]),
         &mut store,
     );
     assert_eq!(handled.reason, Reason::InvalidToken);
