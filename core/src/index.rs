@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use crate::host::{catalogue_host, request_host};
 use crate::keydir::{bucket_of, encode_buckets, Grant, KeyRecord};
 use crate::keys::parse_digest_hex;
 use crate::snapshot::{ApiStatus, ApiVersion, AuthMode, Issuer, Period, Snapshot, SCHEMA_VERSION};
@@ -45,21 +46,43 @@ pub struct ApiRoute {
     pub public: bool,
     pub forward_api_key: bool,
     pub auth: AuthMode,
-    /// Normalised: no trailing slash, except the root prefix `/`.
-    prefix: String,
 }
 
 /// Which API version serves a request: all a worker keeps of the catalogue.
+///
+/// A request is served by the version with the longest path prefix (on a segment boundary)
+/// among those scoped to its host **and** those for any host; at equal prefixes a host-scoped
+/// version wins. So a host-scoped version never hides a longer any-host one: `/` on
+/// `status.example.com` does not take `/orders/v1/1` from an any-host `/orders/v1`. A request
+/// whose host cannot be read (see [`crate::host::request_host`]) matches no host-scoped version,
+/// except that a private version for some host that matches its path comes first: an unreadable
+/// host fails closed.
+///
+/// Lookup walks the path's own prefixes, longest first (`/a/b/c`, `/a/b`, `/a`, `/`), one hash
+/// lookup each, skipping lengths no prefix has: its cost depends on the path, not on the size of
+/// the catalogue.
 #[derive(Debug)]
 pub struct RouteIndex {
     revision: u64,
     apis: Vec<ApiRoute>,
-    /// Routes of APIs that name hosts, per lowercase host, longest prefix first.
-    by_host: HashMap<String, Vec<u32>>,
-    /// Routes of APIs for any host, longest prefix first.
-    any_host: Vec<u32>,
+    /// Who claims each (normalised) path prefix.
+    prefixes: HashMap<String, PrefixClaims>,
+    /// `prefix_lengths[n]`: some prefix is `n` bytes long.
+    prefix_lengths: Vec<bool>,
+    /// Some version names hosts; if none does, routing ignores `:authority`.
+    routes_by_host: bool,
     /// The issuers whose bearer tokens are accepted.
     issuers: TrustedIssuers,
+}
+
+/// The versions claiming one path prefix.
+#[derive(Debug, Default)]
+struct PrefixClaims {
+    any_host: Option<u32>,
+    by_host: HashMap<String, u32>,
+    /// A private version claiming it, for any host or some host (the any-host one if both), for
+    /// requests whose host cannot be read.
+    private: Option<u32>,
 }
 
 /// Which key buckets a snapshot defines.
@@ -282,7 +305,8 @@ impl RouteIndex {
         let issuers = TrustedIssuers::build(issuers)?;
         let mut apis: Vec<ApiRoute> = Vec::with_capacity(apis_in.len());
         let mut ids: HashSet<&str> = HashSet::new();
-        // (host or "" for any, prefix) → api index; published beats retired.
+        // (host or "" for any, prefix normalised: no trailing slash but for `/`) → api index;
+        // published beats retired.
         let mut slots: HashMap<(String, String), u32> = HashMap::new();
         for (i, api) in apis_in.iter().enumerate() {
             let field = format!("apis[{i}]");
@@ -305,14 +329,22 @@ impl RouteIndex {
                 api.routing
                     .hosts
                     .iter()
-                    .map(|h| normalise_host(h))
+                    .map(|h| catalogue_host(h).unwrap_or_default())
                     .collect()
             };
             for (j, host) in hosts.iter().enumerate() {
                 if !api.routing.hosts.is_empty() && host.is_empty() {
+                    let reason = api.routing.hosts.get(j).map_or_else(
+                        || "is empty".to_owned(),
+                        |h| {
+                            catalogue_host(h)
+                                .err()
+                                .map_or_else(String::new, |e| e.to_string())
+                        },
+                    );
                     return Err(invalid(
                         format!("{field}.routing.hosts[{j}]"),
-                        "empty host name",
+                        format!("not a host name: it {reason}"),
                     ));
                 }
                 let slot = (host.clone(), prefix.clone());
@@ -342,7 +374,6 @@ impl RouteIndex {
                 public: api.public,
                 forward_api_key: api.forward_api_key,
                 auth: api.auth,
-                prefix,
             });
             if api.auth.accepts_jwt() && issuers.is_empty() && !api.public {
                 return Err(invalid(
@@ -351,31 +382,41 @@ impl RouteIndex {
                 ));
             }
         }
-        let mut by_host: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut any_host = Vec::new();
-        for ((host, _), api) in slots {
+        let mut prefixes: HashMap<String, PrefixClaims> = HashMap::new();
+        let mut routes_by_host = false;
+        // Sorted, so that which private version an unreadable host gets never depends on hash
+        // order.
+        let mut slots: Vec<((String, String), u32)> = slots.into_iter().collect();
+        slots.sort();
+        for ((host, prefix), api) in slots {
+            let private = apis.get(api as usize).is_some_and(|a| !a.public);
+            let claims = prefixes.entry(prefix).or_default();
             if host.is_empty() {
-                any_host.push(api);
+                claims.any_host = Some(api);
+                if private {
+                    claims.private = Some(api);
+                }
             } else {
-                by_host.entry(host).or_default().push(api);
+                routes_by_host = true;
+                claims.by_host.insert(host, api);
+                if private && claims.private.is_none() {
+                    claims.private = Some(api);
+                }
             }
         }
-        let prefix_of = |i: &u32| apis.get(*i as usize).map_or("", |a| a.prefix.as_str());
-        let longest_first = |list: &mut Vec<u32>| {
-            list.sort_by(|a, b| {
-                let (pa, pb) = (prefix_of(a), prefix_of(b));
-                pb.len().cmp(&pa.len()).then_with(|| pa.cmp(pb))
-            })
-        };
-        longest_first(&mut any_host);
-        for list in by_host.values_mut() {
-            longest_first(list);
+        let longest = prefixes.keys().map(String::len).max().unwrap_or(0);
+        let mut prefix_lengths = vec![false; longest + 1];
+        for prefix in prefixes.keys() {
+            if let Some(seen) = prefix_lengths.get_mut(prefix.len()) {
+                *seen = true;
+            }
         }
         Ok(RouteIndex {
             revision,
             apis,
-            by_host,
-            any_host,
+            prefixes,
+            prefix_lengths,
+            routes_by_host,
             issuers,
         })
     }
@@ -390,30 +431,35 @@ impl RouteIndex {
 
     /// Whether any API version names hosts; if none does, routing ignores `:authority`.
     pub fn routes_by_host(&self) -> bool {
-        !self.by_host.is_empty()
+        self.routes_by_host
     }
 
-    /// The API version serving `path` (no query string) on `authority`: APIs naming the host
-    /// first, then APIs for any host; within each, the longest prefix on a segment boundary.
+    /// The API version serving `path` (no query string) on `authority` (the request's
+    /// `:authority` as Envoy hands it over): see [`RouteIndex`] for the order.
     pub fn route(&self, authority: &str, path: &str) -> Option<ApiRef> {
-        let by_host = if self.by_host.is_empty() {
-            None
-        } else {
-            self.by_host.get(&normalise_host(authority))
-        };
-        by_host
-            .and_then(|list| self.longest_prefix(list, path))
-            .or_else(|| self.longest_prefix(&self.any_host, path))
+        if !self.routes_by_host {
+            return self.first_claim(path, |c| c.any_host);
+        }
+        match request_host(authority) {
+            Some(host) => self.first_claim(path, |c| {
+                c.by_host.get(host.as_ref()).copied().or(c.any_host)
+            }),
+            None => self
+                .first_claim(path, |c| c.private)
+                .or_else(|| self.first_claim(path, |c| c.any_host)),
+        }
     }
 
-    fn longest_prefix(&self, list: &[u32], path: &str) -> Option<ApiRef> {
-        list.iter()
-            .find(|&&i| {
-                self.apis
-                    .get(i as usize)
-                    .is_some_and(|a| prefix_matches(&a.prefix, path))
-            })
-            .map(|&i| ApiRef(i))
+    /// The first claim `pick` finds on `path`'s prefixes, longest first.
+    fn first_claim(
+        &self,
+        path: &str,
+        pick: impl Fn(&PrefixClaims) -> Option<u32>,
+    ) -> Option<ApiRef> {
+        covering_prefixes(path)
+            .filter(|p| self.prefix_lengths.get(p.len()).copied().unwrap_or(false))
+            .find_map(|p| self.prefixes.get(p).and_then(&pick))
+            .map(ApiRef)
     }
 
     fn find_id(&self, id: &str) -> Option<ApiRef> {
@@ -462,25 +508,77 @@ fn normalise_prefix(prefix: &str) -> Option<String> {
     })
 }
 
-/// Lowercase, without a port (`Example.com:8080` → `example.com`; IPv6 literals keep brackets).
-fn normalise_host(authority: &str) -> String {
-    let host = if authority.starts_with('[') {
-        authority.split_inclusive(']').next().unwrap_or(authority)
-    } else {
-        authority.split(':').next().unwrap_or(authority)
-    };
-    host.to_ascii_lowercase()
+/// The prefixes that match `path` on a segment boundary, longest first: `/orders/v1/42`,
+/// `/orders/v1`, `/orders`, `/` (`/orders` matches `/orders` and `/orders/1`, never
+/// `/orders-admin`). The path itself comes first (it may be a prefix); `/` matches every path.
+pub fn covering_prefixes(path: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(path);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('/') {
+            _ if current == "/" => None,
+            Some(0) | None => Some("/"),
+            Some(i) => Some(&current[..i]),
+        };
+        Some(current)
+    })
 }
 
-/// `/orders` matches `/orders` and `/orders/1`, never `/orders-admin`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
+/// What an API version claims for routing, in normal form: a prefix as the control plane
+/// stores it, hosts as [`crate::host::catalogue_host`] returns them (none: any host).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteClaim<'a> {
+    pub path_prefix: &'a str,
+    pub hosts: &'a [String],
+}
+
+/// Where two claims meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedHosts<'a> {
+    /// Every host.
+    Any,
+    /// At least this host.
+    Host(&'a str),
+}
+
+impl fmt::Display for SharedHosts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedHosts::Any => f.write_str("any host"),
+            SharedHosts::Host(h) => write!(f, "host {h}"),
+        }
     }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
+}
+
+/// Whether a public version would answer requests on a path of a private one, and on which
+/// host: both reach the host, and there the gateway picks the public version for some path the
+/// private one matches (see [`RouteIndex`]) — its prefix lies below the private prefix, or is
+/// the same prefix scoped to the host while the private version is for any host. The control
+/// plane refuses to publish either while the other is routed, so a private API's path is never
+/// answered as public. Claims on the very same hosts and prefix are a collision instead (a
+/// published version replaces a retired one; two published ones are refused).
+pub fn public_shadows_private<'a>(
+    public: RouteClaim<'a>,
+    private: RouteClaim<'a>,
+) -> Option<SharedHosts<'a>> {
+    let shared = match (public.hosts.is_empty(), private.hosts.is_empty()) {
+        (true, true) => SharedHosts::Any,
+        (true, false) => SharedHosts::Host(private.hosts.first()?.as_str()),
+        (false, true) => SharedHosts::Host(public.hosts.first()?.as_str()),
+        (false, false) => SharedHosts::Host(
+            public
+                .hosts
+                .iter()
+                .find(|h| private.hosts.contains(h))?
+                .as_str(),
+        ),
+    };
+    let below = public.path_prefix != private.path_prefix
+        && covering_prefixes(public.path_prefix).any(|p| p == private.path_prefix);
+    let wins_tie = public.path_prefix == private.path_prefix
+        && !public.hosts.is_empty()
+        && private.hosts.is_empty();
+    (below || wins_tie).then_some(shared)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! - [`snapshot`]: the catalogue schema shared by the control plane and the filter;
 //! - [`config`]: the filter's plugin configuration, validated at load;
 //! - [`index`]: the snapshot compiled for the gateway: routing table and key-directory buckets;
+//! - [`host`]: host names in the one normal form the gateway and the control plane share;
 //! - [`keydir`]: the key directory kept in shared data (key → client, contracts, limits);
 //! - [`path`]: path normal form and the key's query parameter;
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod decision;
 pub mod distribution;
 pub mod gateway;
+pub mod host;
 pub mod index;
 pub mod keydir;
 pub mod keys;

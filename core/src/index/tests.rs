@@ -48,12 +48,18 @@ fn longest_prefix_wins() {
     );
 }
 
+fn on_hosts(mut version: ApiVersion, hosts: &[&str]) -> ApiVersion {
+    version.routing.hosts = hosts.iter().map(|h| h.to_string()).collect();
+    version
+}
+
 #[test]
-fn host_specific_routes_come_before_any_host() {
+fn host_scoped_version_wins_a_tie_with_any_host() {
     let mut s = acme();
-    let mut eu = api("acme/orders-eu/1", "/orders", false);
-    eu.routing.hosts = vec!["EU.example.com".into()];
-    s.apis.push(eu);
+    s.apis.push(on_hosts(
+        api("acme/orders-eu/1", "/orders/v1", false),
+        &["EU.example.com"],
+    ));
     let index = routes(&s);
     assert_eq!(
         routed(&index, "eu.example.com:8443", "/orders/v1/1").as_deref(),
@@ -63,11 +69,208 @@ fn host_specific_routes_come_before_any_host() {
         routed(&index, "us.example.com", "/orders/v1/1").as_deref(),
         Some("acme/orders/1")
     );
-    // The host's own routes do not match: fall back to any-host routes.
+    // The host's own routes do not match: any-host routes apply.
     assert_eq!(
         routed(&index, "eu.example.com", "/status").as_deref(),
         Some("acme/status/1")
     );
+}
+
+#[test]
+fn host_scoped_public_root_does_not_open_any_host_private_apis() {
+    // Issue 18's reproduction: `/` public on status.example.com used to answer every path of
+    // that host, /orders/v1 included.
+    let mut s = acme();
+    s.apis.push(on_hosts(
+        api("acme/statuspage/1", "/", true),
+        &["status.example.com"],
+    ));
+    let index = routes(&s);
+    for host in ["status.example.com", "STATUS.example.com.:10000"] {
+        assert_eq!(
+            routed(&index, host, "/orders/v1/1").as_deref(),
+            Some("acme/orders/1"),
+            "{host}"
+        );
+        assert_eq!(
+            routed(&index, host, "/billing").as_deref(),
+            Some("acme/billing/1")
+        );
+        assert_eq!(
+            routed(&index, host, "/elsewhere").as_deref(),
+            Some("acme/statuspage/1")
+        );
+    }
+    assert_eq!(routed(&index, "other.example.com", "/elsewhere"), None);
+}
+
+#[test]
+fn longer_prefix_wins_across_host_scoped_and_any_host() {
+    let mut s = acme();
+    s.apis.push(on_hosts(
+        api("acme/orders-eu/1", "/orders", false),
+        &["eu.example.com"],
+    ));
+    s.apis.push(on_hosts(
+        api("acme/orders-eu-admin/1", "/orders/v1/admin", false),
+        &["eu.example.com"],
+    ));
+    let index = routes(&s);
+    let eu = |path| routed(&index, "eu.example.com", path);
+    assert_eq!(eu("/orders/v1/1").as_deref(), Some("acme/orders/1"));
+    assert_eq!(eu("/orders/v2").as_deref(), Some("acme/orders-eu/1"));
+    assert_eq!(
+        eu("/orders/v1/admin/x").as_deref(),
+        Some("acme/orders-eu-admin/1")
+    );
+}
+
+#[test]
+fn host_spellings_envoy_and_dns_treat_alike_route_alike() {
+    let mut s = acme();
+    s.apis.push(on_hosts(
+        api("acme/internal/1", "/status/internal", false),
+        &["api.example.com"],
+    ));
+    let index = routes(&s);
+    for host in [
+        "api.example.com",
+        "api.example.com.",
+        "API.EXAMPLE.COM",
+        "api.example.com:10000",
+        "api.example.com.:10000",
+        "user:pass@api.example.com",
+        "api.example.com,api.example.com",
+    ] {
+        assert_eq!(
+            routed(&index, host, "/status/internal/x").as_deref(),
+            Some("acme/internal/1"),
+            "{host}"
+        );
+    }
+    assert_eq!(
+        routed(&index, "www.example.com", "/status/internal/x").as_deref(),
+        Some("acme/status/1")
+    );
+}
+
+#[test]
+fn unreadable_host_gets_a_private_version_of_any_host_first() {
+    let mut s = acme();
+    s.apis.push(on_hosts(
+        api("acme/internal/1", "/status/internal", false),
+        &["api.example.com"],
+    ));
+    let index = routes(&s);
+    for host in [
+        "api.example.com..",
+        "api.example.com,other.example.com",
+        "api%2eexample.com",
+        "",
+    ] {
+        assert_eq!(
+            routed(&index, host, "/status/internal/x").as_deref(),
+            Some("acme/internal/1"),
+            "{host:?}"
+        );
+        // Where no private version matches, any-host versions apply as for any host.
+        assert_eq!(
+            routed(&index, host, "/status/x").as_deref(),
+            Some("acme/status/1")
+        );
+    }
+}
+
+#[test]
+fn hosts_are_ignored_when_no_version_names_one() {
+    let index = routes(&acme());
+    assert!(!index.routes_by_host());
+    assert_eq!(
+        routed(&index, "", "/orders/v1/1").as_deref(),
+        Some("acme/orders/1")
+    );
+}
+
+#[test]
+fn catalogue_host_names_are_checked() {
+    for (bad, why) in [
+        (".", "empty label"),
+        ("-", "'-'"),
+        ("a..example", "empty label"),
+        ("api.example.com:8080", "port"),
+        ("*.example.com", "wildcard"),
+    ] {
+        let mut s = acme();
+        s.apis[1].routing.hosts = vec!["ok.example".into(), bad.into()];
+        let e = compile(&s).unwrap_err();
+        assert_eq!(e.field, "apis[1].routing.hosts[1]", "{bad}");
+        assert!(e.message.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn covering_prefixes_are_segment_prefixes_longest_first() {
+    let all = |p| covering_prefixes(p).collect::<Vec<_>>();
+    assert_eq!(all("/a/b/c"), ["/a/b/c", "/a/b", "/a", "/"]);
+    assert_eq!(all("/a/"), ["/a/", "/a", "/"]);
+    assert_eq!(all("/"), ["/"]);
+    assert_eq!(all("*"), ["*", "/"]);
+}
+
+#[test]
+fn a_long_path_routes_by_its_leading_segments() {
+    let index = routes(&acme());
+    let path = "/a".repeat(30_000);
+    assert_eq!(routed(&index, "h", &path), None);
+    assert_eq!(
+        routed(&index, "h", &format!("/orders/v1{path}")).as_deref(),
+        Some("acme/orders/1")
+    );
+}
+
+fn claim<'a>(path_prefix: &'a str, hosts: &'a [String]) -> RouteClaim<'a> {
+    RouteClaim { path_prefix, hosts }
+}
+
+#[test]
+fn public_shadows_private_below_its_prefix_or_host_scoped_at_it() {
+    let any: Vec<String> = vec![];
+    let a = vec!["a.example".to_owned()];
+    let b = vec!["b.example".to_owned()];
+    let ab = vec!["a.example".to_owned(), "b.example".to_owned()];
+    let shadows = public_shadows_private;
+    // Nested below the private prefix, on a shared host.
+    assert_eq!(
+        shadows(claim("/orders/v1/docs", &any), claim("/orders/v1", &any)),
+        Some(SharedHosts::Any)
+    );
+    assert_eq!(
+        shadows(claim("/x", &a), claim("/", &any)),
+        Some(SharedHosts::Host("a.example"))
+    );
+    assert_eq!(
+        shadows(claim("/x", &any), claim("/", &b)),
+        Some(SharedHosts::Host("b.example"))
+    );
+    assert_eq!(
+        shadows(claim("/x", &b), claim("/", &ab)),
+        Some(SharedHosts::Host("b.example"))
+    );
+    // Host-scoped at the same prefix beats any-host.
+    assert_eq!(
+        shadows(claim("/orders/v1", &a), claim("/orders/v1", &any)),
+        Some(SharedHosts::Host("a.example"))
+    );
+    // Not shadowing: above the private prefix, other hosts, a sibling, the same slot, an
+    // any-host public beside a host-scoped private.
+    assert_eq!(shadows(claim("/", &a), claim("/orders/v1", &any)), None);
+    assert_eq!(shadows(claim("/x/y", &a), claim("/x", &b)), None);
+    assert_eq!(
+        shadows(claim("/orders/v10", &any), claim("/orders/v1", &any)),
+        None
+    );
+    assert_eq!(shadows(claim("/x", &a), claim("/x", &ab)), None);
+    assert_eq!(shadows(claim("/x", &any), claim("/x", &a)), None);
 }
 
 #[test]
