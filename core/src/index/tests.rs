@@ -354,3 +354,167 @@ fn dangling_references_name_the_field() {
     s.plans[1].limits[1].per = Period::Minute;
     assert_eq!(compile(&s).unwrap_err().field, "plans[1].limits[1].per");
 }
+
+mod publish_rule_keeps_private_paths_private {
+    //! For random catalogues that pass the control plane's publish rules (no collision,
+    //! [`public_shadows_private`]) and random requests, a private API's path is never answered
+    //! as public, whatever spelling of whatever host the request uses.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const HOSTS: [&str; 2] = ["a.example", "b.example"];
+    const PREFIXES: [&str; 6] = ["/", "/x", "/x/y", "/x/y/z", "/w", "/x/yy"];
+    const REQUEST_HOSTS: [&str; 11] = [
+        "a.example",
+        "A.Example.",
+        "a.example:8080",
+        "u@a.example",
+        "b.example",
+        "b.example,b.example.",
+        "c.example",
+        "a.example..",
+        "a.example,b.example",
+        "",
+        "[::1]",
+    ];
+    const PATHS: [&str; 9] = [
+        "/", "/x", "/x/", "/x/y", "/x/y/z/1", "/x/yy", "/x/y-z", "/w/q", "/v",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Publish a version: public, prefix, hosts (bit i: HOSTS[i]; none: any host).
+        Publish(bool, usize, u8),
+        /// Retire the n-th (mod count) version published so far.
+        Retire(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (any::<bool>(), 0..PREFIXES.len(), 0u8..4).prop_map(|(p, x, h)| Step::Publish(p, x, h)),
+            1 => any::<usize>().prop_map(Step::Retire),
+        ]
+    }
+
+    fn scope_overlaps(a: &[String], b: &[String]) -> bool {
+        a.is_empty() && b.is_empty() || a.iter().any(|h| b.contains(h))
+    }
+
+    fn claim_of(v: &ApiVersion) -> RouteClaim<'_> {
+        RouteClaim {
+            path_prefix: v.routing.path_prefix.as_str(),
+            hosts: v.routing.hosts.as_slice(),
+        }
+    }
+
+    /// What the control plane accepts: publishing `c` among `versions` (published and retired).
+    fn may_publish(versions: &[ApiVersion], c: &ApiVersion) -> bool {
+        versions.iter().all(|v| {
+            let published = v.status == ApiStatus::Published;
+            let collides = published
+                && v.routing.path_prefix == c.routing.path_prefix
+                && scope_overlaps(&v.routing.hosts, &c.routing.hosts);
+            let shadowed = match (c.public, v.public) {
+                (true, false) => public_shadows_private(claim_of(c), claim_of(v)).is_some(),
+                (false, true) => {
+                    published && public_shadows_private(claim_of(v), claim_of(c)).is_some()
+                }
+                _ => false,
+            };
+            !collides && !shadowed
+        })
+    }
+
+    /// Whether private version `q` still answers on `scope` (a host, or "" for any): a
+    /// retired version yields its route to a published one on the same scope and prefix.
+    fn routed_on(versions: &[ApiVersion], q: &ApiVersion, scope: &str) -> bool {
+        q.status == ApiStatus::Published
+            || !versions.iter().any(|v| {
+                v.status == ApiStatus::Published
+                    && v.routing.path_prefix == q.routing.path_prefix
+                    && if scope.is_empty() {
+                        v.routing.hosts.is_empty()
+                    } else {
+                        v.routing.hosts.iter().any(|h| h == scope)
+                    }
+            })
+    }
+
+    /// The model: a private version serving `path` for the request's host (for a host the
+    /// gateway cannot read, for any host an upstream might take it for).
+    fn private_serves(versions: &[ApiVersion], host: Option<&str>, path: &str) -> Option<String> {
+        versions
+            .iter()
+            .filter(|q| !q.public)
+            .filter(|q| covering_prefixes(path).any(|p| p == q.routing.path_prefix))
+            .find(|q| {
+                let scopes: Vec<&str> = if q.routing.hosts.is_empty() {
+                    vec![""]
+                } else {
+                    q.routing.hosts.iter().map(String::as_str).collect()
+                };
+                scopes.into_iter().any(|scope| {
+                    let reaches = match host {
+                        Some(h) => scope.is_empty() || scope == h,
+                        None => true,
+                    };
+                    reaches && routed_on(versions, q, scope)
+                })
+            })
+            .map(|q| q.id.clone())
+    }
+
+    proptest! {
+        #[test]
+        fn a_private_path_is_never_answered_as_public(
+            steps in prop::collection::vec(step(), 1..14),
+            requests in prop::collection::vec((0..REQUEST_HOSTS.len(), 0..PATHS.len()), 1..24),
+        ) {
+            let mut versions: Vec<ApiVersion> = Vec::new();
+            for (i, step) in steps.iter().enumerate() {
+                match *step {
+                    Step::Publish(public, prefix, hosts) => {
+                        let mut v = api(&format!("o/api{i}/1"), PREFIXES[prefix], public);
+                        v.routing.hosts = HOSTS
+                            .iter()
+                            .enumerate()
+                            .filter(|(bit, _)| hosts & (1 << bit) != 0)
+                            .map(|(_, h)| h.to_string())
+                            .collect();
+                        if may_publish(&versions, &v) {
+                            versions.push(v);
+                        }
+                    }
+                    Step::Retire(n) => {
+                        let published: Vec<usize> = (0..versions.len())
+                            .filter(|&j| versions[j].status == ApiStatus::Published)
+                            .collect();
+                        if !published.is_empty() {
+                            versions[published[n % published.len()]].status = ApiStatus::Retired;
+                        }
+                    }
+                }
+            }
+            let mut snapshot = acme();
+            snapshot.apis = versions.clone();
+            snapshot.clients.clear();
+            snapshot.contracts.clear();
+            let index = routes(&snapshot);
+            for (h, p) in requests {
+                let (authority, path) = (REQUEST_HOSTS[h], PATHS[p]);
+                let Some(api) = index.route(authority, path) else { continue };
+                let api = index.api(api);
+                if api.public && api.status == ApiStatus::Published {
+                    let host = crate::host::request_host(authority);
+                    let private = private_serves(&versions, host.as_deref(), path);
+                    prop_assert!(
+                        private.is_none(),
+                        "{authority:?} {path} answered by public {} although private {:?} serves it; catalogue {:?}",
+                        api.id, private, versions.iter().map(|v| (&v.id, v.public, v.status, &v.routing)).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+    }
+}
