@@ -305,7 +305,7 @@ pub fn apply(tx: &mut Tx<'_>, catalogue: &Catalogue) -> Result<ApplyReport, Erro
 struct Deferred {
     /// Versions to retire, with where they were declared.
     retire: Vec<(VersionRef, String)>,
-    /// Versions whose publication collided with a route held by a published version.
+    /// Versions whose publication collided with (or was shadowed by) a published version.
     publish: Vec<(VersionRef, String)>,
     /// Contracts with a version in `publish`: (client version, api, plan, where).
     contracts: Vec<(VersionRef, VersionRef, VersionRef, String)>,
@@ -522,8 +522,9 @@ fn apply_api(
         if current.status == ApiVersionStatus::Draft && rank(entry.status) >= 1 {
             match apis::publish_version(tx, org, &api.id, &entry.version) {
                 Ok(_) => report.changes.push(format!("published api version {name}")),
-                // Possibly held by a version this same apply retires: try again after that.
-                Err(e) if e.kind() == "routing-collision" => {
+                // Possibly held (or shadowed) by a version this same apply retires: try again
+                // after that.
+                Err(e) if matches!(e.kind(), "routing-collision" | "route-shadows-private") => {
                     deferred.publish.push((version.clone(), version_at.clone()))
                 }
                 Err(e) => return Err(e),

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use tollgate_core::host::catalogue_host;
 use tollgate_core::snapshot::{Period, RateLimit, Routing};
 
 use crate::error::Error;
@@ -143,15 +144,14 @@ pub fn period_from_str(value: &str) -> Option<Period> {
     Period::ALL.into_iter().find(|p| p.as_str() == value)
 }
 
-/// Routing in canonical form: the prefix is checked, hosts are lowercased, sorted and
-/// deduplicated. Two routings collide exactly when their canonical forms are equal.
+/// Routing in canonical form: the prefix is checked, hosts are put in the normal form gateways
+/// read requests in (core's `host::catalogue_host`), sorted and deduplicated. Two routings
+/// collide exactly when their canonical forms are equal.
 pub fn normalize_routing(field: &str, routing: &Routing) -> Result<Routing, Error> {
     check_path_prefix(&format!("{field}.path_prefix"), &routing.path_prefix)?;
     let mut hosts = BTreeSet::new();
     for (i, host) in routing.hosts.iter().enumerate() {
-        let host = host.to_ascii_lowercase();
-        check_host(&format!("{field}.hosts[{i}]"), &host)?;
-        hosts.insert(host);
+        hosts.insert(normalize_host(&format!("{field}.hosts[{i}]"), host)?);
     }
     Ok(Routing {
         path_prefix: routing.path_prefix.clone(),
@@ -188,22 +188,22 @@ fn check_path_prefix(field: &str, prefix: &str) -> Result<(), Error> {
     }
 }
 
-/// A host name as gateways match it: lowercase, without a port (gateways ignore the port of
-/// `:authority`, so `a.example:8080` and `a.example` would be the same route).
-fn check_host(field: &str, host: &str) -> Result<(), Error> {
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
-    if ok {
-        Ok(())
+/// A host name as gateways match it (lowercase, no port, no trailing dot). A name given in
+/// Unicode is stored as punycode (`bücher.example` → `xn--bcher-kva.example`): that is what
+/// clients send and Envoy matches, so gateways need no IDN tables.
+fn normalize_host(field: &str, host: &str) -> Result<String, Error> {
+    let ascii = if host.is_ascii() {
+        host.to_owned()
     } else {
-        Err(Error::invalid_field(
-            field,
-            format!("{host:?} is not a host name (letters, digits, '.', '-'; no port)"),
-        ))
-    }
+        idna::domain_to_ascii(host).map_err(|_| {
+            Error::invalid_field(
+                field,
+                format!("{host:?} is not a host name: not a valid internationalised domain name"),
+            )
+        })?
+    };
+    catalogue_host(&ascii)
+        .map_err(|e| Error::invalid_field(field, format!("{host:?} is not a host name: it {e}")))
 }
 
 #[cfg(test)]
@@ -245,11 +245,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.hosts, vec!["a.example", "b.example"]);
-        let with_port = Routing {
-            path_prefix: "/".into(),
-            hosts: vec!["a.example:8080".into()],
+        let on = |host: &str| {
+            normalize_routing(
+                "routing",
+                &Routing {
+                    path_prefix: "/".into(),
+                    hosts: vec!["ok.example".into(), host.into()],
+                },
+            )
         };
-        assert!(normalize_routing("routing", &with_port).is_err());
+        for bad in [
+            "a.example:8080",
+            ".",
+            "-",
+            "..",
+            "a..b",
+            "*.example",
+            "",
+            "u@a.example",
+        ] {
+            let e = on(bad).unwrap_err().to_string();
+            assert!(e.contains("routing.hosts[1]"), "{bad:?}: {e}");
+        }
+        assert_eq!(on("A.Example.").unwrap().hosts, ["a.example", "ok.example"]);
+        assert_eq!(
+            on("Bücher.example").unwrap().hosts,
+            ["ok.example", "xn--bcher-kva.example"]
+        );
         for bad in ["orders", "/orders/", "/a//b", "/a/../b", "/a?b"] {
             let routing = Routing {
                 path_prefix: bad.into(),

@@ -170,7 +170,9 @@ async fn update_api_version(
 
 /// Publishes a draft: gateways start routing it. Conflict kinds: api-version-not-draft,
 /// routing-collision (a published version already routes the same prefix on a shared host, or
-/// both on any host).
+/// both on any host), route-shadows-private (a public route would answer a path of a private
+/// one on some host: a public prefix at or below a private one on a shared host, where
+/// host-scoped beats any-host at the same prefix; in either order of publishing).
 #[utoipa::path(post, path = "/v1/orgs/{org}/apis/{api}/versions/{version}/publish", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
     responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict))]

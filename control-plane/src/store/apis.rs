@@ -3,6 +3,7 @@
 //! there (gateways answer 410 on its routes) until a published version claims the same route.
 
 use rusqlite::{params, Connection};
+use tollgate_core::index::{covering_prefixes, public_shadows_private, RouteClaim};
 use tollgate_core::snapshot::{AuthMode, Routing};
 
 use super::orgs::{get_owned, OwnedKind};
@@ -181,6 +182,9 @@ pub fn publish_version(
             ),
         ));
     }
+    if let Some(conflict) = shadowing(tx, &current)? {
+        return Err(conflict);
+    }
     tx.execute(
         "UPDATE api_versions SET status = 'published', published_at = ?4
          WHERE org = ?1 AND api = ?2 AND version = ?3",
@@ -236,6 +240,86 @@ fn routing_holder(conn: &Connection, candidate: &ApiVersion) -> Result<Option<St
         }
     }
     Ok(None)
+}
+
+/// The conflict, if publishing `candidate` would let a public route answer a path of a
+/// private one on some host (core's `public_shadows_private`, the rule gateways route by): a
+/// public candidate against the private versions gateways route (published, or retired: they
+/// answer 410) at its prefix or above it; a private candidate against the published public
+/// versions at its prefix or below it. Both lookups are ranges of the routing index.
+fn shadowing(conn: &Connection, candidate: &ApiVersion) -> Result<Option<Error>, Error> {
+    let prefix = candidate.routing.path_prefix.as_str();
+    let mut rows = Vec::new();
+    if candidate.public {
+        let mut stmt = conn.prepare_cached(
+            "SELECT org || '/' || api || '/' || version, path_prefix, hosts FROM api_versions
+             WHERE path_prefix = ?1 AND status IN ('published', 'retired') AND NOT public",
+        )?;
+        for above in covering_prefixes(prefix) {
+            rows.extend(
+                stmt.query_map([above], claim_row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+    } else {
+        // Prefixes below `/orders` start with `/orders/`: the range [`/orders/`, `/orders0`).
+        let base = if prefix == "/" { "" } else { prefix };
+        let mut stmt = conn.prepare_cached(
+            "SELECT org || '/' || api || '/' || version, path_prefix, hosts FROM api_versions
+             WHERE (path_prefix = ?1 OR (path_prefix >= ?2 AND path_prefix < ?3))
+               AND status = 'published' AND public",
+        )?;
+        rows = stmt
+            .query_map(
+                params![prefix, format!("{base}/"), format!("{base}0")],
+                claim_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    let name = format!("{}/{}/{}", candidate.org, candidate.api, candidate.version);
+    let own = RouteClaim {
+        path_prefix: prefix,
+        hosts: &candidate.routing.hosts,
+    };
+    for (holder, holder_prefix, hosts) in rows {
+        let hosts: Vec<String> = serde_json::from_str(&hosts)
+            .map_err(|e| Error::Internal(format!("stored hosts of {holder}: {e}")))?;
+        let theirs = RouteClaim {
+            path_prefix: &holder_prefix,
+            hosts: &hosts,
+        };
+        let (public, private) = if candidate.public {
+            ((&name, own), (&holder, theirs))
+        } else {
+            ((&holder, theirs), (&name, own))
+        };
+        if let Some(shared) = public_shadows_private(public.1, private.1) {
+            return Ok(Some(Error::conflict(
+                "route-shadows-private",
+                format!(
+                    "public api version {} ({}) would answer requests on {shared} that private \
+                     api version {} ({}) serves; a public route must not shadow a private one",
+                    public.0,
+                    describe(public.1),
+                    private.0,
+                    describe(private.1),
+                ),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn claim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn describe(claim: RouteClaim<'_>) -> String {
+    if claim.hosts.is_empty() {
+        format!("{} on any host", claim.path_prefix)
+    } else {
+        format!("{} on {}", claim.path_prefix, claim.hosts.join(", "))
+    }
 }
 
 fn not_draft(current: &ApiVersion, verb: &str) -> Error {
