@@ -257,3 +257,34 @@ fn host_names_are_stored_as_gateways_read_them() {
         "urn:tollgate:problem:routing-collision"
     );
 }
+
+#[test]
+fn concurrent_public_and_private_publishes_that_shadow_each_other_let_exactly_one_win() {
+    let s = seeded();
+    for round in 0..5 {
+        let prefix = format!("/contested-{round}");
+        draft(&s, "admin", &format!("{round}"), false, &prefix, &[]);
+        draft(
+            &s,
+            "status",
+            &format!("{round}"),
+            true,
+            &format!("{prefix}/docs"),
+            &["a.example"],
+        );
+        let (private, public) = std::thread::scope(|scope| {
+            let private = scope.spawn(|| publish(&s, "admin", &format!("{round}")));
+            let public = scope.spawn(|| publish(&s, "status", &format!("{round}")));
+            (private.join().unwrap(), public.join().unwrap())
+        });
+        let mut statuses = [private.status, public.status];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "{} / {}", private.body, public.body);
+        let loser = if private.status == 409 {
+            &private
+        } else {
+            &public
+        };
+        assert_eq!(loser.problem_type(), SHADOWS, "{}", loser.body);
+    }
+}
