@@ -48,7 +48,8 @@ pub struct RoutingSchema {
     /// An absolute path without a trailing slash; matched on segment boundaries.
     #[schema(example = "/orders/v1")]
     pub path_prefix: String,
-    /// Host names (optionally with :port); empty matches any host.
+    /// DNS names or IP literals, no port (a request's port is ignored) and no wildcard; stored
+    /// lowercase without a trailing dot, Unicode names as punycode. Empty matches any host.
     #[serde(default)]
     pub hosts: Vec<String>,
 }

@@ -69,8 +69,9 @@ pub struct RouteIndex {
     prefixes: HashMap<String, PrefixClaims>,
     /// `prefix_lengths[n]`: some prefix is `n` bytes long.
     prefix_lengths: Vec<bool>,
-    /// Some version names hosts; if none does, routing ignores `:authority`.
-    routes_by_host: bool,
+    /// Every host some version names, numbered: a request's host is looked up once, and a host
+    /// no version names skips host-scoped claims altogether.
+    hosts: HashMap<String, u32>,
     /// The issuers whose bearer tokens are accepted.
     issuers: TrustedIssuers,
 }
@@ -79,10 +80,21 @@ pub struct RouteIndex {
 #[derive(Debug, Default)]
 struct PrefixClaims {
     any_host: Option<u32>,
-    by_host: HashMap<String, u32>,
+    /// (host number, version), sorted by host number.
+    by_host: Vec<(u32, u32)>,
     /// A private version claiming it, for any host or some host (the any-host one if both), for
     /// requests whose host cannot be read.
     private: Option<u32>,
+}
+
+impl PrefixClaims {
+    fn for_host(&self, host: u32) -> Option<u32> {
+        self.by_host
+            .binary_search_by_key(&host, |&(h, _)| h)
+            .ok()
+            .and_then(|i| self.by_host.get(i))
+            .map(|&(_, api)| api)
+    }
 }
 
 /// Which key buckets a snapshot defines.
@@ -379,7 +391,7 @@ impl RouteIndex {
             }
         }
         let mut prefixes: HashMap<String, PrefixClaims> = HashMap::new();
-        let mut routes_by_host = false;
+        let mut host_numbers: HashMap<String, u32> = HashMap::new();
         // Sorted, so that which private version an unreadable host gets never depends on hash
         // order.
         let mut slots: Vec<((String, String), u32)> = slots.into_iter().collect();
@@ -393,12 +405,16 @@ impl RouteIndex {
                     claims.private = Some(api);
                 }
             } else {
-                routes_by_host = true;
-                claims.by_host.insert(host, api);
+                let next = index_u32(host_numbers.len());
+                let number = *host_numbers.entry(host).or_insert(next);
+                claims.by_host.push((number, api));
                 if private && claims.private.is_none() {
                     claims.private = Some(api);
                 }
             }
+        }
+        for claims in prefixes.values_mut() {
+            claims.by_host.sort_unstable();
         }
         let longest = prefixes.keys().map(String::len).max().unwrap_or(0);
         let mut prefix_lengths = vec![false; longest + 1];
@@ -412,7 +428,7 @@ impl RouteIndex {
             apis,
             prefixes,
             prefix_lengths,
-            routes_by_host,
+            hosts: host_numbers,
             issuers,
         })
     }
@@ -427,19 +443,18 @@ impl RouteIndex {
 
     /// Whether any API version names hosts; if none does, routing ignores `:authority`.
     pub fn routes_by_host(&self) -> bool {
-        self.routes_by_host
+        !self.hosts.is_empty()
     }
 
     /// The API version serving `path` (no query string) on `authority` (the request's
     /// `:authority` as Envoy hands it over): see [`RouteIndex`] for the order.
     pub fn route(&self, authority: &str, path: &str) -> Option<ApiRef> {
-        if !self.routes_by_host {
+        if self.hosts.is_empty() {
             return self.first_claim(path, |c| c.any_host);
         }
-        match request_host(authority) {
-            Some(host) => self.first_claim(path, |c| {
-                c.by_host.get(host.as_ref()).copied().or(c.any_host)
-            }),
+        match request_host(authority).map(|host| self.hosts.get(host.as_ref())) {
+            Some(Some(&host)) => self.first_claim(path, |c| c.for_host(host).or(c.any_host)),
+            Some(None) => self.first_claim(path, |c| c.any_host),
             None => self
                 .first_claim(path, |c| c.private)
                 .or_else(|| self.first_claim(path, |c| c.any_host)),
