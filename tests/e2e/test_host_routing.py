@@ -80,9 +80,9 @@ def envoy(live: LiveProcesses, control_plane: ControlPlane, key: str) -> Envoy:
     return envoy
 
 
-def http1(envoy: Envoy, path: str, hosts: list[str], extra: str = "") -> tuple[int, bytes]:
+def http1(envoy: Envoy, target: str, hosts: list[str], extra: str = "") -> tuple[int, bytes]:
     """One HTTP/1.1 request written byte for byte: every entry of `hosts` is a Host header."""
-    head = f"GET {path} HTTP/1.1\r\n" + "".join(f"Host: {h}\r\n" for h in hosts)
+    head = f"GET {target} HTTP/1.1\r\n" + "".join(f"Host: {h}\r\n" for h in hosts)
     request = (head + extra + "Connection: close\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", envoy.port), timeout=10) as s:
         s.sendall(request)
@@ -145,6 +145,13 @@ HOST_SPELLINGS = [
 def test_every_spelling_of_the_host_reaches_its_private_api_over_http1(envoy: Envoy, host: str) -> None:
     status, _ = http1(envoy, "/status/v1/internal/config", [host])
     assert status == 401, host
+
+
+@pytest.mark.parametrize("authority", ["user@api.example.com", "API.example.com.:10000", "u:p@api.example.com."])
+def test_an_absolute_form_target_names_the_host_whatever_the_host_header(envoy: Envoy, authority: str) -> None:
+    # Envoy takes the authority of an absolute-form target (without userinfo) as :authority.
+    status, _ = http1(envoy, f"http://{authority}/status/v1/internal/config", ["www.example.com"])
+    assert status == 401, authority
 
 
 @pytest.mark.parametrize("host", [h for h in HOST_SPELLINGS if "@" not in h])
