@@ -143,7 +143,7 @@ pub fn count_request<S: SharedStore + ?Sized>(
 /// is handed to one write of one key, so any token ever held by *another* key qualifies: we use
 /// the guard key's. (Only a wrap of the 32-bit sequence between the guard's write and this
 /// insert could collide.)
-fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
+pub(crate) fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
     for _ in 0..2 {
         if let Some((_, token)) = store.get(INSERT_GUARD_KEY)? {
             return Ok(token);
@@ -159,19 +159,52 @@ fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreErro
 /// Decides on one request given the stored counter value; returns the new value to write when
 /// the request is admitted.
 fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Option<Vec<u8>>) {
-    let previous = decode(stored);
-    let mut slots = Vec::with_capacity(limits.len());
-    // (limit, window, count before this request)
-    let mut current = Vec::with_capacity(limits.len());
-    for limit in limits {
-        let (w, count) = current_window(limit.per, &previous, now_ms);
-        current.push((limit, w, count));
-        slots.push(Slot {
-            period: limit.per,
-            window_start: w.start,
-            count,
-        });
+    match claim(limits, &decode(stored), now_ms, |_| 1) {
+        Claim::Rejected(admission) => (admission, None),
+        Claim::Granted {
+            windows,
+            room_after,
+            value,
+            ..
+        } => (
+            Admission::Admitted(admitted_status(limits, &windows, &room_after, 0, now_ms)),
+            Some(value),
+        ),
     }
+}
+
+/// What claiming room in a stored counter came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Some limit has no room in the window the request is served in; write nothing.
+    Rejected(Admission),
+    /// `granted` (≥ 1) requests claimed in every limit's window: write `value`.
+    Granted {
+        granted: u64,
+        /// Per limit (in the plan's order): the window claimed in, and what is left in it for
+        /// everyone once this claim is written.
+        windows: Vec<Window>,
+        room_after: Vec<u64>,
+        value: Vec<u8>,
+    },
+}
+
+/// Claims room for up to `want(room)` requests in every limit at once, where `room` is the
+/// fewest requests any limit has left in the window a request at `now_ms` is served in.
+pub(crate) fn claim(
+    limits: &[RateLimit],
+    previous: &[Slot],
+    now_ms: u64,
+    want: impl FnOnce(u64) -> u64,
+) -> Claim {
+    // (limit, window, count claimed before this request)
+    let current: Vec<_> = limits
+        .iter()
+        .map(|limit| {
+            let (w, count) = current_window(limit.per, previous, now_ms);
+            (limit, w, count)
+        })
+        .collect();
 
     let exhausted = current
         .iter()
@@ -184,24 +217,53 @@ fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Opt
             remaining: 0,
             reset: retry_after,
         };
-        return (
-            Admission::Rejected {
-                status,
-                retry_after,
-            },
-            None,
-        );
+        return Claim::Rejected(Admission::Rejected {
+            status,
+            retry_after,
+        });
     }
 
-    for slot in &mut slots {
-        slot.count += 1;
-    }
-    let status = most_constraining(
-        current
+    let room = current
+        .iter()
+        .map(|(limit, _, count)| limit.requests - count)
+        .min()
+        .unwrap_or(u64::MAX);
+    let granted = want(room).clamp(1, room.max(1));
+    let slots: Vec<Slot> = current
+        .iter()
+        .map(|(limit, w, count)| Slot {
+            period: limit.per,
+            window_start: w.start,
+            count: count.saturating_add(granted),
+        })
+        .collect();
+    Claim::Granted {
+        granted,
+        windows: current.iter().map(|(_, w, _)| *w).collect(),
+        room_after: current
             .iter()
-            .map(|(limit, w, count)| (limit.requests, limit.requests - count - 1, w, now_ms)),
-    );
-    (Admission::Admitted(status), Some(encode(&slots)))
+            .map(|(limit, _, count)| limit.requests.saturating_sub(count.saturating_add(granted)))
+            .collect(),
+        value: encode(&slots),
+    }
+}
+
+/// The status of a request admitted from a claim of which its holder has `left` unused: the
+/// room everyone else had when the claim was written, plus the holder's own unused part.
+pub(crate) fn admitted_status(
+    limits: &[RateLimit],
+    windows: &[Window],
+    room_after: &[u64],
+    left: u64,
+    now_ms: u64,
+) -> RateStatus {
+    most_constraining(
+        limits
+            .iter()
+            .zip(windows)
+            .zip(room_after)
+            .map(|((limit, w), room)| (limit.requests, room.saturating_add(left), w, now_ms)),
+    )
 }
 
 /// The window of `period` a request stamped `now_ms` counts in, and the count stored for it:
