@@ -1,4 +1,5 @@
 use super::*;
+use crate::lease::LeaseBook;
 use crate::shared::MemoryStore;
 use crate::testkit::*;
 
@@ -9,6 +10,13 @@ fn challenges() -> Challenges {
     Challenges {
         api_key: CHALLENGE.to_owned(),
     }
+}
+
+/// A lease book whose every chunk is 1 (see the gateway tests).
+fn request_by_request() -> LeaseBook {
+    let mut book = LeaseBook::new();
+    book.set_workers(u32::MAX);
+    book
 }
 
 fn decide_at(
@@ -24,6 +32,7 @@ fn decide_at(
         Credential::ApiKey(key),
         NOW,
         store,
+        &mut request_by_request(),
         &challenges(),
     ) {
         Verdict::Public => (Reason::Public, 200, vec![], String::new()),
@@ -111,6 +120,7 @@ fn expired_key_is_refused() {
         Credential::ApiKey(Some(OLD_KEY)),
         later,
         &mut store,
+        &mut request_by_request(),
         &challenges(),
     ) {
         Verdict::Deny(d) => assert_eq!((d.reason, d.status), (Reason::InvalidKey, 401)),
@@ -123,6 +133,7 @@ fn expired_key_is_refused() {
             Credential::ApiKey(Some(OLD_KEY)),
             later - 1,
             &mut store,
+            &mut request_by_request(),
             &challenges()
         ),
         Verdict::Allow { .. }
