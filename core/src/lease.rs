@@ -104,6 +104,9 @@ impl Lease {
 pub struct LeaseBook {
     leases: HashMap<String, Lease>,
     workers: u32,
+    /// Whether `workers` was set or read from [`WORKERS_KEY`]: workers count themselves as
+    /// they start, so a book made by the first one reads the count again at its first refill.
+    workers_known: bool,
 }
 
 impl Default for LeaseBook {
@@ -111,6 +114,7 @@ impl Default for LeaseBook {
         LeaseBook {
             leases: HashMap::new(),
             workers: 1,
+            workers_known: false,
         }
     }
 }
@@ -132,6 +136,7 @@ impl LeaseBook {
     /// Sizes chunks for `workers` workers (at least 1).
     pub fn set_workers(&mut self, workers: u32) {
         self.workers = workers.max(1);
+        self.workers_known = true;
     }
 
     pub fn len(&self) -> usize {
@@ -188,6 +193,12 @@ impl LeaseBook {
         limits: &[RateLimit],
         now_ms: u64,
     ) -> Result<Counted, CountError> {
+        if !self.workers_known {
+            if let Some(workers) = workers(store)? {
+                self.set_workers(workers);
+            }
+            self.workers_known = true;
+        }
         // The lease being replaced: its unused part goes back in the same write.
         let old = self.leases.remove(key);
         let keep = old.is_some() || self.leases.len() < MAX_LEASES;

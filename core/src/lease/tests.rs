@@ -233,6 +233,18 @@ fn the_book_is_bounded_and_changed_limits_refill() {
 }
 
 #[test]
+fn a_book_made_before_the_other_workers_started_sizes_chunks_for_all_of_them() {
+    let mut store = MemoryStore::new();
+    let mut book = LeaseBook::new(); // made when it was the only worker
+    assert_eq!(join_workers(&mut store).unwrap(), 1);
+    assert_eq!(join_workers(&mut store).unwrap(), 2);
+    // Its first refill reads the count: 2 workers, 100 / 4 = 25, not 100 / 2.
+    book.admit(&mut store, KEY, &[limit(100, Period::Day)], NOON)
+        .unwrap();
+    assert_eq!(book.reserved(), 24);
+}
+
+#[test]
 fn workers_count_themselves_once_each() {
     let mut store = MemoryStore::new();
     assert_eq!(join_workers(&mut store).unwrap(), 1);
