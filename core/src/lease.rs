@@ -15,10 +15,12 @@
 //!   window, or a plan whose limits changed, refills, and the refill's one CAS also returns the
 //!   old lease's unused part into the windows still stored (e.g. the day of a
 //!   second-and-day plan).
-//! - On the worker's tick, leases unused since the previous tick, or whose window has ended,
-//!   are returned (into windows the counter still holds, never into newer ones) and dropped;
-//!   so the book is bounded by the contracts a worker served within a tick, and never more
+//! - On the worker's tick, leases idle for [`IDLE_RETURN_MS`], or whose window has ended, are
+//!   returned (into windows the counter still holds, never into newer ones) and dropped; so
+//!   the book is bounded by the contracts a worker served within that time, and never more
 //!   than [`MAX_LEASES`] (beyond that a request claims exactly itself, as without leases).
+//!   The idle time is a duration, not a number of ticks: live mode ticks every 20 ms, and a
+//!   contract served a few times a second should not pay a refill and a return per request.
 //! - A denied request writes nothing; the stale lease it might have returned waits for the
 //!   tick.
 //!
@@ -42,6 +44,9 @@ pub const MAX_CHUNK: u64 = 64;
 /// The most leases one worker keeps; more contracts within one tick claim request by request.
 pub const MAX_LEASES: usize = 10_000;
 
+/// How long a lease may go unused before the tick hands it back.
+pub const IDLE_RETURN_MS: u64 = 1_000;
+
 /// Where workers count themselves so chunks can be sized for all of them: a little-endian u32.
 pub const WORKERS_KEY: &str = "tollgate.workers";
 
@@ -58,8 +63,8 @@ struct Lease {
     room_after: Vec<u64>,
     /// Reserved in the counter and not yet admitted.
     left: u64,
-    /// Served a request since the previous tick.
-    used: bool,
+    /// The stamp of the latest request it served (or of its refill).
+    last_used_ms: u64,
 }
 
 impl Lease {
@@ -169,7 +174,7 @@ impl LeaseBook {
         if let Some(lease) = self.leases.get_mut(key) {
             if lease.left > 0 && lease.serves(limits, now_ms) {
                 lease.left -= 1;
-                lease.used = true;
+                lease.last_used_ms = lease.last_used_ms.max(now_ms);
                 let status = admitted_status(
                     &lease.limits,
                     &lease.windows,
@@ -245,7 +250,7 @@ impl LeaseBook {
                                 windows,
                                 room_after,
                                 left,
-                                used: true,
+                                last_used_ms: now_ms,
                             },
                         );
                     }
@@ -262,9 +267,8 @@ impl LeaseBook {
         Err(CountError::Contention)
     }
 
-    /// The worker's tick: returns and drops every lease unused since the previous tick or
-    /// whose window has ended by `now_ms`; the others are kept and marked unused. Also re-reads
-    /// how many workers there are.
+    /// The worker's tick: returns and drops every lease idle for [`IDLE_RETURN_MS`] or whose
+    /// window has ended by `now_ms`. Also re-reads how many workers there are.
     pub fn on_tick<S: SharedStore + ?Sized>(
         &mut self,
         store: &mut S,
@@ -273,15 +277,30 @@ impl LeaseBook {
         if let Some(workers) = workers(store)? {
             self.set_workers(workers);
         }
+        self.hand_back(store, |lease| {
+            now_ms.saturating_sub(lease.last_used_ms) >= IDLE_RETURN_MS || !lease.current(now_ms)
+        })
+    }
+
+    /// Returns and drops every lease (a worker that stops serving).
+    pub fn return_all<S: SharedStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+    ) -> Result<Returned, StoreError> {
+        self.hand_back(store, |_| true)
+    }
+
+    fn hand_back<S: SharedStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        due: impl Fn(&Lease) -> bool,
+    ) -> Result<Returned, StoreError> {
         let mut done = Returned::default();
         let due: Vec<String> = self
             .leases
-            .iter_mut()
-            .filter_map(|(key, lease)| {
-                let due = !lease.used || !lease.current(now_ms);
-                lease.used = false;
-                due.then(|| key.clone())
-            })
+            .iter()
+            .filter(|(_, lease)| due(lease))
+            .map(|(key, _)| key.clone())
             .collect();
         for key in due {
             let Some(lease) = self.leases.remove(&key) else {

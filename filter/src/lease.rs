@@ -1,8 +1,8 @@
 //! The worker's quota lease book ([`tollgate_core::lease`]) as the filter holds it: one per
-//! worker root, shared with its request contexts, handed back on the tick.
+//! worker VM, shared by its root contexts and their request contexts, handed back on the tick.
 
 use std::cell::{RefCell, RefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::Rc;
 
 use tollgate_core::lease::{join_workers, LeaseBook};
 use tollgate_core::limits::CountError;
@@ -10,22 +10,28 @@ use tollgate_core::shared::StoreError;
 
 use crate::host::{self, SharedData};
 
-/// Whether this VM (one per worker thread) has counted itself among the workers; a new root
-/// context after a configuration change must not count the same worker again.
-static JOINED: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// One book per VM (one VM per worker thread): a root context made for a new
+    /// configuration takes over the leases of the one it replaces instead of stranding their
+    /// reservations, and the worker counts itself among the workers once.
+    static BOOK: Rc<RefCell<LeaseBook>> = Rc::new(RefCell::new(joined_book()));
+}
 
-/// A new book, sized for the workers that have counted themselves so far (the tick re-reads).
-pub fn worker_book() -> LeaseBook {
-    let mut book = LeaseBook::new();
-    if !JOINED.swap(true, Ordering::Relaxed) {
-        match join_workers(&mut SharedData) {
-            Ok(workers) => book.set_workers(workers),
-            Err(CountError::Store(e)) => log::warn!("tollgate: cannot count this worker: {}", e.0),
-            Err(CountError::Contention) => {
-                log::warn!("tollgate: cannot count this worker: the workers key stayed busy")
-            }
+/// This worker's book.
+pub fn worker_book() -> Rc<RefCell<LeaseBook>> {
+    BOOK.with(Rc::clone)
+}
+
+fn joined_book() -> LeaseBook {
+    let book = LeaseBook::new();
+    match join_workers(&mut SharedData) {
+        Ok(_) => {}
+        Err(CountError::Store(e)) => log::warn!("tollgate: cannot count this worker: {}", e.0),
+        Err(CountError::Contention) => {
+            log::warn!("tollgate: cannot count this worker: the workers key stayed busy")
         }
     }
+    // The count is read at the book's first refill, once the other workers have started.
     book
 }
 

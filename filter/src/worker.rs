@@ -51,7 +51,7 @@ impl WorkerRoot {
             revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
-            leases: Rc::new(RefCell::new(crate::lease::worker_book())),
+            leases: crate::lease::worker_book(),
         };
         // The tick refreshes the routing table (live mode) and flushes the metric tallies.
         let tick = match &live {

@@ -135,10 +135,15 @@ fn the_tick_returns_idle_leases_and_empties_the_book() {
         book.admit(&mut store, KEY, &limits, NOON + n).unwrap();
     }
     assert_eq!(claimed(&store)[0].2, 64); // 1000 / 2, capped: one chunk of 64
-                                          // Used since the last tick: kept. Idle for a whole tick: returned and dropped.
-    assert_eq!(book.on_tick(&mut store, NOON + 1_000).unwrap().requests, 0);
+                                          // Used less than IDLE_RETURN_MS ago: kept. Idle for that long: returned and dropped.
+    assert_eq!(
+        book.on_tick(&mut store, NOON + 2 + IDLE_RETURN_MS - 1)
+            .unwrap()
+            .requests,
+        0
+    );
     assert_eq!(book.len(), 1);
-    let returned = book.on_tick(&mut store, NOON + 2_000).unwrap();
+    let returned = book.on_tick(&mut store, NOON + 2 + IDLE_RETURN_MS).unwrap();
     assert_eq!(returned.requests, 61);
     assert!(book.is_empty());
     assert_eq!(
@@ -218,8 +223,7 @@ fn the_book_is_bounded_and_changed_limits_refill() {
         .unwrap();
     }
     assert_eq!(book.len(), 50);
-    book.on_tick(&mut store, NOON + 1).unwrap();
-    book.on_tick(&mut store, NOON + 2).unwrap();
+    book.on_tick(&mut store, NOON + IDLE_RETURN_MS).unwrap();
     assert!(book.is_empty(), "contracts no longer served are dropped");
     // A plan whose limits changed is not served from the old lease.
     book.admit(&mut store, KEY, &limits, NOON).unwrap();
@@ -335,10 +339,16 @@ enum Op {
     /// A request whose clock lags by this many ms.
     Admit(u64),
     Tick,
+    /// Hand every lease back at once (as a worker that stops).
+    ReturnAll,
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
-    prop_oneof![6 => (0u64..2_000).prop_map(Op::Admit), 1 => Just(Op::Tick)]
+    prop_oneof![
+        8 => (0u64..2_000).prop_map(Op::Admit),
+        2 => Just(Op::Tick),
+        1 => Just(Op::ReturnAll),
+    ]
 }
 
 fn arb_limits() -> impl Strategy<Value = Vec<RateLimit>> {
@@ -385,6 +395,9 @@ proptest! {
                         let now = turns.now(|w| w.clock_ms);
                         book.on_tick(turns, now).unwrap();
                     }
+                    Op::ReturnAll => {
+                        book.return_all(turns).unwrap();
+                    }
                     Op::Admit(lag) => {
                         let stamp = turns.now(|w| {
                             w.extra.wrote[me] = false;
@@ -407,8 +420,7 @@ proptest! {
             }
             // Hand everything back, however long the others keep the counter busy.
             for _ in 0..1_000 {
-                let now = turns.now(|w| w.clock_ms);
-                book.on_tick(turns, now).unwrap();
+                book.return_all(turns).unwrap();
                 if book.is_empty() {
                     break;
                 }
