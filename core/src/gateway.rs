@@ -6,6 +6,7 @@ use crate::config::{FailureMode, LoadedConfig, Unmatched};
 use crate::decision::{
     decide, deny, not_configured, rate_limit_headers, Credential, Denial, Reason, Verdict,
 };
+use crate::lease::LeaseBook;
 use crate::path::{is_normal, split_query, take_query_param, without_parameters};
 use crate::problem::Problem;
 use crate::shared::{SharedStore, StoreError};
@@ -101,6 +102,7 @@ pub fn handle_request<H, S>(
     config: &LoadedConfig,
     headers: &mut H,
     store: &mut S,
+    leases: &mut LeaseBook,
     now_ms: u64,
 ) -> Result<Handled, StoreError>
 where
@@ -173,7 +175,15 @@ where
         (AuthMode::ApiKeyOrJwt, None, None) => Credential::Nothing,
     };
 
-    let verdict = decide(routes, api, credential, now_ms, store, &config.challenges);
+    let verdict = decide(
+        routes,
+        api,
+        credential,
+        now_ms,
+        store,
+        leases,
+        &config.challenges,
+    );
     let (reason, identity, response_headers, cas_retries) = match verdict {
         Verdict::Deny(denial) => return Ok(Handled::respond(denial)),
         Verdict::Public => (Reason::Public, None, Vec::new(), 0),

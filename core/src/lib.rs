@@ -9,6 +9,7 @@
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
 //! - [`distribution`]: verifying fetched snapshots and handing them to every worker;
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
+//! - [`lease`]: worker-local quota leases claimed from the shared counter;
 //! - [`shared`]: the shared-data contract (Envoy's semantics) and an in-memory mirror;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
 //! - [`token`]: JWT bearer tokens verified against the snapshot's trusted issuers;
@@ -22,6 +23,7 @@ pub mod host;
 pub mod index;
 pub mod keydir;
 pub mod keys;
+pub mod lease;
 pub mod limits;
 pub mod path;
 pub mod problem;

@@ -7,6 +7,26 @@
 //! A request is admitted only if every limit has room in its current window; then it counts
 //! against all of them. A rejected request writes nothing. A CAS mismatch means another worker
 //! wrote first: re-read and re-check, never write anyway.
+//!
+//! A stored window never moves backwards. Each worker reads the clock once per request and
+//! keeps that stamp across CAS retries, so a request stamped just before a boundary can land
+//! after another worker has already counted in the new window. Such a request is decided
+//! against the stored, newer window and counted there: another worker has seen that window
+//! begin, so the request is really being served in it. (Re-reading the clock instead would
+//! need a clock in every store call and still leave a request that read before the boundary
+//! and lost no race deciding on its old stamp; deciding on the stored state needs neither.)
+//! The one exception is a stored window more than [`MAX_CLOCK_LAG_MS`] ahead of the request:
+//! no request is delayed that long, so the host clock was stepped back, and counting into a
+//! window that starts far in the future would refuse the contract until the clock caught up.
+//!
+//! # Counter value format (version 1)
+//!
+//! The value of [`counter_key`] is `[1]` followed by one 17-byte slot per limit of the plan:
+//! `period tag (u8, [`Period::tag`]) | window start (u64 LE, Unix seconds) | count (u64 LE)`.
+//! `count` is every request *claimed* in that window: admitted, or reserved by a worker's lease
+//! and not yet returned ([`crate::lease`]). So for every stored slot, `count <= requests`, and
+//! a slot's window start only ever grows (outside a clock step, see above). Any other value
+//! (empty, another version) holds no counts.
 
 use crate::shared::{SetOutcome, SharedStore, StoreError};
 use crate::snapshot::{Period, RateLimit};
@@ -18,6 +38,11 @@ use crate::time::{window, Window};
 /// (a native test with 8 threads on 2 cores saw 100), so the bound is generous: an attempt is
 /// two host calls, about a microsecond each.
 pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
+
+/// How far (in ms) a stored window may start ahead of a request's stamp and still be taken as
+/// the window the request is served in. Beyond it the stored window is taken as written under
+/// a clock that has since been stepped back, and the request counts in its own window.
+pub const MAX_CLOCK_LAG_MS: u64 = 10_000;
 
 /// A shared-data key that exists only to lend its CAS token to inserts; see [`insert_token`].
 pub const INSERT_GUARD_KEY: &str = "tollgate.insert-guard";
@@ -70,10 +95,10 @@ pub struct Counted {
 
 /// One limit's window and count as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot {
-    period: Period,
-    window_start: u64,
-    count: u64,
+pub(crate) struct Slot {
+    pub(crate) period: Period,
+    pub(crate) window_start: u64,
+    pub(crate) count: u64,
 }
 
 /// Admits or rejects one request against `limits`, counting it in `store` under `key`.
@@ -118,7 +143,7 @@ pub fn count_request<S: SharedStore + ?Sized>(
 /// is handed to one write of one key, so any token ever held by *another* key qualifies: we use
 /// the guard key's. (Only a wrap of the 32-bit sequence between the guard's write and this
 /// insert could collide.)
-fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
+pub(crate) fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreError> {
     for _ in 0..2 {
         if let Some((_, token)) = store.get(INSERT_GUARD_KEY)? {
             return Ok(token);
@@ -134,23 +159,52 @@ fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32, StoreErro
 /// Decides on one request given the stored counter value; returns the new value to write when
 /// the request is admitted.
 fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Option<Vec<u8>>) {
-    let previous = decode(stored);
-    let mut slots = Vec::with_capacity(limits.len());
-    // (limit, window, count before this request)
-    let mut current = Vec::with_capacity(limits.len());
-    for limit in limits {
-        let w = window(limit.per, now_ms);
-        let count = previous
-            .iter()
-            .find(|s| s.period == limit.per && s.window_start == w.start)
-            .map_or(0, |s| s.count);
-        current.push((limit, w, count));
-        slots.push(Slot {
-            period: limit.per,
-            window_start: w.start,
-            count,
-        });
+    match claim(limits, &decode(stored), now_ms, |_| 1) {
+        Claim::Rejected(admission) => (admission, None),
+        Claim::Granted {
+            windows,
+            room_after,
+            value,
+            ..
+        } => (
+            Admission::Admitted(admitted_status(limits, &windows, &room_after, 0, now_ms)),
+            Some(value),
+        ),
     }
+}
+
+/// What claiming room in a stored counter came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Some limit has no room in the window the request is served in; write nothing.
+    Rejected(Admission),
+    /// `granted` (≥ 1) requests claimed in every limit's window: write `value`.
+    Granted {
+        granted: u64,
+        /// Per limit (in the plan's order): the window claimed in, and what is left in it for
+        /// everyone once this claim is written.
+        windows: Vec<Window>,
+        room_after: Vec<u64>,
+        value: Vec<u8>,
+    },
+}
+
+/// Claims room for up to `want(room)` requests in every limit at once, where `room` is the
+/// fewest requests any limit has left in the window a request at `now_ms` is served in.
+pub(crate) fn claim(
+    limits: &[RateLimit],
+    previous: &[Slot],
+    now_ms: u64,
+    want: impl FnOnce(u64) -> u64,
+) -> Claim {
+    // (limit, window, count claimed before this request)
+    let current: Vec<_> = limits
+        .iter()
+        .map(|limit| {
+            let (w, count) = current_window(limit.per, previous, now_ms);
+            (limit, w, count)
+        })
+        .collect();
 
     let exhausted = current
         .iter()
@@ -163,24 +217,70 @@ fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Opt
             remaining: 0,
             reset: retry_after,
         };
-        return (
-            Admission::Rejected {
-                status,
-                retry_after,
-            },
-            None,
-        );
+        return Claim::Rejected(Admission::Rejected {
+            status,
+            retry_after,
+        });
     }
 
-    for slot in &mut slots {
-        slot.count += 1;
-    }
-    let status = most_constraining(
-        current
+    let room = current
+        .iter()
+        .map(|(limit, _, count)| limit.requests - count)
+        .min()
+        .unwrap_or(u64::MAX);
+    let granted = want(room).clamp(1, room.max(1));
+    let slots: Vec<Slot> = current
+        .iter()
+        .map(|(limit, w, count)| Slot {
+            period: limit.per,
+            window_start: w.start,
+            count: count.saturating_add(granted),
+        })
+        .collect();
+    Claim::Granted {
+        granted,
+        windows: current.iter().map(|(_, w, _)| *w).collect(),
+        room_after: current
             .iter()
-            .map(|(limit, w, count)| (limit.requests, limit.requests - count - 1, w, now_ms)),
-    );
-    (Admission::Admitted(status), Some(encode(&slots)))
+            .map(|(limit, _, count)| limit.requests.saturating_sub(count.saturating_add(granted)))
+            .collect(),
+        value: encode(&slots),
+    }
+}
+
+/// The status of a request admitted from a claim of which its holder has `left` unused: the
+/// room everyone else had when the claim was written, plus the holder's own unused part.
+pub(crate) fn admitted_status(
+    limits: &[RateLimit],
+    windows: &[Window],
+    room_after: &[u64],
+    left: u64,
+    now_ms: u64,
+) -> RateStatus {
+    most_constraining(
+        limits
+            .iter()
+            .zip(windows)
+            .zip(room_after)
+            .map(|((limit, w), room)| (limit.requests, room.saturating_add(left), w, now_ms)),
+    )
+}
+
+/// The window of `period` a request stamped `now_ms` counts in, and the count stored for it:
+/// the request's own window, or the stored one when that is newer (see the module docs).
+pub(crate) fn current_window(period: Period, stored: &[Slot], now_ms: u64) -> (Window, u64) {
+    let own = window(period, now_ms);
+    match stored.iter().find(|s| s.period == period) {
+        Some(s) if s.window_start == own.start => (own, s.count),
+        Some(s)
+            if s.window_start > own.start
+                && s.window_start.saturating_mul(1000).saturating_sub(now_ms)
+                    <= MAX_CLOCK_LAG_MS =>
+        {
+            (window(period, s.window_start.saturating_mul(1000)), s.count)
+        }
+        _ => (own, 0),
+    }
 }
 
 /// The limit with the fewest requests left; among equals, the one whose window ends last.
@@ -212,7 +312,7 @@ fn most_constraining<'a>(
     )
 }
 
-fn encode(slots: &[Slot]) -> Vec<u8> {
+pub(crate) fn encode(slots: &[Slot]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + slots.len() * SLOT_LEN);
     out.push(STATE_FORMAT);
     for slot in slots {
@@ -225,7 +325,7 @@ fn encode(slots: &[Slot]) -> Vec<u8> {
 
 /// Reads what [`encode`] wrote. Anything else (an empty value, another format) holds no
 /// counts: it can only be a key that was never counted under this format.
-fn decode(bytes: &[u8]) -> Vec<Slot> {
+pub(crate) fn decode(bytes: &[u8]) -> Vec<Slot> {
     let Some((&STATE_FORMAT, rest)) = bytes.split_first() else {
         return Vec::new();
     };
@@ -243,5 +343,7 @@ fn decode(bytes: &[u8]) -> Vec<Slot> {
         .collect()
 }
 
+#[cfg(test)]
+pub(crate) mod interleave;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 //!   data (live mode) ([`worker`]).
 
 mod host;
+mod lease;
 mod metrics;
 mod poller;
 mod worker;

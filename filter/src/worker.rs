@@ -1,6 +1,7 @@
 //! The HTTP filter on each worker thread: one root per worker holding the configuration and
 //! the catalogue in force, and one small context per request.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tollgate_core::distribution::{
     decode_revision, publish_directory, RoutesDocument, REVISION_KEY, ROUTES_KEY,
 };
 use tollgate_core::gateway::{handle_request, Outcome};
+use tollgate_core::lease::LeaseBook;
 use tollgate_core::problem::{self, Problem};
 use tollgate_core::shared::SharedStore;
 
@@ -26,6 +28,8 @@ const STATIC_TICK: Duration = Duration::from_secs(1);
 pub struct WorkerRoot {
     config: Rc<LoadedConfig>,
     metrics: Rc<RequestMetrics>,
+    /// This worker's quota leases on contract counters; returned on the tick.
+    leases: Rc<RefCell<LeaseBook>>,
     /// The revision of the routing table in force.
     revision: Option<u64>,
 }
@@ -47,6 +51,7 @@ impl WorkerRoot {
             revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
+            leases: crate::lease::worker_book(),
         };
         // The tick refreshes the routing table (live mode) and flushes the metric tallies.
         let tick = match &live {
@@ -68,6 +73,7 @@ impl WorkerRoot {
     }
 
     pub fn on_tick(&mut self) {
+        crate::lease::on_tick(&self.leases);
         self.metrics.flush();
         if self.config.settings.control_plane.is_some() {
             self.refresh();
@@ -116,6 +122,7 @@ impl WorkerRoot {
         RequestContext {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            leases: self.leases.clone(),
             response_headers: Vec::new(),
         }
     }
@@ -126,6 +133,7 @@ pub struct RequestContext {
     /// not change what this request is held to.
     config: Rc<LoadedConfig>,
     metrics: Rc<RequestMetrics>,
+    leases: Rc<RefCell<LeaseBook>>,
     /// Rate-limit headers decided at request time, added to the upstream's response.
     response_headers: Vec<(&'static str, String)>,
 }
@@ -139,6 +147,7 @@ impl HttpContext for RequestContext {
                 &self.config,
                 &mut HeaderMap::request(),
                 &mut SharedData,
+                &mut *crate::lease::book(&self.leases)?,
                 now_ms,
             )
         });

@@ -22,6 +22,7 @@ use tollgate_core::decision::Reason;
 use tollgate_core::gateway::{handle_request, HeaderList, Outcome, CLIENT_HEADER, PLAN_HEADER};
 use tollgate_core::index::Directory;
 use tollgate_core::keydir::bucket_key;
+use tollgate_core::lease::LeaseBook;
 use tollgate_core::path::{split_query, without_parameters};
 use tollgate_core::shared::{MemoryStore, SharedStore};
 use tollgate_fuzz::{catalogue, fields, NOW_MS};
@@ -68,10 +69,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let effective = without_parameters(split_query(&path).0).into_owned();
 
+    // One worker's lease book across the run, as in the filter.
+    let mut leases = LeaseBook::new();
     let mut bronze_admitted = 0;
     for _ in 0..3 {
         let mut headers = HeaderList(sent.clone());
-        let handled = handle_request(config, &mut headers, &mut store, NOW_MS)
+        let handled = handle_request(config, &mut headers, &mut store, &mut leases, NOW_MS)
             .expect("the memory store never fails");
         match &handled.outcome {
             Outcome::Respond(denial) => {
@@ -129,7 +132,13 @@ fuzz_target!(|data: &[u8]| {
             _ => (name.clone(), value.clone()),
         })
         .collect();
-    let handled = handle_request(config, &mut HeaderList(marked), &mut store, NOW_MS)
+    let handled = handle_request(
+        config,
+        &mut HeaderList(marked),
+        &mut store,
+        &mut leases,
+        NOW_MS,
+    )
         .expect("the memory store never fails");
     if let Outcome::Respond(denial) = &handled.outcome {
         let body = denial.problem.to_json();

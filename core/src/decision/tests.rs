@@ -1,4 +1,5 @@
 use super::*;
+use crate::lease::LeaseBook;
 use crate::shared::MemoryStore;
 use crate::testkit::*;
 
@@ -9,6 +10,13 @@ fn challenges() -> Challenges {
     Challenges {
         api_key: CHALLENGE.to_owned(),
     }
+}
+
+/// A lease book whose every chunk is 1 (see the gateway tests).
+fn request_by_request() -> LeaseBook {
+    let mut book = LeaseBook::new();
+    book.set_workers(u32::MAX);
+    book
 }
 
 fn decide_at(
@@ -24,6 +32,7 @@ fn decide_at(
         Credential::ApiKey(key),
         NOW,
         store,
+        &mut request_by_request(),
         &challenges(),
     ) {
         Verdict::Public => (Reason::Public, 200, vec![], String::new()),
@@ -111,6 +120,7 @@ fn expired_key_is_refused() {
         Credential::ApiKey(Some(OLD_KEY)),
         later,
         &mut store,
+        &mut request_by_request(),
         &challenges(),
     ) {
         Verdict::Deny(d) => assert_eq!((d.reason, d.status), (Reason::InvalidKey, 401)),
@@ -123,8 +133,59 @@ fn expired_key_is_refused() {
             Credential::ApiKey(Some(OLD_KEY)),
             later - 1,
             &mut store,
+            &mut request_by_request(),
             &challenges()
         ),
         Verdict::Allow { .. }
     ));
+}
+
+/// Shared data that counts the calls made through it.
+struct CountingCalls<'s>(&'s mut MemoryStore, u32);
+
+impl SharedStore for CountingCalls<'_> {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::shared::StoreError> {
+        self.1 += 1;
+        self.0.get(key)
+    }
+    fn set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: u32,
+    ) -> Result<crate::shared::SetOutcome, crate::shared::StoreError> {
+        self.1 += 1;
+        self.0.set(key, value, cas)
+    }
+}
+
+#[test]
+fn an_allowed_request_from_a_lease_reads_only_the_key_directory() {
+    let (routes, mut store) = published(&acme());
+    let api = routes.route("gw", "/orders/v1").unwrap();
+    let mut leases = LeaseBook::new();
+    leases.set_workers(2);
+    let mut calls = Vec::new();
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let mut counting = CountingCalls(&mut store, 0);
+        match decide(
+            &routes,
+            api,
+            Credential::ApiKey(Some(GOLD_KEY)),
+            NOW,
+            &mut counting,
+            &mut leases,
+            &challenges(),
+        ) {
+            Verdict::Allow { rate, .. } => remaining.push(rate.remaining),
+            other => panic!("expected an admission, got {other:?}"),
+        }
+        calls.push(counting.1);
+    }
+    // The first creates the counter and fills the lease (directory get, counter get, the
+    // insert guard's get, set and get, the guarded set); the rest only read the key's
+    // directory bucket. Gold is 10000/day: headers count down as without leases.
+    assert_eq!(calls, vec![6, 1, 1, 1]);
+    assert_eq!(remaining, vec![9_999, 9_998, 9_997, 9_996]);
 }

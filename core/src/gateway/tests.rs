@@ -27,7 +27,15 @@ fn config(json_extra: &str, snapshot: &crate::snapshot::Snapshot) -> (LoadedConf
 }
 
 fn run(cfg: &LoadedConfig, headers: &mut HeaderList, store: &mut MemoryStore) -> Handled {
-    handle_request(cfg, headers, store, NOW).unwrap()
+    handle_request(cfg, headers, store, &mut request_by_request(), NOW).unwrap()
+}
+
+/// A lease book sized for so many workers that every chunk is 1: each request claims exactly
+/// itself, so a fresh book per request counts as a shared one would.
+fn request_by_request() -> LeaseBook {
+    let mut book = LeaseBook::new();
+    book.set_workers(u32::MAX);
+    book
 }
 
 #[test]

@@ -342,3 +342,231 @@ proptest! {
         }
     }
 }
+
+/// The reproduction: a request stamped 1 ms before a second boundary that lands after
+/// another worker counted 3 in the new second must not restart the new second's count.
+#[test]
+fn stale_stamp_after_a_boundary_never_restarts_the_new_window() {
+    let mut store = MemoryStore::new();
+    let limits = [limit(3, Period::Second)];
+    let t0 = NOON + 60_000; // a second boundary
+    let admitted_at = |store: &mut MemoryStore, now_ms: u64, n: usize| {
+        (0..n)
+            .filter(|_| admitted(&count_request(store, KEY, &limits, now_ms).unwrap()))
+            .count()
+    };
+    let old = admitted_at(&mut store, t0 - 10, 3);
+    let new = admitted_at(&mut store, t0 + 5, 3);
+    let stale = admitted_at(&mut store, t0 - 1, 1);
+    let later = admitted_at(&mut store, t0 + 6, 3);
+    assert_eq!((old, new), (3, 3));
+    // The stale request is served in the new second (it landed there) and finds it full.
+    assert_eq!(stale, 0, "the stale request was admitted");
+    assert_eq!(later, 0, "the new second admitted more than 3");
+    assert_eq!(slot_counts(&store), vec![3]);
+}
+
+/// Calendar boundaries where every period ends at once (second … month).
+const NEW_YEAR_2026: u64 = 1_767_225_600_000;
+const MARCH_2024: u64 = 1_709_251_200_000; // the end of a leap February
+
+/// The spec as an oracle, independent of the encoding: requests are linearised at their
+/// successful write; each admitted request counts, for every limit, in the later of its own
+/// window and the window the previous admission counted in (a stored window never moves
+/// backwards); no such window may hold more than its limit. A rejection must write nothing and
+/// be justified by a full window as of the read it decided on.
+struct StaleClockOracle {
+    limits: Vec<RateLimit>,
+    /// Per caller: the stamp of its request in flight, whether it wrote, and whether some
+    /// limit was full at its latest read.
+    stamp: Vec<u64>,
+    wrote: Vec<bool>,
+    full_at_read: Vec<bool>,
+    latest: HashMap<Period, u64>,
+    admitted: HashMap<(Period, u64), u64>,
+    violations: Vec<String>,
+}
+
+impl StaleClockOracle {
+    fn new(limits: &[RateLimit], callers: usize) -> Self {
+        StaleClockOracle {
+            limits: limits.to_vec(),
+            stamp: vec![0; callers],
+            wrote: vec![false; callers],
+            full_at_read: vec![false; callers],
+            latest: HashMap::new(),
+            admitted: HashMap::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn served_in(&self, per: Period, stamp: u64) -> u64 {
+        let own = window(per, stamp).start;
+        self.latest.get(&per).map_or(own, |latest| own.max(*latest))
+    }
+
+    fn full(&self, stamp: u64) -> bool {
+        self.limits.iter().any(|l| {
+            let w = self.served_in(l.per, stamp);
+            self.admitted.get(&(l.per, w)).copied().unwrap_or(0) >= l.requests
+        })
+    }
+
+    fn admit(&mut self, stamp: u64) {
+        for l in self.limits.clone() {
+            let w = self.served_in(l.per, stamp);
+            self.latest.insert(l.per, w);
+            let n = self.admitted.entry((l.per, w)).or_default();
+            *n += 1;
+            if *n > l.requests {
+                self.violations.push(format!(
+                    "{n} admitted in the {:?} window starting {w} (limit {}), last stamped {stamp}",
+                    l.per, l.requests
+                ));
+            }
+        }
+    }
+}
+
+impl interleave::Observe for StaleClockOracle {
+    fn observe(&mut self, caller: usize, call: interleave::Call<'_>, _: &MemoryStore, _: u64) {
+        match call {
+            interleave::Call::Get { key } if key == KEY => {
+                self.full_at_read[caller] = self.full(self.stamp[caller]);
+            }
+            interleave::Call::Set {
+                key,
+                outcome: SetOutcome::Written,
+            } if key == KEY => {
+                self.wrote[caller] = true;
+                self.admit(self.stamp[caller]);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn arb_boundary() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(NEW_YEAR_2026), Just(MARCH_2024)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    /// Concurrent callers whose clocks lag by up to 2 s, each request stamped once and kept
+    /// across its CAS retries, interleaved host call by host call across second boundaries and
+    /// a month boundary: no window of any limit admits more than its limit, no rejection
+    /// writes, every rejection is justified, and the stored counts are exactly the admissions.
+    #[test]
+    fn stale_clocks_across_boundaries_never_over_admit(
+        limits in arb_limits(),
+        boundary in arb_boundary(),
+        lead_ms in 0u64..3_000,
+        lags in proptest::collection::vec(proptest::collection::vec(0u64..2_000, 1..7), 2..6),
+        schedule in proptest::collection::vec((any::<u8>(), 0u16..60), 1..200),
+    ) {
+        let callers = lags.len();
+        let start = boundary - lead_ms;
+        let world = interleave::Scheduler::run(
+            callers,
+            schedule,
+            start,
+            start + 7_000,
+            StaleClockOracle::new(&limits, callers),
+            |caller, turns| {
+                for lag in &lags[caller] {
+                    let stamp = turns.now(|w| {
+                        let stamp = w.clock_ms - lag;
+                        w.extra.stamp[caller] = stamp;
+                        w.extra.wrote[caller] = false;
+                        stamp
+                    });
+                    let counted = count_request(turns, KEY, &limits, stamp);
+                    let admitted = matches!(
+                        counted,
+                        Ok(Counted { admission: Admission::Admitted(_), .. })
+                    );
+                    turns.now(|w| {
+                        let o = &mut w.extra;
+                        if !admitted && o.wrote[caller] {
+                            o.violations.push(format!("a rejection stamped {stamp} wrote"));
+                        }
+                        if matches!(counted, Ok(Counted { admission: Admission::Rejected { .. }, .. }))
+                            && !o.full_at_read[caller]
+                        {
+                            o.violations.push(format!("rejected at {stamp} with room in every window"));
+                        }
+                    });
+                }
+            },
+        );
+        let oracle = &world.extra;
+        prop_assert!(oracle.violations.is_empty(), "{:#?}", oracle.violations);
+        let stored = world.store.peek(KEY).map(|(v, _)| decode(&v)).unwrap_or_default();
+        for l in &limits {
+            let Some(latest) = oracle.latest.get(&l.per) else { continue };
+            let slot = stored.iter().find(|s| s.period == l.per);
+            prop_assert_eq!(
+                slot.map(|s| (s.window_start, s.count)),
+                Some((*latest, oracle.admitted[&(l.per, *latest)])),
+                "{:?}: stored window and count are the admissions'", l.per
+            );
+        }
+    }
+}
+
+#[test]
+fn stale_stamp_before_new_year_counts_in_the_new_month() {
+    let mut store = MemoryStore::new();
+    let limits = [limit(2, Period::Month), limit(10, Period::Second)];
+    let at = |store: &mut MemoryStore, now_ms| {
+        count_request(store, KEY, &limits, now_ms)
+            .unwrap()
+            .admission
+    };
+    assert!(matches!(
+        at(&mut store, NEW_YEAR_2026 - 60_000),
+        Admission::Admitted(_)
+    ));
+    assert!(matches!(
+        at(&mut store, NEW_YEAR_2026 + 3),
+        Admission::Admitted(_)
+    ));
+    // Stamped in December after January began: served in January (1 left), not December's
+    // last slot (1 left too, but the December window must not be restored).
+    match at(&mut store, NEW_YEAR_2026 - 2) {
+        Admission::Admitted(s) => assert_eq!((s.limit, s.remaining), (2, 0)),
+        other => panic!("expected admission, got {other:?}"),
+    }
+    assert!(matches!(
+        at(&mut store, NEW_YEAR_2026 - 1),
+        Admission::Rejected { .. }
+    ));
+    let stored = decode(&store.peek(KEY).unwrap().0);
+    assert_eq!(stored[0].window_start, NEW_YEAR_2026 / 1000);
+    assert_eq!(stored[0].count, 2);
+}
+
+#[test]
+fn a_clock_stepped_back_further_than_any_delay_counts_in_its_own_window() {
+    let mut store = MemoryStore::new();
+    let limits = [limit(1, Period::Second)];
+    assert!(admitted(
+        &count_request(&mut store, KEY, &limits, NOON + 3_600_000).unwrap()
+    ));
+    // An hour earlier: no request waits that long; the stored second is from a clock that was
+    // ahead. Counting into it would refuse this contract for an hour.
+    let back = NOON + 3_600_000 - MAX_CLOCK_LAG_MS - 1_000;
+    assert!(admitted(
+        &count_request(&mut store, KEY, &limits, back).unwrap()
+    ));
+    // Within the bound, the stored (newer) window decides.
+    let mut store = MemoryStore::new();
+    assert!(admitted(
+        &count_request(&mut store, KEY, &limits, NOON + 10_000).unwrap()
+    ));
+    let near = NOON + 10_000 - MAX_CLOCK_LAG_MS;
+    assert!(!admitted(
+        &count_request(&mut store, KEY, &limits, near).unwrap()
+    ));
+}
