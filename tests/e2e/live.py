@@ -52,6 +52,13 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
 
 # --- the control plane ---------------------------------------------------------------------
 
+# The control plane's secrets: environment variable → file in its data directory.
+SECRETS = {
+    "TOLLGATE_ADMIN_TOKEN": "admin-token",
+    "TOLLGATE_GATEWAY_TOKEN": "gateway-token",
+    "TOLLGATE_SNAPSHOT_SIGNING_KEY": "snapshot-signing-key",
+}
+
 
 class ControlPlaneFailedToStart(RuntimeError):
     pass
@@ -102,7 +109,7 @@ class ControlPlane:
         except BaseException as error:
             self.stop()
             raise ControlPlaneFailedToStart(f"{error}\n--- control plane log ---\n{self.log()[-4000:]}") from None
-        for name in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_GATEWAY_TOKEN", "TOLLGATE_SNAPSHOT_SECRET"):
+        for name in SECRETS:
             remember_secret(self.secret(name))
         return self
 
@@ -146,9 +153,7 @@ class ControlPlane:
         """A secret as the control plane reads it: its environment, else its data directory."""
         if name in self.env:
             return self.env[name]
-        file = {"TOLLGATE_ADMIN_TOKEN": "admin-token", "TOLLGATE_GATEWAY_TOKEN": "gateway-token",
-                "TOLLGATE_SNAPSHOT_SECRET": "snapshot-secret"}[name]
-        return (self.data_dir / file).read_text().strip()
+        return (self.data_dir / SECRETS[name]).read_text().strip()
 
     # --- the management API (DESIGN.md §3) ---
 
@@ -264,12 +269,14 @@ def gateway_bootstrap(
     unmatched: str = "pass",
     control_plane_url: str | None = None,
     poller: dict[str, Any] | None = None,
+    admin: str = "127.0.0.1:0",
 ) -> str:
-    """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`, with
-    the gateway token and snapshot secret from the same environment / data directory.
+    """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
+    trusting its snapshot public key (derived from the same environment / data directory).
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
-    (e.g. `poll_timeout_seconds`)."""
+    (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; the default
+    of `envoy-config` is a unix socket)."""
     out = subprocess.run(
         [
             str(TOLLGATE),
@@ -279,7 +286,7 @@ def gateway_bootstrap(
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--control-plane", control_plane_url or control_plane.url,
-            "--admin", "127.0.0.1:0",
+            "--admin", admin,
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
         ],
@@ -319,6 +326,7 @@ class SnapshotMetrics:
 
     updates: float
     rejected: float
+    replayed: float
     fetch_errors: float
     revision: float
     adoptions: float
@@ -333,6 +341,7 @@ def snapshot_metrics(envoy: Envoy) -> SnapshotMetrics:
     return SnapshotMetrics(
         updates=value("tollgate_snapshot_updates_total"),
         rejected=value("tollgate_snapshot_rejected_total"),
+        replayed=value("tollgate_snapshot_replayed_total"),
         fetch_errors=value("tollgate_snapshot_fetch_errors_total"),
         revision=value("tollgate_snapshot_revision"),
         adoptions=value("tollgate_snapshot_adoptions_total"),
@@ -450,11 +459,19 @@ class LiveProcesses:
         unmatched: str = "pass",
         control_plane_url: str | None = None,
         poller: dict[str, Any] | None = None,
+        admin: str = "127.0.0.1:0",
     ) -> Envoy:
+        """A gateway of `control_plane`, started as an operator would: the bootstrap of
+        `tollgate envoy-config`, the gateway token in Envoy's environment."""
         bootstrap = gateway_bootstrap(
-            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller
+            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin
         )
-        envoy = Envoy(bootstrap, self.workdir / f"gateway-{len(self.gateways)}", listener="tollgate")
+        envoy = Envoy(
+            bootstrap,
+            self.workdir / f"gateway-{len(self.gateways)}",
+            listener="tollgate",
+            env={"TOLLGATE_GATEWAY_TOKEN": control_plane.secret("TOLLGATE_GATEWAY_TOKEN")},
+        )
         self.gateways.append(envoy)
         envoy.wait_ready()
         return envoy
