@@ -299,6 +299,7 @@ class Envoy:
         workdir: Path | None = None,
         listener: str = "ingress",
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         # Without a workdir: a scratch one, removed on stop unless the session keeps it (for the
         # log check).
@@ -318,6 +319,7 @@ class Envoy:
         self.admin_url = ""
         # The admin interface's unix socket, when it listens on one.
         self.admin_socket = ""
+        self.cwd = Path(cwd) if cwd else Path.cwd()
         self.url = ""
         self.port = 0
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -334,6 +336,7 @@ class Envoy:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **env} if env else None,
+            cwd=cwd,
         )
         _live.append(self.process)
 
@@ -368,7 +371,8 @@ class Envoy:
                 if not address:
                     return False
                 if address.startswith("/") or not re.search(r":\d+$", address):
-                    self.admin_socket = str(self.workdir / address)  # absolute paths stay as they are
+                    # A relative socket path is in the directory Envoy started in.
+                    self.admin_socket = str(self.cwd / address)
                     self.admin_url = f"unix:{self.admin_socket}"
                 else:
                     self.admin_url = f"http://{address}"

@@ -269,14 +269,14 @@ def gateway_bootstrap(
     unmatched: str = "pass",
     control_plane_url: str | None = None,
     poller: dict[str, Any] | None = None,
-    admin: str = "127.0.0.1:0",
+    admin: str | None = "127.0.0.1:0",
 ) -> str:
     """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
     trusting its snapshot public key (derived from the same environment / data directory).
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
-    (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; the default
-    of `envoy-config` is a unix socket)."""
+    (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; None keeps
+    the default of `envoy-config`, a unix socket in the directory Envoy starts in)."""
     out = subprocess.run(
         [
             str(TOLLGATE),
@@ -286,7 +286,7 @@ def gateway_bootstrap(
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--control-plane", control_plane_url or control_plane.url,
-            "--admin", admin,
+            *(["--admin", admin] if admin else []),
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
         ],
@@ -459,18 +459,22 @@ class LiveProcesses:
         unmatched: str = "pass",
         control_plane_url: str | None = None,
         poller: dict[str, Any] | None = None,
-        admin: str = "127.0.0.1:0",
+        admin: str | None = "127.0.0.1:0",
     ) -> Envoy:
         """A gateway of `control_plane`, started as an operator would: the bootstrap of
-        `tollgate envoy-config`, the gateway token in Envoy's environment."""
+        `tollgate envoy-config`, the gateway token in Envoy's environment, its own directory as
+        the working directory."""
         bootstrap = gateway_bootstrap(
             control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin
         )
+        workdir = self.workdir / f"gateway-{len(self.gateways)}"
+        workdir.mkdir(parents=True, exist_ok=True)
         envoy = Envoy(
             bootstrap,
-            self.workdir / f"gateway-{len(self.gateways)}",
+            workdir,
             listener="tollgate",
             env={"TOLLGATE_GATEWAY_TOKEN": control_plane.secret("TOLLGATE_GATEWAY_TOKEN")},
+            cwd=workdir,
         )
         self.gateways.append(envoy)
         envoy.wait_ready()

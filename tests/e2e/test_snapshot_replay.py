@@ -70,12 +70,13 @@ def replay_and_watch(proxy: FaultProxy, envoy: Envoy, answer: Recorded, check: C
     before = snapshot_metrics(envoy)
     replays_before = proxy.count("replay")
     proxy.replay(answer)
+
+    def refused_twice() -> bool:
+        check()  # from the first replay on
+        return snapshot_metrics(envoy).replayed >= before.replayed + 2
+
     try:
-        wait_until(
-            lambda: snapshot_metrics(envoy).replayed >= before.replayed + 2,
-            RECONNECT_DEADLINE_S,
-            "the gateway to refuse the replayed answer twice",
-        )
+        wait_until(refused_twice, RECONNECT_DEADLINE_S, "the gateway to refuse the replayed answer twice")
         watching = time.monotonic()
         while time.monotonic() - watching < WATCH_S:  # many of the workers' refresh ticks
             check()
@@ -150,11 +151,12 @@ def test_a_starting_gateway_refuses_an_answer_older_than_the_maximum_age(
         proxy.replay(recorded)
         wait_until(lambda: time.time() - signed_at > max_age_s + 1.5, 10, "the recording to age")
         envoy = live.gateway(cp, control_plane_url=proxy.url, poller={**FAST_RETRY, "max_snapshot_age_seconds": max_age_s})
-        wait_until(
-            lambda: snapshot_metrics(envoy).replayed >= 2,
-            RECONNECT_DEADLINE_S,
-            "the new gateway to refuse the old answer",
-        )
+
+        def refused_twice() -> bool:
+            assert snapshot_metrics(envoy).updates == 0, "the old answer was taken"
+            return snapshot_metrics(envoy).replayed >= 2
+
+        wait_until(refused_twice, RECONNECT_DEADLINE_S, "the new gateway to refuse the old answer")
         assert "more than max_snapshot_age_seconds (2 s)" in envoy.log()
         metrics = snapshot_metrics(envoy)
         assert metrics.updates == 0 and metrics.revision == 0
