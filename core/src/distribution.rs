@@ -655,6 +655,60 @@ mod tests {
         assert!(apply(&mut seq, &page(4, 21..=u16::MAX, true)).is_err());
     }
 
+    /// The gateway's cost of checking one answer: the signature over the largest body Envoy
+    /// delivers (32 MiB), and a whole page of 20,000 keys (the control plane's default page)
+    /// verified and compiled. `cargo test --release -p tollgate-core verification_cost --
+    /// --ignored --nocapture`; the bounds only catch a gross regression.
+    #[test]
+    #[ignore = "a measurement: run it in release, alone"]
+    fn verification_cost() {
+        use std::time::Instant;
+        let k = key("A");
+        let big = vec![b'x'; 32 * 1024 * 1024];
+        let header = k.sign(NOW, &body_digest(&big));
+        let started = Instant::now();
+        let runs = 5;
+        for _ in 0..runs {
+            trusted().verify(&big, &header).unwrap();
+        }
+        let per_32mib = started.elapsed() / runs;
+
+        let mut page = Snapshot::empty(9);
+        page.plans = acme().plans;
+        page.apis = acme().apis;
+        for i in 0..20_000 {
+            page.clients.push(crate::snapshot::ClientVersion {
+                id: format!("acme/client-{i}/1"),
+                keys: vec![crate::snapshot::ApiKeyHash {
+                    sha256: crate::keys::key_hash_hex(&format!("key-{i}")),
+                    expires_at: None,
+                }],
+                subjects: Vec::new(),
+            });
+            page.contracts.push(crate::snapshot::Contract {
+                id: i,
+                client: format!("acme/client-{i}/1"),
+                api: "acme/orders/1".into(),
+                plan: "acme/gold/1".into(),
+            });
+        }
+        let body = serde_json::to_vec(&page).unwrap();
+        let header = k.sign(NOW, &body_digest(&body));
+        let started = Instant::now();
+        trusted().verify(&body, &header).unwrap();
+        let signature = started.elapsed();
+        verify_snapshot(&trusted(), MAX_AGE, NOW, &body, Some(&header)).unwrap();
+        let whole = started.elapsed() - signature;
+        println!(
+            "signature check of a 32 MiB body: {:.1} ms; a 20,000-key page ({:.1} MB): signature {:.1} ms, verify + compile {:.1} ms",
+            per_32mib.as_secs_f64() * 1e3,
+            body.len() as f64 / 1e6,
+            signature.as_secs_f64() * 1e3,
+            whole.as_secs_f64() * 1e3,
+        );
+        assert!(per_32mib.as_secs() < 5, "{per_32mib:?}");
+    }
+
     fn bucket(store: &MemoryStore, key: &str) -> Option<Vec<u8>> {
         store
             .peek(&bucket_key(bucket_of(&key_digest(key))))
