@@ -149,6 +149,19 @@ class ControlPlane:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def public_key(self, signing_key: str | None = None) -> str:
+        """`tollgate snapshot-public-key`: of `signing_key` (a seed), else of the key this
+        control plane runs with."""
+        env = _clean_env({**self.env, **self.run_env})
+        if signing_key:
+            env["TOLLGATE_SNAPSHOT_SIGNING_KEY"] = signing_key
+        out = subprocess.run(
+            [str(TOLLGATE), "--data-dir", str(self.data_dir), "snapshot-public-key"],
+            capture_output=True, text=True, env=env, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
     def secret(self, name: str) -> str:
         """A secret as the control plane reads it: its environment, else its data directory."""
         if name in self.env:
@@ -270,13 +283,15 @@ def gateway_bootstrap(
     control_plane_url: str | None = None,
     poller: dict[str, Any] | None = None,
     admin: str | None = "127.0.0.1:0",
+    extra_args: tuple[str, ...] = (),
 ) -> str:
     """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
     trusting its snapshot public key (derived from the same environment / data directory).
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
     (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; None keeps
-    the default of `envoy-config`, a unix socket in the directory Envoy starts in)."""
+    the default of `envoy-config`, a unix socket in the directory Envoy starts in);
+    `extra_args` go to `envoy-config` as they are (e.g. `--snapshot-public-key`)."""
     out = subprocess.run(
         [
             str(TOLLGATE),
@@ -289,6 +304,7 @@ def gateway_bootstrap(
             *(["--admin", admin] if admin else []),
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
+            *extra_args,
         ],
         capture_output=True,
         text=True,
@@ -460,12 +476,13 @@ class LiveProcesses:
         control_plane_url: str | None = None,
         poller: dict[str, Any] | None = None,
         admin: str | None = "127.0.0.1:0",
+        extra_args: tuple[str, ...] = (),
     ) -> Envoy:
         """A gateway of `control_plane`, started as an operator would: the bootstrap of
         `tollgate envoy-config`, the gateway token in Envoy's environment, its own directory as
         the working directory."""
         bootstrap = gateway_bootstrap(
-            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin
+            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin, extra_args
         )
         workdir = self.workdir / f"gateway-{len(self.gateways)}"
         workdir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from harness import Envoy
-from live import TOLLGATE, CHANGE_DEADLINE_S, SECRETS, ControlPlane, LiveProcesses, answered, gateway_bootstrap
+from live import CHANGE_DEADLINE_S, SECRETS, ControlPlane, LiveProcesses, answered, gateway_bootstrap
 
 ORDERS = "/orders/v1/items"
 
@@ -46,15 +46,6 @@ def assert_no_secret(text: str, control_plane: ControlPlane, where: str) -> None
         assert secret not in text, f"{where} holds {name}"
 
 
-def public_key(control_plane: ControlPlane) -> str:
-    out = subprocess.run(
-        [str(TOLLGATE), "--data-dir", str(control_plane.data_dir), "snapshot-public-key"],
-        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 def test_config_dump_over_the_default_unix_socket_holds_no_secret(
     live: LiveProcesses, control_plane: ControlPlane
 ) -> None:
@@ -72,7 +63,7 @@ def test_config_dump_over_the_default_unix_socket_holds_no_secret(
     dump = curl("--unix-socket", str(socket_path), "http://localhost/config_dump")
     assert_no_secret(dump, control_plane, "/config_dump")
     assert "TOLLGATE_GATEWAY_TOKEN" in dump, "the token's variable is named, its value is not"
-    assert public_key(control_plane) in dump
+    assert control_plane.public_key() in dump
     bootstrap = json.loads(dump)["configs"][0]["bootstrap"]
     assert "pipe" in bootstrap["admin"]["address"] and "socket_address" not in bootstrap["admin"]["address"]
     assert_no_secret(gateway_bootstrap(control_plane, live.upstream_port, admin=None), control_plane, "envoy-config's output")
@@ -84,4 +75,4 @@ def test_config_dump_over_tcp_when_asked_for_holds_no_secret(live: LiveProcesses
     assert envoy.admin_url.startswith("http://127.0.0.1:")
     dump = curl(f"{envoy.admin_url}/config_dump")
     assert_no_secret(dump, control_plane, "/config_dump")
-    assert public_key(control_plane) in dump
+    assert control_plane.public_key() in dump
