@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from harness import Envoy
+from harness import START_DEADLINE_S, Envoy, wait_until
 from live import CHANGE_DEADLINE_S, SECRETS, ControlPlane, LiveProcesses, answered, gateway_bootstrap
 
 ORDERS = "/orders/v1/items"
@@ -76,3 +76,20 @@ def test_config_dump_over_tcp_when_asked_for_holds_no_secret(live: LiveProcesses
     dump = curl(f"{envoy.admin_url}/config_dump")
     assert_no_secret(dump, control_plane, "/config_dump")
     assert control_plane.public_key() in dump
+
+
+def test_a_gateway_without_the_token_in_its_environment_refuses_to_start(
+    live: LiveProcesses, control_plane: ControlPlane
+) -> None:
+    bootstrap = gateway_bootstrap(control_plane, live.upstream_port)
+    envoy = Envoy(bootstrap, live.workdir / "gateway-without-token", listener="tollgate", env={"TOLLGATE_GATEWAY_TOKEN": ""})
+    try:
+        wait_until(
+            lambda: "the module's environment has no TOLLGATE_GATEWAY_TOKEN" in envoy.log(),
+            START_DEADLINE_S,
+            "the poller to refuse its configuration",
+        )
+        wait_until(envoy.exited, START_DEADLINE_S, "Envoy to exit (it does not serve without its poller)")
+    finally:
+        envoy.stop()
+    assert "list it in vm_config.environment_variables.host_env_keys" in envoy.log()
