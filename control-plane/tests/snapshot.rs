@@ -37,6 +37,45 @@ fn snapshot_signature_verifies_with_core() {
     );
 }
 
+fn issued_at(answer: &common::Answer) -> u64 {
+    let header = answer.header(SIGNATURE_HEADER).unwrap();
+    header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no issue time in {header}"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn every_answer_of_a_revision_is_signed_with_its_own_issue_time() {
+    let s = Server::start();
+    s.seed();
+    let first = s.snapshot();
+    let t1 = issued_at(&first);
+    assert!(
+        t1.abs_diff(unix_now()) <= 2,
+        "issued {t1}, now {}",
+        unix_now()
+    );
+    // The same revision asked for in a later second: same body, new issue time and signature.
+    wait_until(Duration::from_secs(5), "the next second", || {
+        unix_now() > t1
+    });
+    let second = s.snapshot();
+    assert_eq!(second.header("etag"), first.header("etag"));
+    assert_eq!(second.body, first.body);
+    assert!(issued_at(&second) > t1);
+    s.verify_snapshot(&second)
+        .expect("the later answer verifies");
+}
+
 #[test]
 fn unchanged_revision_answers_304() {
     let s = Server::start();
