@@ -122,7 +122,7 @@ wait_for() { # seconds what log condition...
 }
 
 # The control plane and the CLI read the secrets from the demo's data directory only.
-unset TOLLGATE_ADMIN_TOKEN TOLLGATE_GATEWAY_TOKEN TOLLGATE_SNAPSHOT_SECRET TOLLGATE_LISTEN
+unset TOLLGATE_ADMIN_TOKEN TOLLGATE_GATEWAY_TOKEN TOLLGATE_SNAPSHOT_SIGNING_KEY TOLLGATE_LISTEN
 export TOLLGATE_DATA_DIR="$data_dir" TOLLGATE_SERVER="$control_plane"
 
 say "demo: starting the control plane on $control_plane (data in $data_dir)"
@@ -210,10 +210,13 @@ start "the echo upstream" "$demo_dir/upstream.log" \
 wait_for 30 "the echo upstream" "$demo_dir/upstream.log" listening "$upstream_port"
 
 say "demo: tollgate envoy-config > $demo_dir/envoy.yaml; starting Envoy on $gateway (admin $admin)"
+# The demo asks for a TCP admin interface (the walkthrough curls it); envoy-config's default is
+# a unix socket only Envoy's user can open. The bootstrap holds no secret: Envoy hands the
+# gateway token to the module from its own environment.
 "$tollgate" envoy-config --wasm target/tollgate.wasm --listen "127.0.0.1:$port" \
     --upstream "127.0.0.1:$upstream_port" --control-plane "$control_plane" \
     --admin "127.0.0.1:$admin_port" --concurrency 2 >"$demo_dir/envoy.yaml"
-start "Envoy" "$demo_dir/envoy.log" \
+TOLLGATE_GATEWAY_TOKEN="$(cat "$data_dir/gateway-token")" start "Envoy" "$demo_dir/envoy.log" \
     "$envoy_bin" --config-path "$demo_dir/envoy.yaml" --concurrency 2 --disable-hot-restart \
     --log-level info
 wait_for 60 "Envoy to be ready" "$demo_dir/envoy.log" curl -fs -o /dev/null "$admin/ready"

@@ -4,10 +4,17 @@
 //! every worker, its singleton poller (an `envoy.bootstrap.wasm` service with the same `vm_id`,
 //! so they share Envoy shared data), the control-plane cluster, the admin interface and the tag
 //! rule that turns the filter's counters into `tollgate_requests_total{decision="…"}`.
+//!
+//! It holds no secret: the admin interface prints the whole bootstrap (`/config_dump`). The
+//! poller trusts the control plane's snapshot public key, and reads the gateway token from the
+//! environment variable `TOLLGATE_GATEWAY_TOKEN`, which Envoy passes to the module
+//! (`vm_config.environment_variables.host_env_keys`; config_dump shows the name only). The
+//! admin interface listens on a unix socket of mode 0600 unless a TCP address is asked for.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
+use tollgate_core::config::DEFAULT_GATEWAY_TOKEN_ENV;
 
 use crate::error::Error;
 
@@ -24,10 +31,11 @@ pub struct GatewayOptions<'a> {
     pub upstream: &'a str,
     /// `http://host:port` of the control plane.
     pub control_plane: &'a str,
-    /// `host:port` of Envoy's admin interface.
+    /// Envoy's admin interface: `host:port`, or a unix socket as `unix:PATH` or an absolute
+    /// path.
     pub admin: &'a str,
-    pub gateway_token: &'a str,
-    pub snapshot_secret: &'a str,
+    /// The control plane's snapshot public keys the gateway trusts.
+    pub snapshot_public_keys: &'a [String],
     /// `pass` or `deny` for requests that match no API.
     pub unmatched: &'a str,
     /// `closed` or `open` before the first snapshot.
@@ -52,6 +60,18 @@ fn socket_address(field: &str, value: &str) -> Result<Value, Error> {
     Ok(json!({ "socket_address": { "address": host, "port_value": port } }))
 }
 
+/// Envoy's admin address: a unix socket only its user may open, or TCP when asked for.
+fn admin_address(value: &str) -> Result<Value, Error> {
+    let path = value
+        .strip_prefix("unix:")
+        .or_else(|| value.starts_with('/').then_some(value));
+    match path {
+        Some("") => Err(Error::invalid_field("admin", "unix: needs a socket path")),
+        Some(path) => Ok(json!({ "pipe": { "path": path, "mode": 0o600 } })),
+        None => socket_address("admin", value),
+    }
+}
+
 /// A cluster reaching `address`; names are resolved by DNS so compose service names work.
 fn cluster(name: &str, address: Value) -> Value {
     json!({
@@ -73,7 +93,9 @@ fn wasm_plugin(name: &str, root_id: &str, wasm: &Path, configuration: &str) -> V
         "vm_config": {
             "vm_id": VM_ID,
             "runtime": "envoy.wasm.runtime.v8",
-            "code": { "local": { "filename": wasm.display().to_string() } }
+            "code": { "local": { "filename": wasm.display().to_string() } },
+            // The token reaches the module through WASI environ; config_dump shows the name.
+            "environment_variables": { "host_env_keys": [DEFAULT_GATEWAY_TOKEN_ENV] }
         },
         "configuration": {
             "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -104,20 +126,23 @@ pub fn bootstrap(o: &GatewayOptions<'_>) -> Result<Value, Error> {
             "must be closed or open",
         ));
     }
+    if let Err(e) = tollgate_core::signing::TrustedKeys::parse(o.snapshot_public_keys) {
+        return Err(Error::invalid_field("snapshot-public-key", e.to_string()));
+    }
     let plugin_configuration = json!({
         "unmatched": o.unmatched,
         "failure_mode": o.failure_mode,
         "control_plane": {
             "cluster": CONTROL_PLANE_CLUSTER,
             "authority": authority,
-            "gateway_token": o.gateway_token,
-            "snapshot_secret": o.snapshot_secret
+            "gateway_token_env": DEFAULT_GATEWAY_TOKEN_ENV,
+            "snapshot_public_keys": o.snapshot_public_keys
         }
     })
     .to_string();
 
     Ok(json!({
-        "admin": { "address": socket_address("admin", o.admin)? },
+        "admin": { "address": admin_address(o.admin)? },
         "stats_config": {
             "stats_tags": [{
                 "tag_name": "decision",
@@ -184,15 +209,21 @@ pub fn bootstrap(o: &GatewayOptions<'_>) -> Result<Value, Error> {
 mod tests {
     use super::*;
 
+    const KEYS: &[String] = &[];
+
+    fn keys() -> &'static [String] {
+        static KEY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| vec!["O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik".to_owned()])
+    }
+
     fn options<'a>(control_plane: &'a str, listen: &'a str) -> GatewayOptions<'a> {
         GatewayOptions {
             wasm: Path::new("/opt/tollgate.wasm"),
             listen,
             upstream: "backend:8080",
             control_plane,
-            admin: "127.0.0.1:9901",
-            gateway_token: "gt",
-            snapshot_secret: "ss",
+            admin: "unix:/run/envoy-admin.sock",
+            snapshot_public_keys: keys(),
             unmatched: "pass",
             failure_mode: "closed",
         }
@@ -212,6 +243,48 @@ mod tests {
             serde_json::from_str(filter["configuration"]["value"].as_str().unwrap()).unwrap();
         assert_eq!(plugin["control_plane"]["authority"], "cp:7100");
         assert_eq!(plugin["control_plane"]["cluster"], CONTROL_PLANE_CLUSTER);
+    }
+
+    #[test]
+    fn no_secret_in_the_bootstrap_and_the_token_comes_from_the_environment() {
+        let b = bootstrap(&options("http://cp:7100", "0.0.0.0:8080")).unwrap();
+        let poller = &b["bootstrap_extensions"][0]["typed_config"]["config"];
+        assert_eq!(
+            poller["vm_config"]["environment_variables"]["host_env_keys"],
+            json!(["TOLLGATE_GATEWAY_TOKEN"])
+        );
+        let plugin: Value =
+            serde_json::from_str(poller["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            plugin["control_plane"]["snapshot_public_keys"],
+            json!(keys())
+        );
+        assert!(plugin["control_plane"].get("gateway_token").is_none());
+        // The filter accepts what is generated.
+        tollgate_core::config::LoadedConfig::parse(plugin.to_string().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn admin_is_a_private_unix_socket_unless_tcp_is_asked_for() {
+        let admin = |value: &str| {
+            let mut o = options("http://cp:7100", "0.0.0.0:8080");
+            o.admin = value;
+            bootstrap(&o).map(|b| b["admin"]["address"].clone())
+        };
+        let unix = json!({ "pipe": { "path": "/run/envoy-admin.sock", "mode": 384 } });
+        assert_eq!(admin("unix:/run/envoy-admin.sock").unwrap(), unix);
+        assert_eq!(admin("/run/envoy-admin.sock").unwrap(), unix);
+        assert_eq!(
+            admin("127.0.0.1:9901").unwrap(),
+            json!({ "socket_address": { "address": "127.0.0.1", "port_value": 9901 } })
+        );
+        assert!(admin("unix:").is_err());
+        let mut o = options("http://cp:7100", "0.0.0.0:8080");
+        o.snapshot_public_keys = KEYS;
+        assert!(bootstrap(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("snapshot-public-key"));
     }
 
     #[test]

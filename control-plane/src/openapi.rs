@@ -68,6 +68,9 @@ pub struct SnapshotSchema {
     pub buckets: Option<Vec<u16>>,
     /// On a page of a paged revision but the last: pass as `?cursor=` for the next page.
     pub next: Option<String>,
+    /// On a delta (`?since=`): the revision it applies to; gateways apply it over exactly that
+    /// revision.
+    pub base_revision: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]

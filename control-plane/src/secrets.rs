@@ -1,4 +1,4 @@
-//! The three secrets of a control plane (admin token, gateway token, snapshot signing secret)
+//! The three secrets of a control plane (admin token, gateway token, snapshot signing key)
 //! and the CSPRNG every secret and API key comes from.
 //!
 //! Each secret is taken from its environment variable, else from its file in the data
@@ -29,21 +29,22 @@ pub fn random_token(n: usize) -> Result<String, Error> {
 pub enum SecretKind {
     AdminToken,
     GatewayToken,
-    SnapshotSecret,
+    /// The Ed25519 seed snapshots are signed with (gateways hold only its public key).
+    SnapshotSigningKey,
 }
 
 impl SecretKind {
     pub const ALL: [SecretKind; 3] = [
         SecretKind::AdminToken,
         SecretKind::GatewayToken,
-        SecretKind::SnapshotSecret,
+        SecretKind::SnapshotSigningKey,
     ];
 
     pub fn env_var(self) -> &'static str {
         match self {
             SecretKind::AdminToken => "TOLLGATE_ADMIN_TOKEN",
             SecretKind::GatewayToken => "TOLLGATE_GATEWAY_TOKEN",
-            SecretKind::SnapshotSecret => "TOLLGATE_SNAPSHOT_SECRET",
+            SecretKind::SnapshotSigningKey => "TOLLGATE_SNAPSHOT_SIGNING_KEY",
         }
     }
 
@@ -51,7 +52,7 @@ impl SecretKind {
         match self {
             SecretKind::AdminToken => "admin-token",
             SecretKind::GatewayToken => "gateway-token",
-            SecretKind::SnapshotSecret => "snapshot-secret",
+            SecretKind::SnapshotSigningKey => "snapshot-signing-key",
         }
     }
 
@@ -59,6 +60,10 @@ impl SecretKind {
         data_dir.join(self.file_name())
     }
 }
+
+/// The HMAC snapshot secret of earlier releases: no longer used. Gateways configured with it
+/// printed it in Envoy's `/config_dump`, so it must not become the new signing key.
+pub const RETIRED_SNAPSHOT_SECRET: (&str, &str) = ("TOLLGATE_SNAPSHOT_SECRET", "snapshot-secret");
 
 /// Where a secret came from, for the start-up log.
 #[derive(Debug)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tollgate_core::signing::SnapshotSigningKey;
 
 use crate::error::Error;
 use crate::http::{self, AppState};
@@ -65,13 +66,30 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         }
         values.push(value);
     }
-    let [admin_token, gateway_token, snapshot_secret] =
+    let [admin_token, gateway_token, signing_seed] =
         <[String; 3]>::try_from(values).map_err(|_| Error::Internal("secrets".into()))?;
     if admin_token == gateway_token {
         return Err(Error::Internal(
             "the admin token and the gateway token must differ".into(),
         ));
     }
+    let signing_key = SnapshotSigningKey::from_base64(&signing_seed).map_err(|e| {
+        Error::Internal(format!(
+            "the snapshot signing key ({} or {}) must be 32 random bytes as unpadded base64url: {e}",
+            SecretKind::SnapshotSigningKey.env_var(),
+            SecretKind::SnapshotSigningKey.path(&args.data_dir).display()
+        ))
+    })?;
+    let (retired_env, retired_file) = secrets::RETIRED_SNAPSHOT_SECRET;
+    if std::env::var_os(retired_env).is_some() || args.data_dir.join(retired_file).exists() {
+        tracing::warn!(
+            "{retired_env} / {retired_file} (HMAC snapshot signing) is no longer used: snapshots are \
+             signed with the Ed25519 key {}; regenerate gateway configurations with `tollgate \
+             envoy-config` and delete the old secret",
+            SecretKind::SnapshotSigningKey.file_name()
+        );
+    }
+    tracing::info!(public_key = %signing_key.public_key(), "snapshot signing key ready");
 
     if args.gateway_audience == args.management_audience {
         return Err(Error::Internal(
@@ -98,12 +116,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let db_path = args.data_dir.join(DATABASE_FILE);
     let store = {
         let (config, keys) = (Arc::clone(&issuer), Arc::clone(&signing_keys));
-        Store::open(
-            &db_path,
-            snapshot_secret.into_bytes(),
-            args.snapshot_page_keys,
-            move |tx| tokens::ensure_own_issuer(tx, &config, &keys),
-        )?
+        Store::open(&db_path, signing_key, args.snapshot_page_keys, move |tx| {
+            tokens::ensure_own_issuer(tx, &config, &keys)
+        })?
     };
     tracing::info!(
         database = %db_path.display(),

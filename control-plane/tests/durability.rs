@@ -78,9 +78,9 @@ fn secrets_from_the_environment_win_over_files() {
     );
     assert_eq!(answer.status, 200);
     assert!(!s.data_dir.join("admin-token").exists());
-    // The snapshot secret was not given: generated with mode 0600.
+    // The snapshot signing key was not given: generated with mode 0600.
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(s.data_dir.join("snapshot-secret"))
+        &std::fs::metadata(s.data_dir.join("snapshot-signing-key"))
             .unwrap()
             .permissions(),
     );

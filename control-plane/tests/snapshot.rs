@@ -1,4 +1,4 @@
-//! `GET /v1/snapshot`: signed with the snapshot secret, cached by revision, long-polled.
+//! `GET /v1/snapshot`: signed with the snapshot signing key, cached by revision, long-polled.
 
 // Test helpers may unwrap and panic: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{wait_until, Server};
 use serde_json::json;
-use tollgate_core::distribution::verify_snapshot;
-use tollgate_core::signing::SIGNATURE_HEADER;
+use tollgate_core::signing::{SignatureError, SnapshotSigningKey, TrustedKeys, SIGNATURE_HEADER};
 
 #[test]
 fn snapshot_signature_verifies_with_core() {
@@ -19,24 +18,62 @@ fn snapshot_signature_verifies_with_core() {
     s.seed();
     let answer = s.snapshot();
     assert_eq!(answer.status, 200);
-    let signature = answer.header(SIGNATURE_HEADER);
-    let (snapshot, _index) = verify_snapshot(
-        s.snapshot_secret.as_bytes(),
-        answer.body.as_bytes(),
-        signature.as_deref(),
-    )
-    .expect("the gateway's own check accepts the snapshot");
+    let (snapshot, _index) = s
+        .verify_snapshot(&answer)
+        .expect("the gateway's own check accepts the snapshot");
     assert_eq!(
         answer.header("etag"),
         Some(format!("\"{}\"", snapshot.revision))
     );
     assert_eq!(snapshot.plans[0].id, "acme/gold/1");
-    assert!(verify_snapshot(
-        b"another secret",
-        answer.body.as_bytes(),
-        signature.as_deref()
-    )
-    .is_err());
+    let signature = answer.header(SIGNATURE_HEADER).unwrap();
+    assert!(signature.starts_with("t="), "{signature}");
+    let other = SnapshotSigningKey::from_base64(&"A".repeat(43)).unwrap();
+    let foreign = TrustedKeys::parse(&[other.public_key()]).unwrap();
+    assert_eq!(
+        foreign.verify(answer.body.as_bytes(), &signature),
+        Err(SignatureError::NoTrustedKey),
+        "another key's gateways refuse it"
+    );
+}
+
+fn issued_at(answer: &common::Answer) -> u64 {
+    let header = answer.header(SIGNATURE_HEADER).unwrap();
+    header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no issue time in {header}"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn every_answer_of_a_revision_is_signed_with_its_own_issue_time() {
+    let s = Server::start();
+    s.seed();
+    let first = s.snapshot();
+    let t1 = issued_at(&first);
+    assert!(
+        t1.abs_diff(unix_now()) <= 2,
+        "issued {t1}, now {}",
+        unix_now()
+    );
+    // The same revision asked for in a later second: same body, new issue time and signature.
+    wait_until(Duration::from_secs(5), "the next second", || {
+        unix_now() > t1
+    });
+    let second = s.snapshot();
+    assert_eq!(second.header("etag"), first.header("etag"));
+    assert_eq!(second.body, first.body);
+    assert!(issued_at(&second) > t1);
+    s.verify_snapshot(&second)
+        .expect("the later answer verifies");
 }
 
 #[test]
@@ -218,13 +255,8 @@ fn fetch_pages(s: &Server) -> Vec<serde_json::Value> {
     loop {
         let answer = s.request("GET", &path, Some(&s.gateway_token), None, &[]);
         assert_eq!(answer.status, 200, "{}", answer.body);
-        let signature = answer.header(SIGNATURE_HEADER);
-        verify_snapshot(
-            s.snapshot_secret.as_bytes(),
-            answer.body.as_bytes(),
-            signature.as_deref(),
-        )
-        .unwrap_or_else(|e| panic!("page refused by core: {e}"));
+        s.verify_snapshot(&answer)
+            .unwrap_or_else(|e| panic!("page refused by core: {e}"));
         let page = answer.json();
         let next = page["next"].as_str().map(str::to_owned);
         pages.push(page);
@@ -408,14 +440,13 @@ fn since_answers_a_delta_that_completes_the_held_revision() {
     ));
     let answer = get_since(&s, revision);
     assert_eq!(answer.status, 200);
-    verify_snapshot(
-        s.snapshot_secret.as_bytes(),
-        answer.body.as_bytes(),
-        answer.header(SIGNATURE_HEADER).as_deref(),
-    )
-    .expect("core accepts the delta");
+    s.verify_snapshot(&answer).expect("core accepts the delta");
     let delta = answer.json();
     assert_eq!(delta["revision"], revision + 2);
+    assert_eq!(
+        delta["base_revision"], revision,
+        "the delta names, signed, the revision it applies to"
+    );
     let buckets: Vec<u16> = delta["buckets"]
         .as_array()
         .expect("a delta lists its buckets")

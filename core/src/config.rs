@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::decision::Challenges;
 use crate::index::{compile, Directory, RouteIndex};
+use crate::signing::{KeyError, TrustedKeys};
 use crate::snapshot::Snapshot;
 
 /// What to do with requests that match no API version.
@@ -58,10 +59,28 @@ pub struct ControlPlane {
     pub authority: String,
     #[serde(default = "default_snapshot_path")]
     pub path: String,
-    /// Sent as `Authorization: Bearer <gateway_token>`.
-    pub gateway_token: String,
-    /// The HMAC-SHA256 secret snapshots are signed with.
-    pub snapshot_secret: String,
+    /// The environment variable holding the gateway token, sent as `Authorization: Bearer
+    /// <token>`. Envoy passes it to the module through `vm_config.environment_variables.
+    /// host_env_keys`, so that its admin interface (`/config_dump`) shows only this name.
+    #[serde(default = "default_gateway_token_env")]
+    pub gateway_token_env: String,
+    /// The control plane's Ed25519 snapshot public keys (unpadded base64url): one, or the old
+    /// and the new while its signing key is rotated. A snapshot signed by any other key is
+    /// refused.
+    pub snapshot_public_keys: Vec<String>,
+    /// A snapshot whose signed issue time is further than this from the gateway's clock is
+    /// refused (a recorded answer replayed, e.g. to a gateway that just started). Only what
+    /// arrives is checked: with the control plane down, the last good snapshot stays in force
+    /// however old it gets.
+    #[serde(default = "default_max_snapshot_age_seconds")]
+    pub max_snapshot_age_seconds: u32,
+    /// Refused with an explanation: secrets in the plugin configuration are printed by Envoy's
+    /// `/config_dump`.
+    #[serde(default)]
+    pub gateway_token: Option<serde_json::Value>,
+    /// Refused with an explanation: HMAC snapshot signing was replaced by Ed25519.
+    #[serde(default)]
+    pub snapshot_secret: Option<serde_json::Value>,
     /// How long the control plane may hold a poll open when nothing changes.
     #[serde(default = "default_poll_timeout_seconds")]
     pub poll_timeout_seconds: u32,
@@ -77,6 +96,20 @@ pub struct ControlPlane {
 
 fn default_snapshot_path() -> String {
     "/v1/snapshot".to_owned()
+}
+
+pub const DEFAULT_GATEWAY_TOKEN_ENV: &str = "TOLLGATE_GATEWAY_TOKEN";
+
+fn default_gateway_token_env() -> String {
+    DEFAULT_GATEWAY_TOKEN_ENV.to_owned()
+}
+
+/// Five minutes: well beyond the clock skew of NTP-synchronised hosts, short enough that a
+/// recorded answer is of little use to a replaying network.
+pub const DEFAULT_MAX_SNAPSHOT_AGE_SECONDS: u32 = 300;
+
+fn default_max_snapshot_age_seconds() -> u32 {
+    DEFAULT_MAX_SNAPSHOT_AGE_SECONDS
 }
 
 fn default_poll_timeout_seconds() -> u32 {
@@ -215,6 +248,13 @@ impl LoadedConfig {
     }
 }
 
+impl ControlPlane {
+    /// The public keys snapshots must be signed with.
+    pub fn trusted_keys(&self) -> Result<TrustedKeys, KeyError> {
+        TrustedKeys::parse(&self.snapshot_public_keys)
+    }
+}
+
 fn check_control_plane(cp: &ControlPlane) -> Result<(), ConfigError> {
     let field = |name: &str, message: &str| ConfigError {
         field: format!("control_plane.{name}"),
@@ -229,11 +269,32 @@ fn check_control_plane(cp: &ControlPlane) -> Result<(), ConfigError> {
     if !cp.path.starts_with('/') {
         return Err(field("path", "must start with '/'"));
     }
-    if cp.gateway_token.is_empty() {
-        return Err(field("gateway_token", "must not be empty"));
+    if cp.gateway_token.is_some() {
+        return Err(field(
+            "gateway_token",
+            "a secret here is printed by Envoy's /config_dump: put the token in an environment \
+             variable Envoy passes to the module (vm_config.environment_variables.host_env_keys) \
+             and name it in gateway_token_env",
+        ));
     }
-    if cp.snapshot_secret.is_empty() {
-        return Err(field("snapshot_secret", "must not be empty"));
+    if cp.snapshot_secret.is_some() {
+        return Err(field(
+            "snapshot_secret",
+            "snapshots are signed with Ed25519 now: give the control plane's public key in \
+             snapshot_public_keys (`tollgate envoy-config` does)",
+        ));
+    }
+    if cp.gateway_token_env.is_empty() {
+        return Err(field(
+            "gateway_token_env",
+            "must name an environment variable",
+        ));
+    }
+    if let Err(e) = cp.trusted_keys() {
+        return Err(field("snapshot_public_keys", &e.to_string()));
+    }
+    if cp.max_snapshot_age_seconds == 0 {
+        return Err(field("max_snapshot_age_seconds", "must be at least 1"));
     }
     if cp.poll_timeout_seconds == 0 || cp.poll_timeout_seconds > 300 {
         return Err(field("poll_timeout_seconds", "must be between 1 and 300"));
@@ -286,10 +347,14 @@ mod tests {
         );
     }
 
+    /// The Ed25519 public key of the seed of 32 zero bytes.
+    const PUBLIC_KEY: &str = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik";
+
     #[test]
     fn live_mode_needs_a_complete_control_plane() {
-        let cp =
-            r#"{"cluster":"cp","authority":"cp:7100","gateway_token":"t","snapshot_secret":"s"}"#;
+        let cp = format!(
+            r#"{{"cluster":"cp","authority":"cp:7100","snapshot_public_keys":["{PUBLIC_KEY}"]}}"#
+        );
         let parsed =
             LoadedConfig::parse(format!(r#"{{"control_plane":{cp}}}"#).as_bytes()).unwrap();
         assert!(parsed.static_directory.is_none());
@@ -300,23 +365,57 @@ mod tests {
         );
         let cp = c.settings.control_plane.unwrap();
         assert_eq!(
-            (cp.path.as_str(), cp.poll_timeout_seconds),
-            ("/v1/snapshot", 30)
+            (
+                cp.path.as_str(),
+                cp.poll_timeout_seconds,
+                cp.gateway_token_env.as_str(),
+                cp.max_snapshot_age_seconds
+            ),
+            ("/v1/snapshot", 30, "TOLLGATE_GATEWAY_TOKEN", 300)
         );
+        assert!(cp.trusted_keys().is_ok());
 
-        let e = err(r#"{"control_plane":{"cluster":"cp","authority":"a","gateway_token":"t"}}"#);
+        let e = err(r#"{"control_plane":{"cluster":"cp","authority":"a"}}"#);
         assert!(
-            e.starts_with("control_plane: missing field `snapshot_secret`"),
+            e.starts_with("control_plane: missing field `snapshot_public_keys`"),
             "{e}"
         );
-        let e = err(
-            r#"{"control_plane":{"cluster":"","authority":"a","gateway_token":"t","snapshot_secret":"s"}}"#,
-        );
+        let e = err(&format!(
+            r#"{{"control_plane":{{"cluster":"","authority":"a","snapshot_public_keys":["{PUBLIC_KEY}"]}}}}"#
+        ));
         assert_eq!(e, "control_plane.cluster: must name an Envoy cluster");
+        let e = err(
+            r#"{"control_plane":{"cluster":"c","authority":"a","snapshot_public_keys":["AAAA"]}}"#,
+        );
+        assert_eq!(
+            e,
+            "control_plane.snapshot_public_keys: 3 bytes where 32 are needed"
+        );
         let both = format!(
-            r#"{{"snapshot":{SNAPSHOT},"control_plane":{{"cluster":"c","authority":"a","gateway_token":"t","snapshot_secret":"s"}}}}"#
+            r#"{{"snapshot":{SNAPSHOT},"control_plane":{{"cluster":"c","authority":"a","snapshot_public_keys":["{PUBLIC_KEY}"]}}}}"#
         );
         assert!(err(&both).contains("not both"));
+    }
+
+    #[test]
+    fn secrets_in_the_plugin_configuration_are_refused_with_the_way_out() {
+        let e = err(&format!(
+            r#"{{"control_plane":{{"cluster":"c","authority":"a","gateway_token":"t","snapshot_public_keys":["{PUBLIC_KEY}"]}}}}"#
+        ));
+        assert!(
+            e.starts_with(
+                "control_plane.gateway_token: a secret here is printed by Envoy's /config_dump"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("gateway_token_env"), "{e}");
+        let e = err(&format!(
+            r#"{{"control_plane":{{"cluster":"c","authority":"a","snapshot_secret":"s","snapshot_public_keys":["{PUBLIC_KEY}"]}}}}"#
+        ));
+        assert!(
+            e.starts_with("control_plane.snapshot_secret: snapshots are signed with Ed25519"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct Snapshot {
     /// Live mode: the cursor of the next page of this revision; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// Live mode, a delta: the revision it applies to. A gateway applies it only over exactly
+    /// that revision (signed with the body, so a delta cannot be replayed onto another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision: Option<u64>,
 }
 
 /// A locked plan version: the limits every contract through it gets.
@@ -235,6 +239,7 @@ impl Snapshot {
             issuers: Vec::new(),
             buckets: None,
             next: None,
+            base_revision: None,
         }
     }
 }

@@ -156,5 +156,6 @@ pub fn acme() -> Snapshot {
         issuers: Vec::new(),
         buckets: None,
         next: None,
+        base_revision: None,
     }
 }

@@ -103,6 +103,9 @@ impl RequestMetrics {
 pub struct PollerMetrics {
     pub updates: Metric,
     pub rejected: Metric,
+    /// The subset of `rejected` the replay guard refused (an older revision, a delta from
+    /// another revision, a page out of order, an answer older than the maximum age).
+    pub replayed: Metric,
     pub fetch_errors: Metric,
     pub revision: Metric,
 }
@@ -112,6 +115,7 @@ impl PollerMetrics {
         PollerMetrics {
             updates: Metric::counter("tollgate_snapshot_updates_total"),
             rejected: Metric::counter("tollgate_snapshot_rejected_total"),
+            replayed: Metric::counter("tollgate_snapshot_replayed_total"),
             fetch_errors: Metric::counter("tollgate_snapshot_fetch_errors_total"),
             revision: Metric::gauge("tollgate_snapshot_revision"),
         }

@@ -1,18 +1,25 @@
 //! The snapshot poller: one per Envoy process (a singleton WasmService on the main thread).
 //!
 //! It long-polls the control plane (`GET <path>?since=<held>&wait=<s>`), verifies each
-//! snapshot's signature and compiles it, and only then publishes the body into shared data,
-//! where every worker picks it up on its next refresh tick. Anything else (an error status, a
-//! timeout, a bad signature, bad JSON, an unknown schema) keeps the last good snapshot, is
-//! logged and counted, and is retried with capped exponential backoff and jitter.
+//! snapshot's Ed25519 signature and signed issue time, compiles it, checks that it moves the
+//! gateway forward ([`Sequence`]: never to an older revision, a delta only over the revision it
+//! names, pages in order), and only then publishes it into shared data, where every worker
+//! picks it up on its next refresh tick. Anything else (an error status, a timeout, a bad
+//! signature, bad JSON, an unknown schema, a replayed or too old answer) keeps the last good
+//! snapshot, is logged and counted, and is retried with capped exponential backoff and jitter.
+//!
+//! The gateway token comes from the environment Envoy gives the module (`host_env_keys`),
+//! never from the plugin configuration, which Envoy's admin interface prints.
 
 use std::time::Duration;
 
 use proxy_wasm::hostcalls::{dispatch_http_call, set_tick_period};
 use tollgate_core::config::{ConfigError, ControlPlane, LoadedConfig};
-use tollgate_core::distribution::{publish_directory, publish_routes, verify_snapshot, Backoff};
+use tollgate_core::distribution::{
+    publish_directory, publish_routes, verify_snapshot, Backoff, Sequence, Step,
+};
 use tollgate_core::gateway::RequestHeaders;
-use tollgate_core::signing::SIGNATURE_HEADER;
+use tollgate_core::signing::{TrustedKeys, SIGNATURE_HEADER};
 
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::PollerMetrics;
@@ -26,8 +33,11 @@ pub struct Poller {
     control_plane: ControlPlane,
     metrics: PollerMetrics,
     backoff: Backoff,
-    /// The revision last published, sent as `If-None-Match`.
-    revision: Option<u64>,
+    /// `Bearer <gateway token>`.
+    authorization: String,
+    trusted_keys: TrustedKeys,
+    /// The revision held (sent as `since` and `If-None-Match`) and the one being assembled.
+    sequence: Sequence,
     /// The cursor of the next page of the revision being received.
     next_page: Option<String>,
     in_flight: Option<u32>,
@@ -43,6 +53,28 @@ impl Poller {
                 message: "the tollgate-poller service needs a control_plane to poll".into(),
             });
         };
+        let config_error = |field: &str, message: String| ConfigError {
+            field: format!("control_plane.{field}"),
+            message,
+        };
+        let trusted_keys = control_plane
+            .trusted_keys()
+            .map_err(|e| config_error("snapshot_public_keys", e.to_string()))?;
+        // WASI environ: the variables Envoy lists in vm_config.environment_variables.
+        let token = std::env::var(&control_plane.gateway_token_env)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                config_error(
+                    "gateway_token_env",
+                    format!(
+                        "the module's environment has no {name}: start Envoy with {name} set and \
+                         list it in vm_config.environment_variables.host_env_keys",
+                        name = control_plane.gateway_token_env
+                    ),
+                )
+            })?;
         if let Err(status) = set_tick_period(TICK) {
             log::warn!("tollgate poller: cannot schedule polling: {status:?}");
         }
@@ -54,9 +86,11 @@ impl Poller {
         );
         Ok(Poller {
             backoff: Backoff::new(control_plane.retry_initial_ms, control_plane.retry_max_ms),
+            authorization: format!("Bearer {token}"),
+            trusted_keys,
             control_plane,
             metrics: PollerMetrics::define(),
-            revision: None,
+            sequence: Sequence::default(),
             next_page: None,
             in_flight: None,
             next_poll_at_ms: 0,
@@ -72,7 +106,7 @@ impl Poller {
 
     fn poll(&mut self) {
         let cp = &self.control_plane;
-        let (path, if_none_match) = match (&self.next_page, self.revision) {
+        let (path, if_none_match) = match (&self.next_page, self.sequence.held()) {
             // The rest of a revision that arrives in pages.
             (Some(cursor), _) => (format!("{}?cursor={cursor}", cp.path), None),
             // With a snapshot in hand, wait for a newer one and take only what changed since
@@ -83,12 +117,11 @@ impl Poller {
             ),
             (None, None) => (cp.path.clone(), None),
         };
-        let authorization = format!("Bearer {}", cp.gateway_token);
         let mut headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", cp.authority.as_str()),
-            ("authorization", authorization.as_str()),
+            ("authorization", self.authorization.as_str()),
         ];
         if let Some(etag) = &if_none_match {
             headers.push(("if-none-match", etag.as_str()));
@@ -135,27 +168,37 @@ impl Poller {
             .get(SIGNATURE_HEADER)
             .ok()
             .flatten();
-        let secret = self.control_plane.snapshot_secret.as_bytes();
-        match verify_snapshot(secret, &body, signature.as_deref()) {
-            Ok((snapshot, compiled)) => {
-                let revision = compiled.revision();
+        let now_s = host::now_ms().unwrap_or(0) / 1000;
+        let max_age = u64::from(self.control_plane.max_snapshot_age_seconds);
+        let admitted = verify_snapshot(
+            &self.trusted_keys,
+            max_age,
+            now_s,
+            &body,
+            signature.as_deref(),
+        )
+        .and_then(|(snapshot, compiled)| {
+            let step = self.sequence.admit(&snapshot)?;
+            Ok((snapshot, compiled, step))
+        });
+        match admitted {
+            Ok((snapshot, compiled, step)) => {
                 // Keys first: each bucket is one atomic write. The routing table (and with it
                 // the revision workers watch) follows once the last page is in.
                 let mut shared = SharedData;
-                let published = publish_directory(&mut shared, &compiled.directory).and_then(
-                    |_| match &snapshot.next {
-                        Some(_) => Ok(()),
-                        None => publish_routes(&mut shared, &snapshot),
-                    },
-                );
+                let published =
+                    publish_directory(&mut shared, &compiled.directory).and_then(|_| match step {
+                        Step::Page(_) => Ok(()),
+                        Step::Complete(_) => publish_routes(&mut shared, &snapshot),
+                    });
                 if let Err(e) = published {
                     return self.failed(&e.0);
                 }
+                self.sequence.advance(&snapshot, step);
                 self.backoff.reset();
                 self.next_page = snapshot.next;
-                if self.next_page.is_none() {
+                if let Step::Complete(revision) = step {
                     log::info!("tollgate poller: published snapshot revision {revision}");
-                    self.revision = Some(revision);
                     self.metrics.updates.inc();
                     self.metrics.revision.set(revision);
                 }
@@ -163,21 +206,30 @@ impl Poller {
             }
             Err(rejected) => {
                 self.metrics.rejected.inc();
+                if rejected.is_replay() {
+                    self.metrics.replayed.inc();
+                }
                 log::warn!(
                     "tollgate poller: refused a snapshot ({} bytes): {rejected}; still enforcing revision {}",
                     body.len(),
-                    self.revision.map_or("none".to_owned(), |r| r.to_string())
+                    self.held()
                 );
                 self.schedule_retry();
             }
         }
     }
 
+    fn held(&self) -> String {
+        self.sequence
+            .held()
+            .map_or("none".to_owned(), |r| r.to_string())
+    }
+
     fn failed(&mut self, why: &str) {
         self.metrics.fetch_errors.inc();
         log::warn!(
             "tollgate poller: snapshot poll failed: {why}; still enforcing revision {}",
-            self.revision.map_or("none".to_owned(), |r| r.to_string())
+            self.held()
         );
         self.schedule_retry();
     }

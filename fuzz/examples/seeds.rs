@@ -1,9 +1,9 @@
 //! Writes the committed seed corpus, `seeds/<target>/`, from the fixed catalogue, its keys and
 //! its token issuer: `cargo run --example seeds` (in fuzz/). Re-running rewrites the same files.
-//! The real control-plane snapshots (`seeds/snapshot/control-plane-*`, the body alone and as
-//! `signature\nbody`) were captured from `tollgate serve` run with `TOLLGATE_SNAPSHOT_SECRET` set
-//! to [`SNAPSHOT_SECRET`] and `demo/catalogue.yaml` applied: `GET /v1/snapshot`, and after a key
-//! rotation `GET /v1/snapshot?since=<revision>` (a delta page).
+//! The real control-plane snapshots (`seeds/snapshot/control-plane-*.json`) were captured from
+//! `tollgate serve` with `demo/catalogue.yaml` applied: `GET /v1/snapshot`, and after a key
+//! rotation `GET /v1/snapshot?since=<revision>` (a delta page); this example writes each as
+//! `signature\nbody` too, signed with [`SNAPSHOT_SIGNING_SEED`] at the targets' clock.
 
 use std::fs;
 use std::path::Path;
@@ -48,13 +48,22 @@ fn main() {
         "wrong-schema.json",
         br#"{"schema":2,"revision":1}"#,
     );
-    let signed = [
-        signing::sign(SNAPSHOT_SECRET, &body).as_bytes(),
-        b"\n",
-        &body,
-    ]
-    .concat();
-    write("snapshot", "signed-catalogue", &signed);
+    let key = snapshot_signing_key();
+    let sign = |body: &[u8]| {
+        [
+            key.sign(NOW_MS / 1000, &signing::body_digest(body))
+                .as_bytes(),
+            b"\n",
+            body,
+        ]
+        .concat()
+    };
+    write("snapshot", "signed-catalogue", &sign(&body));
+    for captured in ["control-plane-demo", "control-plane-delta"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/snapshot");
+        let body = fs::read(dir.join(format!("{captured}.json"))).expect("captured seed");
+        write("snapshot", &format!("{captured}-signed"), &sign(&body));
+    }
     write(
         "snapshot",
         "bad-signature",

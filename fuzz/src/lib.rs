@@ -9,8 +9,19 @@ use serde_json::{json, Value};
 use tollgate_core::keys::key_hash_hex;
 use tollgate_core::snapshot::Issuer;
 
-/// The snapshot secret the `snapshot` target verifies against.
-pub const SNAPSHOT_SECRET: &[u8] = b"fuzz-snapshot-secret-0123456789abcdef";
+/// The Ed25519 seed (unpadded base64url) the `snapshot` target signs with.
+pub const SNAPSHOT_SIGNING_SEED: &str = "ZnV6ei1zbmFwc2hvdC1zaWduaW5nLWtleS0wMTIzNDU";
+
+pub fn snapshot_signing_key() -> tollgate_core::signing::SnapshotSigningKey {
+    tollgate_core::signing::SnapshotSigningKey::from_base64(SNAPSHOT_SIGNING_SEED)
+        .expect("a valid seed")
+}
+
+/// The gateway's side: the public key of [`SNAPSHOT_SIGNING_SEED`].
+pub fn trusted_snapshot_keys() -> tollgate_core::signing::TrustedKeys {
+    tollgate_core::signing::TrustedKeys::parse(&[snapshot_signing_key().public_key()])
+        .expect("a valid public key")
+}
 /// 2025-06-15T11:59:00Z: the clock of every target that needs one, unless the input moves it.
 pub const NOW_MS: u64 = 1_749_988_740_000;
 

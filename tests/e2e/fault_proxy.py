@@ -14,6 +14,11 @@ answer; the proxy only damages what travels back. Faults:
   signature header, if it sent one).
 - `"tamper"`: relay a 200 snapshot with one byte of its body changed (the signature no longer
   matches); other answers unchanged.
+- `"replay"`: answer every request at once with the recording set by `replay(...)` (an
+  authentic, signed answer the control plane gave earlier), without asking the control plane:
+  what a network that recorded old answers can do.
+
+Every 200 answer relayed is kept as `last_snapshot` (a `Recorded`), for replaying later.
 
 Runs in threads of the test process; `stop()` releases held answers and closes the port.
 """
@@ -21,13 +26,29 @@ Runs in threads of the test process; `stop()` releases held answers and closes t
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = (None, "slow", "error", "reset", "garbage", "tamper")
+FAULTS = (None, "slow", "error", "reset", "garbage", "tamper", "replay")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One answer of the control plane as it travelled: status, headers (signature included)
+    and body."""
+
+    path: str
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def revision(self) -> int:
+        return int(json.loads(self.body)["revision"])
 
 
 class FaultProxy:
@@ -40,6 +61,8 @@ class FaultProxy:
         self.applied: Counter[str | None] = Counter()
         self._lock = threading.Lock()
         self._released = threading.Event()
+        self._replay: Recorded | None = None
+        self._last_snapshot: Recorded | None = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +89,17 @@ class FaultProxy:
         assert fault in FAULTS, fault
         self.fault = fault
 
+    def replay(self, answer: Recorded) -> None:
+        """From now on, answer every request with `answer`."""
+        with self._lock:
+            self._replay = answer
+        self.fault = "replay"
+
+    @property
+    def last_snapshot(self) -> Recorded | None:
+        with self._lock:
+            return self._last_snapshot
+
     def count(self, fault: str | None) -> int:
         with self._lock:
             return self.applied[fault]
@@ -77,6 +111,13 @@ class FaultProxy:
         self._thread.join(timeout=10)
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            replay = self._replay if self.fault == "replay" else None
+        if replay is not None:
+            with self._lock:
+                self.applied["replay"] += 1
+            self._send(request, replay.status, "OK", list(replay.headers), replay.body)
+            return
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
         upstream = http.client.HTTPConnection("127.0.0.1", self.target_port, timeout=120)
         try:
@@ -94,6 +135,8 @@ class FaultProxy:
         fault = self.fault  # the fault in force when the control plane answered
         with self._lock:
             self.applied[fault] += 1
+            if fault is None and status == 200:
+                self._last_snapshot = Recorded(request.path, status, tuple(answer_headers), body)
         if fault == "slow":
             self._released.wait(self.hold_s)
         elif fault == "error":
@@ -111,6 +154,12 @@ class FaultProxy:
             index = body.rfind(b"1")
             index = index if index >= 0 else len(body) // 2
             body = body[:index] + (b"2" if body[index:index + 1] == b"1" else b" ") + body[index + 1:]
+        self._send(request, status, reason, answer_headers, body)
+
+    @staticmethod
+    def _send(
+        request: BaseHTTPRequestHandler, status: int, reason: str, answer_headers: list[tuple[str, str]], body: bytes
+    ) -> None:
         try:
             request.send_response(status, reason)
             for name, value in answer_headers:

@@ -14,12 +14,15 @@ import datetime as dt
 import hashlib
 import http.client
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -266,16 +269,37 @@ class EnvoyFailedToStart(RuntimeError):
         self.log = log
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: Envoy's admin interface when it listens on a pipe."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
 class Envoy:
     """A real Envoy with `--concurrency 2`, started from a bootstrap (a dict, or the YAML text
     of `tollgate envoy-config`) and ready on return, serving on the listener named `listener`.
+    `env` adds to the environment Envoy starts with (e.g. the gateway token the module reads).
+    The admin interface may be TCP or a unix socket (`admin_get` speaks both).
 
     `Envoy.start(...)` raises EnvoyFailedToStart (with the log) when Envoy exits or never
     becomes ready with its listener bound; `stop()` always ends the process.
     """
 
     def __init__(
-        self, bootstrap: dict[str, Any] | str, workdir: Path | None = None, listener: str = "ingress"
+        self,
+        bootstrap: dict[str, Any] | str,
+        workdir: Path | None = None,
+        listener: str = "ingress",
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         # Without a workdir: a scratch one, removed on stop unless the session keeps it (for the
         # log check).
@@ -293,6 +317,9 @@ class Envoy:
         self.log_path = self.workdir / "envoy.log"
         LOGS.add(self.log_path)
         self.admin_url = ""
+        # The admin interface's unix socket, when it listens on one.
+        self.admin_socket = ""
+        self.cwd = Path(cwd) if cwd else Path.cwd()
         self.url = ""
         self.port = 0
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -308,14 +335,20 @@ class Envoy:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+            cwd=cwd,
         )
         _live.append(self.process)
 
     @classmethod
     def start(
-        cls, bootstrap: dict[str, Any] | str, workdir: Path | None = None, listener: str = "ingress"
+        cls,
+        bootstrap: dict[str, Any] | str,
+        workdir: Path | None = None,
+        listener: str = "ingress",
+        env: dict[str, str] | None = None,
     ) -> "Envoy":
-        envoy = cls(bootstrap, workdir, listener)
+        envoy = cls(bootstrap, workdir, listener, env)
         try:
             envoy.wait_ready()
         except BaseException:
@@ -337,10 +370,15 @@ class Envoy:
                 address = self.admin_address_path.read_text().strip() if self.admin_address_path.exists() else ""
                 if not address:
                     return False
-                self.admin_url = f"http://{address}"
+                if address.startswith("/") or not re.search(r":\d+$", address):
+                    # A relative socket path is in the directory Envoy started in.
+                    self.admin_socket = str(self.cwd / address)
+                    self.admin_url = f"unix:{self.admin_socket}"
+                else:
+                    self.admin_url = f"http://{address}"
             try:
-                return requests.get(f"{self.admin_url}/ready", timeout=2).status_code == 200
-            except requests.RequestException:
+                return self.admin_get("/ready", timeout_s=2)[0] == 200
+            except OSError:
                 return False
 
         try:
@@ -350,27 +388,43 @@ class Envoy:
         self.port = self._listener_port(self.listener)
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def admin_get(self, target: str, timeout_s: float = 5) -> tuple[int, str]:
+        """GET `target` (path and query) from the admin interface: (status, body)."""
+        if self.admin_socket:
+            connection: http.client.HTTPConnection = _UnixHTTPConnection(self.admin_socket, timeout_s)
+        else:
+            host, port = self.admin_url.removeprefix("http://").rsplit(":", 1)
+            connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+        try:
+            connection.request("GET", target)
+            answer = connection.getresponse()
+            return answer.status, answer.read().decode(errors="replace")
+        finally:
+            connection.close()
+
     def _listener_port(self, name: str) -> int:
-        listeners = requests.get(f"{self.admin_url}/listeners?format=json", timeout=5).json()
+        listeners = json.loads(self.admin_get("/listeners?format=json")[1])
         for listener in listeners.get("listener_statuses", []):
             if listener.get("name") == name:
                 return int(listener["local_address"]["socket_address"]["port_value"])
         raise EnvoyFailedToStart(f"listener {name!r} is not active: {listeners}", self.log())
 
     def server_info(self) -> dict[str, Any]:
-        return requests.get(f"{self.admin_url}/server_info", timeout=5).json()
+        return dict(json.loads(self.admin_get("/server_info")[1]))
+
+    def _admin_ok(self, target: str) -> str:
+        status, body = self.admin_get(target)
+        assert status == 200, f"admin {target}: {status} {body[:200]}"
+        return body
 
     def prometheus(self) -> str:
-        response = requests.get(f"{self.admin_url}/stats/prometheus", timeout=5)
-        response.raise_for_status()
-        return response.text
+        return self._admin_ok("/stats/prometheus")
 
     def stats(self, filter_regex: str = "") -> dict[str, int]:
         """Counters and gauges of `/stats` (text form) whose name matches `filter_regex`."""
-        response = requests.get(f"{self.admin_url}/stats", params={"filter": filter_regex}, timeout=5)
-        response.raise_for_status()
+        text = self._admin_ok(f"/stats?{urllib.parse.urlencode({'filter': filter_regex})}")
         values: dict[str, int] = {}
-        for line in response.text.splitlines():
+        for line in text.splitlines():
             name, _, value = line.partition(": ")
             if value.strip().lstrip("-").isdigit():
                 values[name] = int(value)

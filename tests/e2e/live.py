@@ -52,6 +52,13 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
 
 # --- the control plane ---------------------------------------------------------------------
 
+# The control plane's secrets: environment variable → file in its data directory.
+SECRETS = {
+    "TOLLGATE_ADMIN_TOKEN": "admin-token",
+    "TOLLGATE_GATEWAY_TOKEN": "gateway-token",
+    "TOLLGATE_SNAPSHOT_SIGNING_KEY": "snapshot-signing-key",
+}
+
 
 class ControlPlaneFailedToStart(RuntimeError):
     pass
@@ -102,7 +109,7 @@ class ControlPlane:
         except BaseException as error:
             self.stop()
             raise ControlPlaneFailedToStart(f"{error}\n--- control plane log ---\n{self.log()[-4000:]}") from None
-        for name in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_GATEWAY_TOKEN", "TOLLGATE_SNAPSHOT_SECRET"):
+        for name in SECRETS:
             remember_secret(self.secret(name))
         return self
 
@@ -142,13 +149,24 @@ class ControlPlane:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def public_key(self, signing_key: str | None = None) -> str:
+        """`tollgate snapshot-public-key`: of `signing_key` (a seed), else of the key this
+        control plane runs with."""
+        env = _clean_env({**self.env, **self.run_env})
+        if signing_key:
+            env["TOLLGATE_SNAPSHOT_SIGNING_KEY"] = signing_key
+        out = subprocess.run(
+            [str(TOLLGATE), "--data-dir", str(self.data_dir), "snapshot-public-key"],
+            capture_output=True, text=True, env=env, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
     def secret(self, name: str) -> str:
         """A secret as the control plane reads it: its environment, else its data directory."""
         if name in self.env:
             return self.env[name]
-        file = {"TOLLGATE_ADMIN_TOKEN": "admin-token", "TOLLGATE_GATEWAY_TOKEN": "gateway-token",
-                "TOLLGATE_SNAPSHOT_SECRET": "snapshot-secret"}[name]
-        return (self.data_dir / file).read_text().strip()
+        return (self.data_dir / SECRETS[name]).read_text().strip()
 
     # --- the management API (DESIGN.md §3) ---
 
@@ -264,12 +282,16 @@ def gateway_bootstrap(
     unmatched: str = "pass",
     control_plane_url: str | None = None,
     poller: dict[str, Any] | None = None,
+    admin: str | None = "127.0.0.1:0",
+    extra_args: tuple[str, ...] = (),
 ) -> str:
-    """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`, with
-    the gateway token and snapshot secret from the same environment / data directory.
+    """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
+    trusting its snapshot public key (derived from the same environment / data directory).
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
-    (e.g. `poll_timeout_seconds`)."""
+    (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; None keeps
+    the default of `envoy-config`, a unix socket in the directory Envoy starts in);
+    `extra_args` go to `envoy-config` as they are (e.g. `--snapshot-public-key`)."""
     out = subprocess.run(
         [
             str(TOLLGATE),
@@ -279,9 +301,10 @@ def gateway_bootstrap(
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--control-plane", control_plane_url or control_plane.url,
-            "--admin", "127.0.0.1:0",
+            *(["--admin", admin] if admin else []),
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
+            *extra_args,
         ],
         capture_output=True,
         text=True,
@@ -319,6 +342,7 @@ class SnapshotMetrics:
 
     updates: float
     rejected: float
+    replayed: float
     fetch_errors: float
     revision: float
     adoptions: float
@@ -333,6 +357,7 @@ def snapshot_metrics(envoy: Envoy) -> SnapshotMetrics:
     return SnapshotMetrics(
         updates=value("tollgate_snapshot_updates_total"),
         rejected=value("tollgate_snapshot_rejected_total"),
+        replayed=value("tollgate_snapshot_replayed_total"),
         fetch_errors=value("tollgate_snapshot_fetch_errors_total"),
         revision=value("tollgate_snapshot_revision"),
         adoptions=value("tollgate_snapshot_adoptions_total"),
@@ -450,11 +475,24 @@ class LiveProcesses:
         unmatched: str = "pass",
         control_plane_url: str | None = None,
         poller: dict[str, Any] | None = None,
+        admin: str | None = "127.0.0.1:0",
+        extra_args: tuple[str, ...] = (),
     ) -> Envoy:
+        """A gateway of `control_plane`, started as an operator would: the bootstrap of
+        `tollgate envoy-config`, the gateway token in Envoy's environment, its own directory as
+        the working directory."""
         bootstrap = gateway_bootstrap(
-            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller
+            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin, extra_args
         )
-        envoy = Envoy(bootstrap, self.workdir / f"gateway-{len(self.gateways)}", listener="tollgate")
+        workdir = self.workdir / f"gateway-{len(self.gateways)}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        envoy = Envoy(
+            bootstrap,
+            workdir,
+            listener="tollgate",
+            env={"TOLLGATE_GATEWAY_TOKEN": control_plane.secret("TOLLGATE_GATEWAY_TOKEN")},
+            cwd=workdir,
+        )
         self.gateways.append(envoy)
         envoy.wait_ready()
         return envoy

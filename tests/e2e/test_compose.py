@@ -64,6 +64,17 @@ def test_compose_pins_envoy_and_mounts_the_committed_config(compose: dict[str, A
     assert envoy["command"][:3] == ["envoy", "--config-path", "/etc/tollgate/envoy.yaml"]
 
 
+def test_envoy_gets_the_gateway_token_in_its_environment_and_its_config_holds_no_secret(
+    compose: dict[str, Any],
+) -> None:
+    secrets = compose["x-demo-secrets"]
+    assert compose["services"]["envoy"]["environment"] == {"TOLLGATE_GATEWAY_TOKEN": secrets["TOLLGATE_GATEWAY_TOKEN"]}
+    text = ENVOY_CONFIG.read_text()
+    for name, value in secrets.items():
+        assert value not in text, f"envoy/compose.yaml holds {name}"
+    assert "TOLLGATE_GATEWAY_TOKEN" in text, "host_env_keys names the variable"
+
+
 def test_envoy_config_is_what_tollgate_envoy_config_prints(compose: dict[str, Any], tollgate: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env.update(compose["x-demo-secrets"])

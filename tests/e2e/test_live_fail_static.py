@@ -8,6 +8,9 @@ control plane leaves it running normally again, even when it fails.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import time
 from typing import Iterator
 
@@ -122,7 +125,7 @@ def test_gateway_keeps_enforcing_the_last_snapshot_while_the_control_plane_is_do
     assert enforced(envoy) == {**LAST_SNAPSHOT, "no contract": 200}, "counts or keys lost across the outage"
 
 
-def test_snapshot_signed_with_another_secret_is_refused_and_the_last_good_one_kept(
+def test_snapshot_signed_with_another_key_is_refused_and_the_last_good_one_kept(
     control_plane: ControlPlane, envoy: Envoy
 ) -> None:
     key = control_plane.client_version("acme", "latecomer", "1")
@@ -131,8 +134,9 @@ def test_snapshot_signed_with_another_secret_is_refused_and_the_last_good_one_ke
     wait_all_workers_enforce(envoy, good_revision)
     before = snapshot_metrics(envoy)
 
-    # The same catalogue, signed with a secret the gateway does not hold.
-    control_plane.restart(env={"TOLLGATE_SNAPSHOT_SECRET": "not-the-secret-the-gateway-holds"})
+    # The same catalogue, signed with an Ed25519 key whose public key the gateway does not trust.
+    other_key = base64.urlsafe_b64encode(hashlib.sha256(b"another signing key").digest()).decode().rstrip("=")
+    control_plane.restart(env={"TOLLGATE_SNAPSHOT_SIGNING_KEY": other_key})
     control_plane.contract("acme/latecomer/1", "acme/orders/1", "gold")
     wait_until(
         lambda: snapshot_metrics(envoy).rejected > before.rejected,
@@ -150,7 +154,7 @@ def test_snapshot_signed_with_another_secret_is_refused_and_the_last_good_one_ke
     assert after.revision == good_revision and after.updates == before.updates
     assert get(envoy, ORDERS, Keys.allowed).status_code == 200
 
-    # The right secret again: the change arrives.
+    # The trusted key again: the change arrives.
     control_plane.restart()
     answered(envoy, ORDERS, key, 200, RECONNECT_DEADLINE_S)
     wait_until(

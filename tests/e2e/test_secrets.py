@@ -59,10 +59,10 @@ def test_management_api_refuses_the_gateway_token(control_plane: ControlPlane) -
 def test_secret_files_are_private(control_plane: ControlPlane) -> None:
     data_dir = control_plane.data_dir
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
-    for name in ("admin-token", "gateway-token", "snapshot-secret"):
+    for name in ("admin-token", "gateway-token", "snapshot-signing-key"):
         mode = stat.S_IMODE((data_dir / name).stat().st_mode)
         assert mode == 0o600, f"{name}: {oct(mode)}"
-    tokens = {control_plane.secret(n) for n in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_GATEWAY_TOKEN", "TOLLGATE_SNAPSHOT_SECRET")}
+    tokens = {control_plane.secret(n) for n in ("TOLLGATE_ADMIN_TOKEN", "TOLLGATE_GATEWAY_TOKEN", "TOLLGATE_SNAPSHOT_SIGNING_KEY")}
     assert len(tokens) == 3 and all(len(t) >= 32 for t in tokens)
     log = control_plane.log()
     assert all(t not in log for t in tokens)

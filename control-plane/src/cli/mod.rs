@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
+use tollgate_core::signing::SnapshotSigningKey;
 
 use self::client::{ApiClient, ClientError};
 use self::tokens::{IssuerCommand, ServiceAccountCommand, SubjectCommand, TokenKeyCommand};
@@ -95,6 +96,9 @@ enum Command {
     Export,
     /// Print a complete Envoy bootstrap for a live-mode gateway in front of one upstream.
     EnvoyConfig(EnvoyConfigArgs),
+    /// Print the public key of the snapshot signing key (env TOLLGATE_SNAPSHOT_SIGNING_KEY or
+    /// the data directory): what gateways trust.
+    SnapshotPublicKey,
 }
 
 #[derive(Debug, Args)]
@@ -114,9 +118,16 @@ struct EnvoyConfigArgs {
     /// Envoy worker threads; Envoy takes this on its command line, so it is printed there.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
-    /// Envoy's admin interface, host:port.
-    #[arg(long, default_value = "127.0.0.1:9901")]
+    /// Envoy's admin interface: a unix socket of mode 0600 (`unix:PATH` or an absolute path; a
+    /// relative one is in the directory Envoy starts in), or host:port for TCP, which every
+    /// local user can reach (it serves /config_dump and can stop Envoy).
+    #[arg(long, default_value = "unix:envoy-admin.sock")]
     admin: String,
+    /// A snapshot public key the gateway trusts (repeat it while rotating the signing key).
+    /// Default: the public key of the signing key in TOLLGATE_SNAPSHOT_SIGNING_KEY or the data
+    /// directory.
+    #[arg(long = "snapshot-public-key")]
+    snapshot_public_keys: Vec<String>,
     /// Requests that match no API: pass (untouched) or deny (404).
     #[arg(long, default_value = "pass")]
     unmatched: String,
@@ -334,6 +345,18 @@ enum ContractCommand {
 pub fn main(cli: Cli) -> ExitCode {
     let command = match cli.command {
         Command::Serve(args) => return serve(args, cli.global.data_dir),
+        Command::SnapshotPublicKey => {
+            return match snapshot_public_key(&cli.global.data_dir) {
+                Ok(key) => {
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::EnvoyConfig(args) => {
             return match envoy_config(&args, &cli.global.data_dir) {
                 Ok(config) => {
@@ -388,24 +411,33 @@ fn serve(mut args: ServeArgs, data_dir: PathBuf) -> ExitCode {
     }
 }
 
-/// The bootstrap as YAML, with the command line to run it; the secrets come from the same
-/// environment variables or data directory as `serve`'s.
+/// The public key of the control plane's snapshot signing key (env or data directory).
+fn snapshot_public_key(data_dir: &std::path::Path) -> Result<String, String> {
+    let kind = SecretKind::SnapshotSigningKey;
+    let seed = read_secret(kind, data_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no {}: set {}, point --data-dir at a directory where `tollgate serve` has run \
+                 (looked in {}), or pass --snapshot-public-key",
+                kind.file_name(),
+                kind.env_var(),
+                data_dir.display()
+            )
+        })?;
+    SnapshotSigningKey::from_base64(&seed)
+        .map(|k| k.public_key())
+        .map_err(|e| format!("{}: {e}", kind.file_name()))
+}
+
+/// The bootstrap as YAML, with the command line to run it. It holds no secret: the gateway
+/// trusts the control plane's public key and reads the gateway token from its environment.
 fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<String, String> {
-    let secret = |kind: SecretKind| -> Result<String, String> {
-        read_secret(kind, data_dir)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "no {}: set {} or point --data-dir at a directory where `tollgate serve` has run \
-                     (looked in {})",
-                    kind.file_name(),
-                    kind.env_var(),
-                    data_dir.display()
-                )
-            })
+    let keys = if args.snapshot_public_keys.is_empty() {
+        vec![snapshot_public_key(data_dir)?]
+    } else {
+        args.snapshot_public_keys.clone()
     };
-    let gateway_token = secret(SecretKind::GatewayToken)?;
-    let snapshot_secret = secret(SecretKind::SnapshotSecret)?;
     let wasm = std::path::absolute(&args.wasm)
         .map_err(|e| format!("--wasm {}: {e}", args.wasm.display()))?;
     let bootstrap = crate::envoy_config::bootstrap(&crate::envoy_config::GatewayOptions {
@@ -414,19 +446,27 @@ fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<St
         upstream: &args.upstream,
         control_plane: &args.control_plane,
         admin: &args.admin,
-        gateway_token: &gateway_token,
-        snapshot_secret: &snapshot_secret,
+        snapshot_public_keys: &keys,
         unmatched: &args.unmatched,
         failure_mode: &args.failure_mode,
     })
     .map_err(|e| e.to_string())?;
     let yaml = yaml_serde::to_string(&bootstrap).map_err(|e| e.to_string())?;
+    let admin = match bootstrap["admin"]["address"]["pipe"]["path"].as_str() {
+        Some(path) => format!(
+            "unix socket {path}, mode 0600 (curl --unix-socket {path} http://localhost/ready)"
+        ),
+        None => format!("TCP {} (any local user can reach it)", args.admin),
+    };
     Ok(format!(
         "# tollgate gateway for {upstream}, generated by `tollgate envoy-config`.\n\
-         # It holds the gateway token and snapshot secret: keep it private (mode 0600).\n\
-         # Run: envoy --config-path <this file> --concurrency {concurrency}\n{yaml}",
+         # No secret in here. Envoy passes the gateway token to the module from its own\n\
+         # environment ({token_env}, the control plane's gateway-token file or env):\n\
+         # Run: {token_env}=<gateway token> envoy --config-path <this file> --concurrency {concurrency}\n\
+         # Admin interface: {admin}\n{yaml}",
         upstream = args.upstream,
         concurrency = args.concurrency,
+        token_env = tollgate_core::config::DEFAULT_GATEWAY_TOKEN_ENV,
     ))
 }
 
@@ -443,7 +483,9 @@ fn run(global: &GlobalArgs, command: Command) -> Result<String, ClientError> {
     let api = ApiClient::new(&global.server, &token);
     let out = Output { json: global.json };
     match command {
-        Command::Serve(_) | Command::EnvoyConfig(_) => Ok(String::new()),
+        Command::Serve(_) | Command::EnvoyConfig(_) | Command::SnapshotPublicKey => {
+            Ok(String::new())
+        }
         Command::Org(c) => org(&api, &out, c),
         Command::Plan(PlanCommand::Owned(c)) => owned(&api, &out, "plans", c),
         Command::Plan(PlanCommand::Version(c)) => plan_version(&api, &out, c),

@@ -45,17 +45,20 @@ pub struct SnapshotQuery {
 }
 
 /// The catalogue a gateway needs, in `core`'s snapshot schema. Headers: `ETag:
-/// "<revision>"`, `x-tollgate-signature: base64(HMAC-SHA256(snapshot secret, body))`.
+/// "<revision>"`, `x-tollgate-signature: t=<issued at, unix seconds>,ed25519=<base64>`: the
+/// control plane's Ed25519 signature, made when answering, over
+/// `"tollgate-snapshot-v1\0" || issued_at (u64 big endian) || SHA-256(body)`.
 /// `If-None-Match: "<revision>"` answers 304 while the revision is unchanged. A catalogue with
 /// more keys than a page carries arrives in pages: each lists the key-directory `buckets` it
 /// defines and, but the last, the `next` cursor to pass as `?cursor=`. With `?since=<held
-/// revision>` a newer revision comes as a delta page when one can be cut.
+/// revision>` a newer revision comes as a delta page when one can be cut; it names that
+/// revision in `base_revision`, and gateways apply it only over exactly that revision.
 #[utoipa::path(get, path = "/v1/snapshot", tag = "gateway", params(SnapshotQuery,
         ("If-None-Match" = Option<String>, Header, description = "\"<revision>\" already held")),
     responses(
         (status = 200, description = "OK", body = SnapshotSchema, headers(
             ("ETag" = String, description = "\"<revision>\""),
-            ("x-tollgate-signature" = String, description = "base64 HMAC-SHA256 of the body"))),
+            ("x-tollgate-signature" = String, description = "t=<issued at>,ed25519=<base64 signature of the issue time and the body's SHA-256>"))),
         (status = 304, description = "The revision in If-None-Match is still current"),
         BadRequest, Unauthorized))]
 async fn get_snapshot(
@@ -74,9 +77,9 @@ async fn get_snapshot(
                         format!("revision {revision} has no page {page}"),
                     )
                 })?;
-                signed(snapshot.revision, page)
+                signed(&state, snapshot.revision, page)
             }
-            None => first_page(&state.store.snapshot()),
+            None => first_page(&state, &state.store.snapshot()),
         };
         state.metrics.snapshot_served("page");
         return Ok(response);
@@ -127,11 +130,11 @@ async fn newer(
             .flatten();
         if let Some(page) = delta {
             state.metrics.snapshot_served("delta");
-            return signed(snapshot.revision, &page);
+            return signed(state, snapshot.revision, &page);
         }
     }
     state.metrics.snapshot_served(outcome);
-    first_page(&snapshot)
+    first_page(state, &snapshot)
 }
 
 /// The revision named by `If-None-Match`: `"7"`, `W/"7"` or a bare `7`.
@@ -146,22 +149,24 @@ fn etag(revision: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn first_page(snapshot: &SignedSnapshot) -> Response {
+fn first_page(state: &AppState, snapshot: &SignedSnapshot) -> Response {
     match snapshot.pages.first() {
-        Some(page) => signed(snapshot.revision, page),
+        Some(page) => signed(state, snapshot.revision, page),
         None => {
             Error::Internal(format!("revision {} has no pages", snapshot.revision)).into_response()
         }
     }
 }
 
-fn signed(revision: u64, page: &SignedPage) -> Response {
+/// The page, signed now: a fresh issue time on every answer, so that a gateway can refuse a
+/// recorded one replayed later (`max_snapshot_age_seconds`).
+fn signed(state: &AppState, revision: u64, page: &SignedPage) -> Response {
     let mut response = (StatusCode::OK, page.body.clone()).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(ETAG, etag(revision));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(signature) = HeaderValue::from_str(&page.signature) {
+    if let Ok(signature) = HeaderValue::from_str(&state.store.sign(page)) {
         headers.insert(SIGNATURE_HEADER, signature);
     }
     response

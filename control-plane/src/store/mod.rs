@@ -27,7 +27,8 @@ use base64::Engine;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
-use tollgate_core::distribution::verify_snapshot;
+use tollgate_core::distribution::compile;
+use tollgate_core::signing::{body_digest, BodyDigest, SnapshotSigningKey};
 use tollgate_core::snapshot::Snapshot;
 
 use crate::error::Error;
@@ -35,15 +36,24 @@ use crate::model::{Page, PageQuery, Timestamp};
 
 pub const DATABASE_FILE: &str = "tollgate.db";
 
-/// One page of a snapshot as served, with its signature.
+/// One page of a snapshot as served. Its digest is taken once, at commit; each answer is signed
+/// over it with that answer's issue time ([`Store::sign`]).
 #[derive(Debug)]
 pub struct SignedPage {
     pub body: Bytes,
-    /// base64 HMAC-SHA256 of `body` under the snapshot secret.
-    pub signature: String,
+    pub digest: BodyDigest,
 }
 
-/// A revision's snapshot, rendered, paginated and signed once at commit.
+impl SignedPage {
+    fn new(body: Vec<u8>) -> Self {
+        SignedPage {
+            digest: body_digest(&body),
+            body: Bytes::from(body),
+        }
+    }
+}
+
+/// A revision's snapshot, rendered, paginated and hashed once at commit.
 #[derive(Debug)]
 pub struct SignedSnapshot {
     pub revision: u64,
@@ -69,7 +79,7 @@ pub const DEFAULT_PAGE_KEYS: usize = 20_000;
 
 pub struct Store {
     conn: Mutex<Connection>,
-    snapshot_secret: Vec<u8>,
+    signing_key: SnapshotSigningKey,
     page_keys: usize,
     published: watch::Sender<Arc<SignedSnapshot>>,
     /// The latest revisions, newest last, for `?cursor=` and `?since=` requests.
@@ -122,7 +132,7 @@ impl Store {
     /// moves the revision, except when it fills a brand-new catalogue that no gateway saw.
     pub fn open(
         path: &Path,
-        snapshot_secret: Vec<u8>,
+        signing_key: SnapshotSigningKey,
         page_keys: usize,
         prepare: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
     ) -> Result<Arc<Store>, Error> {
@@ -155,13 +165,13 @@ impl Store {
             tx.tx.commit()?;
         }
         let revision = current_revision(&conn)?;
-        let (first, full) = match sign_snapshot(&conn, revision, &snapshot_secret, page_keys) {
+        let (first, full) = match sign_snapshot(&conn, revision, page_keys) {
             Ok(signed) => signed,
             // Serve it anyway: gateways keep their last good snapshot, and the operator can
             // repair the catalogue through the API.
             Err(Error::Conflict { detail, .. }) => {
                 tracing::error!(revision, %detail, "the stored catalogue renders a snapshot gateways refuse");
-                sign_unchecked(&conn, revision, &snapshot_secret, page_keys)?
+                sign_unchecked(&conn, revision, page_keys)?
             }
             Err(e) => return Err(e),
         };
@@ -169,7 +179,7 @@ impl Store {
         let (published, _) = watch::channel(Arc::clone(&first));
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
-            snapshot_secret,
+            signing_key,
             page_keys,
             published,
             retained: Mutex::new(VecDeque::from([first])),
@@ -181,6 +191,17 @@ impl Store {
     /// The latest revision's whole catalogue, as gateways assemble it.
     pub fn catalogue(&self) -> Arc<Snapshot> {
         Arc::clone(&self.latest.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The `x-tollgate-signature` of an answer carrying `page`, issued now.
+    pub fn sign(&self, page: &SignedPage) -> String {
+        self.signing_key
+            .sign(unix_now().max(0) as u64, &page.digest)
+    }
+
+    /// The public key gateways verify snapshots with.
+    pub fn public_key(&self) -> String {
+        self.signing_key.public_key()
     }
 
     /// The latest committed snapshot.
@@ -213,16 +234,15 @@ impl Store {
         if snapshot::keys_in(&full, &changed) > self.page_keys {
             return None;
         }
-        let body = serde_json::to_vec(&snapshot::page_of(&full, &changed)).ok()?;
-        let signature = tollgate_core::signing::sign(&self.snapshot_secret, &body);
-        if let Err(rejected) = verify_snapshot(&self.snapshot_secret, &body, Some(&signature)) {
+        let mut delta = snapshot::page_of(&full, &changed);
+        // Signed with the body: a gateway applies it over exactly this revision.
+        delta.base_revision = Some(since);
+        let body = serde_json::to_vec(&delta).ok()?;
+        if let Err(rejected) = compile(&body) {
             tracing::error!(since, revision = current.revision, %rejected, "delta refused by core; serving the full revision");
             return None;
         }
-        let page = Arc::new(SignedPage {
-            body: Bytes::from(body),
-            signature,
-        });
+        let page = Arc::new(SignedPage::new(body));
         let mut deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
         deltas.retain(|_, (to, _)| *to == current.revision);
         deltas.insert(since, (current.revision, Arc::clone(&page)));
@@ -309,7 +329,7 @@ impl Store {
             |row| row.get(0),
         )?;
         let revision = revision as u64;
-        let (signed, full) = sign_snapshot(&tx, revision, &self.snapshot_secret, self.page_keys)?;
+        let (signed, full) = sign_snapshot(&tx, revision, self.page_keys)?;
         let signed = Arc::new(signed);
         tx.tx.commit()?;
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(full);
@@ -335,20 +355,20 @@ fn current_revision(conn: &Connection) -> Result<u64, Error> {
     Ok(revision as u64)
 }
 
-/// Renders, paginates and signs a revision, then runs each page through the gateways' own
-/// acceptance check (`core`'s `verify_snapshot`): a change whose snapshot gateways would refuse,
-/// and so keep enforcing the previous one, is refused here instead (409).
+/// Renders, paginates and hashes a revision, then runs each page through the gateways' own
+/// acceptance check (`core`'s `compile`, what `verify_snapshot` runs after the signature): a
+/// change whose snapshot gateways would refuse, and so keep enforcing the previous one, is
+/// refused here instead (409).
 fn sign_snapshot(
     conn: &Connection,
     revision: u64,
-    secret: &[u8],
     page_keys: usize,
 ) -> Result<(SignedSnapshot, Snapshot), Error> {
     let started = std::time::Instant::now();
-    let (signed, full) = sign_unchecked(conn, revision, secret, page_keys)?;
+    let (signed, full) = sign_unchecked(conn, revision, page_keys)?;
     let rendered = started.elapsed();
     for page in &signed.pages {
-        if let Err(rejected) = verify_snapshot(secret, &page.body, Some(&page.signature)) {
+        if let Err(rejected) = compile(&page.body) {
             return Err(Error::conflict(
                 "gateway-would-reject",
                 format!("gateways would refuse the resulting snapshot: {rejected}"),
@@ -370,7 +390,6 @@ fn sign_snapshot(
 fn sign_unchecked(
     conn: &Connection,
     revision: u64,
-    secret: &[u8],
     page_keys: usize,
 ) -> Result<(SignedSnapshot, Snapshot), Error> {
     let full = snapshot::render(conn, revision)?;
@@ -384,11 +403,7 @@ fn sign_unchecked(
         .map(|page| {
             let body = serde_json::to_vec(page)
                 .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
-            let signature = tollgate_core::signing::sign(secret, &body);
-            Ok(SignedPage {
-                body: Bytes::from(body),
-                signature,
-            })
+            Ok(SignedPage::new(body))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let digests = snapshot::bucket_digests(&full);

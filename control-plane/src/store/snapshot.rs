@@ -394,6 +394,7 @@ fn shell_of(full: &Snapshot) -> Snapshot {
         contracts: Vec::new(),
         buckets: None,
         next: None,
+        base_revision: None,
         ..full.clone()
     }
 }

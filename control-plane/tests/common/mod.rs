@@ -24,7 +24,8 @@ pub struct Server {
     pub log_path: PathBuf,
     pub admin_token: String,
     pub gateway_token: String,
-    pub snapshot_secret: String,
+    /// The public key of the server's snapshot signing key, as gateways trust it.
+    pub snapshot_keys: tollgate_core::signing::TrustedKeys,
     agent: ureq::Agent,
     // Dropped last: the directory outlives the process.
     _dir: Option<TempDir>,
@@ -68,6 +69,33 @@ fn agent() -> ureq::Agent {
 }
 
 impl Server {
+    /// A snapshot answer as a gateway checks it: signature of a trusted key, issued within
+    /// the default maximum age, compiled.
+    pub fn verify_snapshot(
+        &self,
+        answer: &Answer,
+    ) -> Result<
+        (
+            tollgate_core::snapshot::Snapshot,
+            tollgate_core::index::Compiled,
+        ),
+        tollgate_core::distribution::SnapshotRejected,
+    > {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        tollgate_core::distribution::verify_snapshot(
+            &self.snapshot_keys,
+            u64::from(tollgate_core::config::DEFAULT_MAX_SNAPSHOT_AGE_SECONDS),
+            now,
+            answer.body.as_bytes(),
+            answer
+                .header(tollgate_core::signing::SIGNATURE_HEADER)
+                .as_deref(),
+        )
+    }
+
     pub fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
@@ -91,7 +119,7 @@ impl Server {
             .arg(&data_dir)
             .env_remove("TOLLGATE_ADMIN_TOKEN")
             .env_remove("TOLLGATE_GATEWAY_TOKEN")
-            .env_remove("TOLLGATE_SNAPSHOT_SECRET")
+            .env_remove("TOLLGATE_SNAPSHOT_SIGNING_KEY")
             .env_remove("TOLLGATE_LISTEN")
             .env_remove("TOLLGATE_DATA_DIR")
             // A fixed issuer: the listen port changes across restarts, the issuer must not.
@@ -132,7 +160,14 @@ impl Server {
             base,
             admin_token: read("admin-token"),
             gateway_token: read("gateway-token"),
-            snapshot_secret: read("snapshot-secret"),
+            snapshot_keys: tollgate_core::signing::TrustedKeys::parse(&[
+                tollgate_core::signing::SnapshotSigningKey::from_base64(&read(
+                    "snapshot-signing-key",
+                ))
+                .expect("the server wrote its signing key")
+                .public_key(),
+            ])
+            .unwrap(),
             data_dir,
             log_path,
             agent: agent(),
