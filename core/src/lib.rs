@@ -11,12 +11,14 @@
 //! - [`shared`]: the shared-data contract (Envoy's semantics) and an in-memory mirror;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
 //! - [`token`]: JWT bearer tokens verified against the snapshot's trusted issuers;
-//! - [`gateway`]: one request end to end over a request-headers trait the filter implements.
+//! - [`gateway`]: one request end to end over a request-headers trait the filter implements;
+//! - [`header_map`]: the proxy-wasm header-map encoding (every header in one host call).
 
 pub mod config;
 pub mod decision;
 pub mod distribution;
 pub mod gateway;
+pub mod header_map;
 pub mod index;
 pub mod keydir;
 pub mod keys;

@@ -81,28 +81,132 @@ fn forward_api_key_keeps_the_key() {
     let mut s = acme();
     s.apis[0].forward_api_key = true;
     let (cfg, mut store) = config("", &s);
-    let mut h = request("/orders/v1?apikey=q", &[("x-api-key", GOLD_KEY)]);
+    let mut h = request("/orders/v1?q=1", &[("x-api-key", GOLD_KEY)]);
     assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
     assert_eq!(h.value("x-api-key"), Some(GOLD_KEY));
-    assert_eq!(h.value(":path"), Some("/orders/v1?apikey=q"));
+    assert_eq!(h.value(":path"), Some("/orders/v1?q=1"));
+}
+
+/// Caller-sent headers under tollgate's prefix, known names and others, repeated.
+const FORGED: [(&str, &str); 5] = [
+    ("x-tollgate-client", "acme/admin/1"),
+    ("x-tollgate-plan", "acme/unlimited/1"),
+    ("x-tollgate-subject", "root"),
+    ("x-tollgate-operation", "deleteEverything"),
+    ("x-tollgate-client", "acme/second/1"),
+];
+
+fn own_headers(h: &HeaderList) -> Vec<(String, String)> {
+    h.0.iter()
+        .filter(|(k, _)| k.starts_with("x-tollgate-"))
+        .cloned()
+        .collect()
 }
 
 #[test]
-fn unmatched_passes_untouched_or_is_denied() {
+fn unmatched_pass_forwards_without_forged_headers_or_key() {
     let (pass, mut store) = config("", &acme());
-    let mut h = request(
-        "/elsewhere",
-        &[("x-api-key", "k"), ("x-tollgate-client", "c")],
-    );
+    let mut sent = FORGED.to_vec();
+    sent.extend([("x-api-key", "k"), ("x-other", "kept")]);
+    let mut h = request("/elsewhere?apikey=k&x=1", &sent);
     assert_eq!(run(&pass, &mut h, &mut store).reason, Reason::Unmatched);
-    assert_eq!(h.value("x-api-key"), Some("k"), "untouched");
-    assert_eq!(h.value("x-tollgate-client"), Some("c"), "untouched");
+    assert_eq!(own_headers(&h), vec![], "{h:?}");
+    assert_eq!(h.value("x-api-key"), None);
+    assert_eq!(h.value(":path"), Some("/elsewhere?x=1"));
+    assert_eq!(h.value("x-other"), Some("kept"));
 
-    let (deny, _) = config(r#""unmatched":"deny","#, &acme());
+    let mut plain = request("/elsewhere", &[("x-other", "kept")]);
+    let before = plain.clone();
+    run(&pass, &mut plain, &mut store);
+    assert_eq!(plain, before, "nothing of tollgate's: untouched");
+}
+
+#[test]
+fn unmatched_deny_answers_404() {
+    let (deny, mut store) = config(r#""unmatched":"deny","#, &acme());
     match run(&deny, &mut request("/elsewhere", &[]), &mut store).outcome {
         Outcome::Respond(d) => assert_eq!(d.status, 404),
         other => panic!("expected 404, got {other:?}"),
     }
+}
+
+#[test]
+fn failure_mode_open_forwards_without_forged_headers_or_key() {
+    let (mut cfg, mut store) = config(r#""failure_mode":"open","#, &acme());
+    cfg.routes = None;
+    let mut sent = FORGED.to_vec();
+    sent.push(("x-api-key", GOLD_KEY));
+    let mut h = request(&format!("/orders/v1?apikey={GOLD_KEY}"), &sent);
+    let handled = run(&cfg, &mut h, &mut store);
+    assert_eq!(handled.reason, Reason::NotConfigured);
+    assert!(matches!(handled.outcome, Outcome::Forward { .. }));
+    assert_eq!(own_headers(&h), vec![], "{h:?}");
+    assert_eq!(h.value("x-api-key"), None);
+    assert_eq!(h.value(":path"), Some("/orders/v1"));
+}
+
+#[test]
+fn every_forged_header_is_removed_on_public_and_private_apis() {
+    let (cfg, mut store) = config("", &acme());
+    let mut public = request("/status", &FORGED);
+    assert_eq!(run(&cfg, &mut public, &mut store).reason, Reason::Public);
+    assert_eq!(own_headers(&public), vec![]);
+
+    let mut sent = FORGED.to_vec();
+    sent.push(("x-api-key", GOLD_KEY));
+    let mut private = request("/orders/v1", &sent);
+    assert_eq!(run(&cfg, &mut private, &mut store).reason, Reason::Allow);
+    let mut own = own_headers(&private);
+    own.sort();
+    assert_eq!(
+        own,
+        vec![
+            ("x-tollgate-client".to_owned(), "acme/mobile/1".to_owned()),
+            ("x-tollgate-plan".to_owned(), "acme/gold/1".to_owned()),
+        ],
+        "only tollgate's own identity; no subject without a token"
+    );
+}
+
+#[test]
+fn forward_api_key_forwards_only_the_checked_credential() {
+    let mut s = acme();
+    s.apis[0].forward_api_key = true;
+    let (cfg, mut store) = config("", &s);
+    // The header's first value is checked: its repeat and a query key beside it are dropped.
+    let mut h = request(
+        "/orders/v1?apikey=unchecked&x=1",
+        &[("x-api-key", GOLD_KEY), ("x-api-key", "unchecked-2")],
+    );
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    let keys: Vec<_> = h.0.iter().filter(|(k, _)| k == "x-api-key").collect();
+    assert_eq!(keys, vec![&("x-api-key".to_owned(), GOLD_KEY.to_owned())]);
+    assert_eq!(h.value(":path"), Some("/orders/v1?x=1"));
+    // A query key is checked: only its first occurrence goes on.
+    let mut h = request(
+        &format!("/orders/v1?apikey={GOLD_KEY}&apikey=unchecked"),
+        &[],
+    );
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    assert_eq!(
+        h.value(":path"),
+        Some(&*format!("/orders/v1?apikey={GOLD_KEY}"))
+    );
+}
+
+#[test]
+fn forward_api_key_never_forwards_a_key_beside_a_checked_token() {
+    let mut s = acme_with_tokens();
+    s.apis[0].forward_api_key = true;
+    let (cfg, mut store) = config("", &s);
+    let bearer = format!("Bearer {}", token_for("acme/mobile/1", "orders-api"));
+    let mut h = request(
+        "/orders/v1?apikey=unchecked",
+        &[("authorization", &bearer), ("x-api-key", "unchecked")],
+    );
+    assert_eq!(run(&cfg, &mut h, &mut store).reason, Reason::Allow);
+    assert_eq!(h.value("x-api-key"), None);
+    assert_eq!(h.value(":path"), Some("/orders/v1"));
 }
 
 #[test]
