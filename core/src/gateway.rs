@@ -212,7 +212,7 @@ where
         } => (
             Reason::Allow,
             Some((client, plan, subject)),
-            Vec::from(rate_limit_headers(&rate)),
+            rate_limit_headers(settings.rate_limit_headers, &rate),
             cas_retries,
         ),
     };

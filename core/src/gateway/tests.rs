@@ -1,4 +1,5 @@
 use super::*;
+use crate::header_map::HeaderBlock;
 use crate::shared::MemoryStore;
 use crate::testkit::*;
 
@@ -367,4 +368,135 @@ fn bad_or_missing_tokens_get_bearer_challenges() {
         &mut store,
     );
     assert_eq!(handled.reason, Reason::InvalidToken);
+}
+
+fn response_headers(handled: &Handled) -> Vec<(&'static str, String)> {
+    match &handled.outcome {
+        Outcome::Forward { response_headers } => response_headers.clone(),
+        Outcome::Respond(d) => d.headers.clone(),
+    }
+}
+
+#[test]
+fn rate_limit_headers_follow_the_configured_style() {
+    // Bronze: 2 a minute and 100 a day; at 11:59:00 the minute has 60 s left.
+    let by_key = || request("/orders/v1", &[("x-api-key", BRONZE_KEY)]);
+    let (ietf, mut store) = config(r#""rate_limit_headers":"ietf","#, &acme());
+    let allowed = run(&ietf, &mut by_key(), &mut store);
+    assert_eq!(
+        response_headers(&allowed),
+        vec![("ratelimit", r#""tollgate";r=1;t=60"#.to_owned())]
+    );
+    run(&ietf, &mut by_key(), &mut store);
+    let limited = run(&ietf, &mut by_key(), &mut store);
+    assert_eq!(limited.reason, Reason::RateLimited);
+    assert_eq!(
+        response_headers(&limited),
+        vec![
+            ("ratelimit", r#""tollgate";r=0;t=60"#.to_owned()),
+            ("ratelimit-policy", r#""tollgate";q=2;w=60"#.to_owned()),
+            ("retry-after", "60".to_owned()),
+        ]
+    );
+
+    let (none, mut store) = config(r#""rate_limit_headers":"none","#, &acme());
+    assert_eq!(response_headers(&run(&none, &mut by_key(), &mut store)), vec![]);
+    run(&none, &mut by_key(), &mut store);
+    assert_eq!(
+        response_headers(&run(&none, &mut by_key(), &mut store)),
+        vec![("retry-after", "60".to_owned())],
+        "a 429 still says when to retry"
+    );
+
+    let (default, mut store) = config("", &acme());
+    let names: Vec<_> = response_headers(&run(&default, &mut by_key(), &mut store))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
+    );
+}
+
+/// Counts the host calls a request makes through the traits the filter implements with one
+/// host call each.
+struct Counted<T> {
+    inner: T,
+    calls: Vec<String>,
+}
+
+impl RequestHeaders for Counted<HeaderList> {
+    fn all(&mut self) -> Result<HeaderBlock, StoreError> {
+        self.calls.push("get_header_map_pairs".into());
+        self.inner.all()
+    }
+    fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        self.calls.push(format!("get_header_map_value {name}"));
+        self.inner.get(name)
+    }
+    fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.calls.push(format!("replace_header_map_value {name}"));
+        self.inner.set(name, value)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StoreError> {
+        self.calls.push(format!("remove_header_map_value {name}"));
+        self.inner.remove(name)
+    }
+}
+
+impl SharedStore for Counted<&mut MemoryStore> {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.calls.push("get_shared_data".into());
+        self.inner.get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<crate::shared::SetOutcome, StoreError> {
+        self.calls.push("set_shared_data".into());
+        self.inner.set(key, value, cas)
+    }
+}
+
+/// Host calls of one decision as the filter makes them: the clock, the request's (counted
+/// here), then the response's (one `add_header_map_value` per rate-limit header, or one
+/// `send_local_response`).
+fn host_calls(cfg: &LoadedConfig, sent: HeaderList, store: &mut MemoryStore) -> (Reason, usize) {
+    let mut headers = Counted { inner: sent, calls: Vec::new() };
+    let mut shared = Counted { inner: store, calls: Vec::new() };
+    let handled = handle_request(cfg, &mut headers, &mut shared, NOW).unwrap();
+    let response = match &handled.outcome {
+        Outcome::Forward { response_headers } => response_headers.len(),
+        Outcome::Respond(_) => 1,
+    };
+    (handled.reason, 1 + headers.calls.len() + shared.calls.len() + response)
+}
+
+#[test]
+fn host_calls_per_decision() {
+    let (cfg, mut store) = config("", &acme_with_tokens());
+    let (ietf, mut ietf_store) = config(r#""rate_limit_headers":"ietf","#, &acme_with_tokens());
+    let key = |k: &str| request("/orders/v1", &[("x-api-key", k)]);
+    // billing/1 takes tokens only with issuers; without, Gold's key there has no contract.
+    let (plain, mut plain_store) = config("", &acme());
+    let stranger = request("/billing", &[("x-api-key", GOLD_KEY)]);
+    // Steady state: the contract's counter exists (its first request also creates it).
+    host_calls(&cfg, key(GOLD_KEY), &mut store);
+    host_calls(&ietf, key(GOLD_KEY), &mut ietf_store);
+    // The ones bench/ reports: allow is clock, headers, bucket, counter get + CAS, client,
+    // plan, key removal and the three rate-limit headers.
+    let cases = [
+        (host_calls(&cfg, key(GOLD_KEY), &mut store), (Reason::Allow, 11)),
+        (host_calls(&ietf, key(GOLD_KEY), &mut ietf_store), (Reason::Allow, 9)),
+        (host_calls(&cfg, request("/orders/v1", &[]), &mut store), (Reason::MissingKey, 3)),
+        (host_calls(&plain, stranger, &mut plain_store), (Reason::NoContract, 4)),
+        (host_calls(&cfg, request("/status", &[]), &mut store), (Reason::Public, 2)),
+        (host_calls(&cfg, request("/elsewhere", &[]), &mut store), (Reason::Unmatched, 2)),
+    ];
+    for (got, want) in cases {
+        println!("{:?}: {} host calls", got.0, got.1);
+        assert_eq!(got, want);
+    }
+    // Over a Bronze plan's 2 a minute: the counter is read, nothing written.
+    host_calls(&cfg, key(BRONZE_KEY), &mut store);
+    host_calls(&cfg, key(BRONZE_KEY), &mut store);
+    assert_eq!(host_calls(&cfg, key(BRONZE_KEY), &mut store), (Reason::RateLimited, 5));
 }
