@@ -4,6 +4,7 @@
 //! - [`config`]: the filter's plugin configuration, validated at load;
 //! - [`index`]: the snapshot compiled for the gateway: routing table and key-directory buckets;
 //! - [`keydir`]: the key directory kept in shared data (key → client, contracts, limits);
+//! - [`keycache`]: a worker's bounded cache of directory buckets, evicted per revision;
 //! - [`path`]: path normal form and the key's query parameter;
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
 //! - [`distribution`]: verifying fetched snapshots and handing them to every worker;
@@ -20,6 +21,7 @@ pub mod distribution;
 pub mod gateway;
 pub mod header_map;
 pub mod index;
+pub mod keycache;
 pub mod keydir;
 pub mod keys;
 pub mod limits;

@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls::{dispatch_http_call, set_tick_period};
 use tollgate_core::config::{ConfigError, ControlPlane, LoadedConfig};
-use tollgate_core::distribution::{publish_directory, publish_routes, verify_snapshot, Backoff};
+use tollgate_core::distribution::{
+    note_changed_buckets, publish_changes, publish_directory, publish_routes, verify_snapshot,
+    Backoff,
+};
 use tollgate_core::gateway::RequestHeaders;
+use tollgate_core::keycache::Changed;
 use tollgate_core::signing::SIGNATURE_HEADER;
 
 use crate::host::{self, HeaderMap, SharedData};
@@ -32,6 +36,9 @@ pub struct Poller {
     next_page: Option<String>,
     in_flight: Option<u32>,
     next_poll_at_ms: u64,
+    /// The key-directory buckets the revision being received changes (over all its pages),
+    /// published with it so that workers evict exactly those from their caches.
+    changed: Changed,
 }
 
 impl Poller {
@@ -60,6 +67,7 @@ impl Poller {
             next_page: None,
             in_flight: None,
             next_poll_at_ms: 0,
+            changed: Changed::none(),
         })
     }
 
@@ -142,10 +150,14 @@ impl Poller {
                 // Keys first: each bucket is one atomic write. The routing table (and with it
                 // the revision workers watch) follows once the last page is in.
                 let mut shared = SharedData;
+                note_changed_buckets(&compiled.directory, &mut self.changed);
+                let previous = self.revision;
+                let changed = &self.changed;
                 let published = publish_directory(&mut shared, &compiled.directory).and_then(
                     |_| match &snapshot.next {
                         Some(_) => Ok(()),
-                        None => publish_routes(&mut shared, &snapshot),
+                        None => publish_changes(&mut shared, previous, revision, changed)
+                            .and_then(|_| publish_routes(&mut shared, &snapshot)),
                     },
                 );
                 if let Err(e) = published {
@@ -154,6 +166,7 @@ impl Poller {
                 self.backoff.reset();
                 self.next_page = snapshot.next;
                 if self.next_page.is_none() {
+                    self.changed = Changed::none();
                     log::info!("tollgate poller: published snapshot revision {revision}");
                     self.revision = Some(revision);
                     self.metrics.updates.inc();

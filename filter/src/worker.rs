@@ -1,6 +1,7 @@
 //! The HTTP filter on each worker thread: one root per worker holding the configuration and
 //! the catalogue in force, and one small context per request.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,11 @@ use proxy_wasm::types::Action;
 use tollgate_core::config::{ConfigError, LoadedConfig};
 use tollgate_core::decision::{deny, Denial, Reason};
 use tollgate_core::distribution::{
-    decode_revision, publish_directory, RoutesDocument, REVISION_KEY, ROUTES_KEY,
+    changes_between, decode_revision, publish_directory, RoutesDocument, CHANGES_KEY, REVISION_KEY,
+    ROUTES_KEY,
 };
 use tollgate_core::gateway::{handle_request, Outcome};
+use tollgate_core::keycache::{BucketCache, CachedDirectory, Changed, DEFAULT_BUDGET_BYTES};
 use tollgate_core::problem::{self, Problem};
 use tollgate_core::shared::SharedStore;
 
@@ -28,6 +31,8 @@ pub struct WorkerRoot {
     metrics: Rc<RequestMetrics>,
     /// The revision of the routing table in force.
     revision: Option<u64>,
+    /// Key-directory buckets read recently, shared by this worker's requests.
+    buckets: Rc<RefCell<BucketCache>>,
 }
 
 impl WorkerRoot {
@@ -47,6 +52,7 @@ impl WorkerRoot {
             revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
+            buckets: Rc::new(RefCell::new(BucketCache::new(DEFAULT_BUDGET_BYTES))),
         };
         // The tick refreshes the routing table (live mode) and flushes the metric tallies.
         let tick = match &live {
@@ -68,6 +74,10 @@ impl WorkerRoot {
     }
 
     pub fn on_tick(&mut self) {
+        if let Ok(mut cache) = self.buckets.try_borrow_mut() {
+            let (hits, misses) = cache.take_counts();
+            self.metrics.key_cache(hits, misses);
+        }
         self.metrics.flush();
         if self.config.settings.control_plane.is_some() {
             self.refresh();
@@ -103,6 +113,21 @@ impl WorkerRoot {
         match RoutesDocument::compile(&body) {
             Ok(routes) => {
                 let revision = routes.revision();
+                // The buckets this revision changed leave the cache before it is enforced.
+                let changed = match shared.get(CHANGES_KEY) {
+                    Ok(Some((log, _))) => changes_between(&log, self.revision, revision),
+                    _ => Changed::All,
+                };
+                let evicted = self
+                    .buckets
+                    .try_borrow_mut()
+                    .map(|mut cache| cache.evict(&changed))
+                    .is_ok();
+                if !evicted {
+                    // Not reachable (requests borrow the cache only while they run); a fresh
+                    // cache is always correct.
+                    self.buckets = Rc::new(RefCell::new(BucketCache::new(DEFAULT_BUDGET_BYTES)));
+                }
                 self.config = Rc::new(self.config.with_routes(Arc::new(routes)));
                 self.revision = Some(revision);
                 self.metrics.snapshots_adopted.inc();
@@ -116,6 +141,7 @@ impl WorkerRoot {
         RequestContext {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            buckets: self.buckets.clone(),
             response_headers: Vec::new(),
         }
     }
@@ -126,6 +152,7 @@ pub struct RequestContext {
     /// not change what this request is held to.
     config: Rc<LoadedConfig>,
     metrics: Rc<RequestMetrics>,
+    buckets: Rc<RefCell<BucketCache>>,
     /// Rate-limit headers decided at request time, added to the upstream's response.
     response_headers: Vec<(&'static str, String)>,
 }
@@ -135,12 +162,22 @@ impl Context for RequestContext {}
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let handled = host::now_ms().and_then(|now_ms| {
-            handle_request(
-                &self.config,
-                &mut HeaderMap::request(),
-                &mut SharedData,
-                now_ms,
-            )
+            let mut shared = SharedData;
+            match self.buckets.try_borrow_mut() {
+                Ok(mut cache) => handle_request(
+                    &self.config,
+                    &mut HeaderMap::request(),
+                    &mut CachedDirectory {
+                        cache: &mut cache,
+                        store: &mut shared,
+                    },
+                    now_ms,
+                ),
+                // Never expected (one request at a time per worker); uncached is always right.
+                Err(_) => {
+                    handle_request(&self.config, &mut HeaderMap::request(), &mut shared, now_ms)
+                }
+            }
         });
         match handled {
             Ok(handled) => {
