@@ -1,5 +1,6 @@
 use super::*;
 use crate::header_map::HeaderBlock;
+use crate::keycache::{BucketCache, CachedDirectory};
 use crate::shared::MemoryStore;
 use crate::testkit::*;
 
@@ -400,7 +401,10 @@ fn rate_limit_headers_follow_the_configured_style() {
     );
 
     let (none, mut store) = config(r#""rate_limit_headers":"none","#, &acme());
-    assert_eq!(response_headers(&run(&none, &mut by_key(), &mut store)), vec![]);
+    assert_eq!(
+        response_headers(&run(&none, &mut by_key(), &mut store)),
+        vec![]
+    );
     run(&none, &mut by_key(), &mut store);
     assert_eq!(
         response_headers(&run(&none, &mut by_key(), &mut store)),
@@ -415,7 +419,11 @@ fn rate_limit_headers_follow_the_configured_style() {
         .collect();
     assert_eq!(
         names,
-        vec!["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
+        vec![
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset"
+        ]
     );
 }
 
@@ -450,7 +458,12 @@ impl SharedStore for Counted<&mut MemoryStore> {
         self.calls.push("get_shared_data".into());
         self.inner.get(key)
     }
-    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<crate::shared::SetOutcome, StoreError> {
+    fn set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: u32,
+    ) -> Result<crate::shared::SetOutcome, StoreError> {
         self.calls.push("set_shared_data".into());
         self.inner.set(key, value, cas)
     }
@@ -460,14 +473,23 @@ impl SharedStore for Counted<&mut MemoryStore> {
 /// here), then the response's (one `add_header_map_value` per rate-limit header, or one
 /// `send_local_response`).
 fn host_calls(cfg: &LoadedConfig, sent: HeaderList, store: &mut MemoryStore) -> (Reason, usize) {
-    let mut headers = Counted { inner: sent, calls: Vec::new() };
-    let mut shared = Counted { inner: store, calls: Vec::new() };
+    let mut headers = Counted {
+        inner: sent,
+        calls: Vec::new(),
+    };
+    let mut shared = Counted {
+        inner: store,
+        calls: Vec::new(),
+    };
     let handled = handle_request(cfg, &mut headers, &mut shared, NOW).unwrap();
     let response = match &handled.outcome {
         Outcome::Forward { response_headers } => response_headers.len(),
         Outcome::Respond(_) => 1,
     };
-    (handled.reason, 1 + headers.calls.len() + shared.calls.len() + response)
+    (
+        handled.reason,
+        1 + headers.calls.len() + shared.calls.len() + response,
+    )
 }
 
 #[test]
@@ -484,12 +506,30 @@ fn host_calls_per_decision() {
     // The ones bench/ reports: allow is clock, headers, bucket, counter get + CAS, client,
     // plan, key removal and the three rate-limit headers.
     let cases = [
-        (host_calls(&cfg, key(GOLD_KEY), &mut store), (Reason::Allow, 11)),
-        (host_calls(&ietf, key(GOLD_KEY), &mut ietf_store), (Reason::Allow, 9)),
-        (host_calls(&cfg, request("/orders/v1", &[]), &mut store), (Reason::MissingKey, 3)),
-        (host_calls(&plain, stranger, &mut plain_store), (Reason::NoContract, 4)),
-        (host_calls(&cfg, request("/status", &[]), &mut store), (Reason::Public, 2)),
-        (host_calls(&cfg, request("/elsewhere", &[]), &mut store), (Reason::Unmatched, 2)),
+        (
+            host_calls(&cfg, key(GOLD_KEY), &mut store),
+            (Reason::Allow, 11),
+        ),
+        (
+            host_calls(&ietf, key(GOLD_KEY), &mut ietf_store),
+            (Reason::Allow, 9),
+        ),
+        (
+            host_calls(&cfg, request("/orders/v1", &[]), &mut store),
+            (Reason::MissingKey, 3),
+        ),
+        (
+            host_calls(&plain, stranger, &mut plain_store),
+            (Reason::NoContract, 4),
+        ),
+        (
+            host_calls(&cfg, request("/status", &[]), &mut store),
+            (Reason::Public, 2),
+        ),
+        (
+            host_calls(&cfg, request("/elsewhere", &[]), &mut store),
+            (Reason::Unmatched, 2),
+        ),
     ];
     for (got, want) in cases {
         println!("{:?}: {} host calls", got.0, got.1);
@@ -498,5 +538,8 @@ fn host_calls_per_decision() {
     // Over a Bronze plan's 2 a minute: the counter is read, nothing written.
     host_calls(&cfg, key(BRONZE_KEY), &mut store);
     host_calls(&cfg, key(BRONZE_KEY), &mut store);
-    assert_eq!(host_calls(&cfg, key(BRONZE_KEY), &mut store), (Reason::RateLimited, 5));
+    assert_eq!(
+        host_calls(&cfg, key(BRONZE_KEY), &mut store),
+        (Reason::RateLimited, 5)
+    );
 }
