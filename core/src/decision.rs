@@ -266,7 +266,8 @@ pub fn decide<S: SharedStore + ?Sized>(
                         ),
                     ),
                 );
-                d.headers.extend(rate_limit_headers(challenges.rate_limit_headers, &status));
+                d.headers
+                    .extend(rate_limit_headers(challenges.rate_limit_headers, &status));
                 if challenges.rate_limit_headers == RateLimitHeaders::Ietf {
                     d.headers
                         .push(("ratelimit-policy", policy(&limits, &status, now_ms)));

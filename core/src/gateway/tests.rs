@@ -473,6 +473,16 @@ impl SharedStore for Counted<&mut MemoryStore> {
 /// here), then the response's (one `add_header_map_value` per rate-limit header, or one
 /// `send_local_response`).
 fn host_calls(cfg: &LoadedConfig, sent: HeaderList, store: &mut MemoryStore) -> (Reason, usize) {
+    host_calls_with(cfg, sent, store, None)
+}
+
+/// The same through a worker's bucket cache, as the filter reads the key directory.
+fn host_calls_with(
+    cfg: &LoadedConfig,
+    sent: HeaderList,
+    store: &mut MemoryStore,
+    cache: Option<&mut BucketCache>,
+) -> (Reason, usize) {
     let mut headers = Counted {
         inner: sent,
         calls: Vec::new(),
@@ -481,7 +491,16 @@ fn host_calls(cfg: &LoadedConfig, sent: HeaderList, store: &mut MemoryStore) -> 
         inner: store,
         calls: Vec::new(),
     };
-    let handled = handle_request(cfg, &mut headers, &mut shared, NOW).unwrap();
+    let handled = match cache {
+        Some(cache) => {
+            let mut cached = CachedDirectory {
+                cache,
+                store: &mut shared,
+            };
+            handle_request(cfg, &mut headers, &mut cached, NOW).unwrap()
+        }
+        None => handle_request(cfg, &mut headers, &mut shared, NOW).unwrap(),
+    };
     let response = match &handled.outcome {
         Outcome::Forward { response_headers } => response_headers.len(),
         Outcome::Respond(_) => 1,
@@ -541,5 +560,27 @@ fn host_calls_per_decision() {
     assert_eq!(
         host_calls(&cfg, key(BRONZE_KEY), &mut store),
         (Reason::RateLimited, 5)
+    );
+
+    // With the worker's bucket cache warm (what the filter does for a key seen before): the
+    // bucket read is gone.
+    let mut cache = BucketCache::new(crate::keycache::DEFAULT_BUDGET_BYTES);
+    let mut warm = |cfg: &LoadedConfig, sent: HeaderList, store: &mut MemoryStore| {
+        host_calls_with(cfg, sent.clone(), store, Some(&mut cache));
+        host_calls_with(cfg, sent, store, Some(&mut cache))
+    };
+    assert_eq!(warm(&cfg, key(GOLD_KEY), &mut store), (Reason::Allow, 10));
+    assert_eq!(
+        warm(&ietf, key(GOLD_KEY), &mut ietf_store),
+        (Reason::Allow, 8)
+    );
+    let stranger = request("/billing", &[("x-api-key", GOLD_KEY)]);
+    assert_eq!(
+        warm(&plain, stranger, &mut plain_store),
+        (Reason::NoContract, 3)
+    );
+    assert_eq!(
+        warm(&cfg, key(BRONZE_KEY), &mut store),
+        (Reason::RateLimited, 4)
     );
 }
