@@ -133,7 +133,14 @@ impl WorkerRoot {
                 self.metrics.snapshots_adopted.inc();
                 log::info!("tollgate: enforcing snapshot revision {revision}");
             }
-            Err(e) => log::warn!("tollgate: published snapshot not adopted: {e}"),
+            Err(e) => {
+                // The poller has written that revision's buckets already: the cache must not
+                // keep the old ones while the old routes stay in force.
+                if let Ok(mut cache) = self.buckets.try_borrow_mut() {
+                    cache.evict(&Changed::All);
+                }
+                log::warn!("tollgate: published snapshot not adopted: {e}")
+            }
         }
     }
 
