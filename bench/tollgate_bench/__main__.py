@@ -16,14 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import exactness, propagation, request_cost, scale
+from . import exactness, production, propagation, request_cost, scale
 from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench, CpuLayout
 from .envoy import envoy_binary, envoy_version
 from .processes import Supervisor, raise_on_termination_signals
 from .report import SectionReport, document, machine_lines
 
-# Issue 6's parts, in order.
+# Issue 11 §3's headline, then issue 6's parts, in order.
 SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
+    "production": production.run,
     "cost": request_cost.run,
     "exactness": exactness.run,
     "propagation": propagation.run,

@@ -10,6 +10,7 @@ time, in interleaved rounds A B C … A B C …; a round's Envoy CPU is utime+st
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,13 @@ CONFIGURATIONS = [
     Configuration("native api_key_auth + local_ratelimit", "native", {"x-api-key": GOLD.key}),
     Configuration("Lua key check", "lua", {"x-api-key": GOLD.key}),
     Configuration("tollgate allow (2 limits)", "tollgate", {"x-api-key": GOLD.key}),
+    Configuration("tollgate allow, rate_limit_headers: ietf", "tollgate_ietf", {"x-api-key": GOLD.key}),
     Configuration("tollgate deny 401 (no key)", "tollgate", {}, 401),
     Configuration("tollgate deny 429 (exhausted)", "tollgate", {"x-api-key": EXHAUSTED.key}, 429),
 ]
 BARE, NOOP, REPLAY, TOLLGATE_ALLOW = CONFIGURATIONS[0], CONFIGURATIONS[1], CONFIGURATIONS[2], CONFIGURATIONS[5]
 # What the replay row does per request (bench/noop-filter): tollgate's allow-path host calls.
-REPLAYED_HOST_CALLS = 12
+REPLAYED_HOST_CALLS = 10
 
 ROUTES = {"direct_response": e.DIRECT_PATH, "upstream": e.UPSTREAM_PATH}
 
@@ -115,6 +117,8 @@ def listener_filters(tollgate_wasm: Path) -> dict[str, list[dict[str, Any]]]:
             }
         ],
         "tollgate": [e.wasm_filter("tollgate", "tollgate", tollgate_wasm, plugin_configuration([GOLD, EXHAUSTED]))],
+        # Its own vm_id: one catalogue per vm_id (the key directory lives in its shared data).
+        "tollgate_ietf": [e.wasm_filter("tollgate_ietf", "tollgate", tollgate_wasm, json.dumps({**json.loads(plugin_configuration([GOLD, EXHAUSTED])), "rate_limit_headers": "ietf"}))],
     }
 
 

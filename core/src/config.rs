@@ -32,6 +32,22 @@ pub enum FailureMode {
     Open,
 }
 
+/// Which rate-limit headers responses governed by a contract carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum RateLimitHeaders {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (and `Retry-After` on 429).
+    #[default]
+    #[serde(rename = "x-ratelimit")]
+    XRateLimit,
+    /// The IETF httpapi draft's single `RateLimit` field (and `RateLimit-Policy` and
+    /// `Retry-After` on 429): one response header instead of three.
+    #[serde(rename = "ietf")]
+    Ietf,
+    /// None (429 still carries `Retry-After`).
+    #[serde(rename = "none")]
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
@@ -43,6 +59,8 @@ pub struct FilterConfig {
     pub key_header: String,
     #[serde(default = "default_key_query_param")]
     pub key_query_param: String,
+    #[serde(default)]
+    pub rate_limit_headers: RateLimitHeaders,
     /// Static mode: the catalogue itself.
     pub snapshot: Option<Snapshot>,
     /// Live mode: where the catalogue comes from.
@@ -223,6 +241,7 @@ impl LoadedConfig {
                 "APIKey realm=\"tollgate\", header=\"{}\"",
                 settings.key_header
             ),
+            rate_limit_headers: settings.rate_limit_headers,
         };
         let (routes, static_directory) = match compiled {
             Some(c) => (Some(Arc::new(c.routes)), Some(c.directory)),
@@ -341,6 +360,7 @@ mod tests {
         assert_eq!(c.settings.failure_mode, FailureMode::Closed);
         assert_eq!(c.settings.key_header, "x-api-key");
         assert_eq!(c.settings.key_query_param, "apikey");
+        assert_eq!(c.settings.rate_limit_headers, RateLimitHeaders::XRateLimit);
         assert_eq!(
             c.challenges.api_key,
             r#"APIKey realm="tollgate", header="x-api-key""#
@@ -441,5 +461,12 @@ mod tests {
         ));
         assert!(e.starts_with("key_header:"), "{e}");
         assert!(err("not json").contains("expected"));
+        let e = err(&format!(
+            r#"{{"rate_limit_headers":"draft","snapshot":{SNAPSHOT}}}"#
+        ));
+        assert!(
+            e.starts_with("rate_limit_headers: unknown variant `draft`, expected one of `x-ratelimit`, `ietf`, `none`"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The gateway's decision for one request to a matched API version.
 
+use crate::config::RateLimitHeaders;
 use crate::index::{ApiRef, RouteIndex};
 use crate::keydir::{bucket_key, bucket_of, find};
 use crate::keys::key_digest;
@@ -7,7 +8,8 @@ use crate::lease::LeaseBook;
 use crate::limits::{counter_key, Admission, CountError, RateStatus};
 use crate::problem::Problem;
 use crate::shared::SharedStore;
-use crate::snapshot::ApiStatus;
+use crate::snapshot::{ApiStatus, RateLimit};
+use crate::time::window;
 use crate::token::subject_digest;
 
 /// Why a request was answered the way it was; also the `decision` label of the metrics.
@@ -103,11 +105,13 @@ pub enum Credential<'r> {
     Nothing,
 }
 
-/// The challenges a 401 carries, built once from the configuration.
+/// The challenges a 401 carries and the rate-limit headers style, built once from the
+/// configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenges {
     /// `APIKey realm="tollgate", header="<key header>"`
     pub api_key: String,
+    pub rate_limit_headers: RateLimitHeaders,
 }
 
 const BEARER_CHALLENGE: &str = "Bearer realm=\"tollgate\"";
@@ -265,7 +269,12 @@ pub fn decide<S: SharedStore + ?Sized>(
                         ),
                     ),
                 );
-                d.headers.extend(rate_limit_headers(&status));
+                d.headers
+                    .extend(rate_limit_headers(challenges.rate_limit_headers, &status));
+                if challenges.rate_limit_headers == RateLimitHeaders::Ietf {
+                    d.headers
+                        .push(("ratelimit-policy", policy(&limits, &status, now_ms)));
+                }
                 d.headers.push(("retry-after", retry_after.to_string()));
                 Verdict::Deny(d)
             }
@@ -287,13 +296,38 @@ fn counter_unavailable(e: CountError) -> Verdict {
     ))
 }
 
-/// `X-RateLimit-Limit`, `-Remaining`, `-Reset` for one limit.
-pub fn rate_limit_headers(s: &RateStatus) -> [(&'static str, String); 3] {
-    [
-        ("x-ratelimit-limit", s.limit.to_string()),
-        ("x-ratelimit-remaining", s.remaining.to_string()),
-        ("x-ratelimit-reset", s.reset.to_string()),
-    ]
+/// The rate-limit headers of a response for the most constraining limit, in `style`:
+/// `X-RateLimit-Limit`, `-Remaining`, `-Reset`; or the IETF draft's one
+/// `RateLimit: "tollgate";r=<remaining>;t=<seconds to reset>`; or none.
+pub fn rate_limit_headers(style: RateLimitHeaders, s: &RateStatus) -> Vec<(&'static str, String)> {
+    match style {
+        RateLimitHeaders::XRateLimit => vec![
+            ("x-ratelimit-limit", s.limit.to_string()),
+            ("x-ratelimit-remaining", s.remaining.to_string()),
+            ("x-ratelimit-reset", s.reset.to_string()),
+        ],
+        RateLimitHeaders::Ietf => vec![(
+            "ratelimit",
+            format!("\"{IETF_POLICY}\";r={};t={}", s.remaining, s.reset),
+        )],
+        RateLimitHeaders::None => Vec::new(),
+    }
+}
+
+/// The policy name of the IETF fields: one name, the limit the response describes.
+const IETF_POLICY: &str = "tollgate";
+
+/// `RateLimit-Policy: "tollgate";q=<quota>;w=<window seconds>` for the exhausted limit of a
+/// 429: the limit with `status.limit` requests whose window ends last (as `count_request`
+/// picks it), its current window's length (months vary).
+fn policy(limits: &[RateLimit], status: &RateStatus, now_ms: u64) -> String {
+    let seconds = limits
+        .iter()
+        .filter(|l| l.requests == status.limit)
+        .map(|l| window(l.per, now_ms))
+        .max_by_key(|w| w.end)
+        .map_or(0, |w| w.end - w.start);
+    format!("\"{IETF_POLICY}\";q={};w={seconds}", status.limit)
 }
 
 /// 503 before any catalogue is loaded (failure mode "closed").

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::index::{
     compile as compile_snapshot, Compiled, Coverage, Directory, IndexError, RouteIndex,
 };
+use crate::keycache::Changed;
 use crate::keydir::{bucket_key, BUCKETS};
 use crate::shared::{SharedStore, StoreError};
 use crate::signing::{self, SignatureError, TrustedKeys};
@@ -25,6 +26,14 @@ pub const REVISION_KEY: &str = "tollgate.routes.revision";
 /// Shared-data key holding a bitmap of the key-directory buckets that are not empty, so that
 /// a complete catalogue can clear the buckets it no longer uses.
 pub const MANIFEST_KEY: &str = "tollgate.keys.manifest";
+
+/// Shared-data key holding which key-directory buckets each recent revision changed, so that
+/// workers drop exactly those from their bucket caches ([`crate::keycache`]) when they adopt it.
+pub const CHANGES_KEY: &str = "tollgate.keys.changes";
+/// Revisions the change log keeps; a worker further behind drops its whole cache.
+const CHANGES_KEPT: usize = 16;
+/// A revision that changed more buckets than this is logged as "all changed".
+const CHANGES_LISTED_MAX: usize = 4096;
 
 /// What workers keep of a revision: its API versions and trusted token issuers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +98,109 @@ pub fn publish_directory<S: SharedStore + ?Sized>(
     }
     store.set(MANIFEST_KEY, &manifest, 0)?;
     Ok(())
+}
+
+/// Adds the buckets a directory (a revision, or one page of it) writes or clears.
+pub fn note_changed_buckets(directory: &Directory, changed: &mut Changed) {
+    match &directory.coverage {
+        Coverage::All => *changed = Changed::All,
+        Coverage::Buckets(list) => list.iter().for_each(|b| changed.add(*b)),
+    }
+    directory.buckets.keys().for_each(|b| changed.add(*b));
+}
+
+/// Appends "`from` → `to` changed these buckets" to the change log in shared data (the last
+/// [`CHANGES_KEPT`] revisions). Published before the revision itself, so a worker that sees
+/// the revision finds its entry.
+pub fn publish_changes<S: SharedStore + ?Sized>(
+    store: &mut S,
+    from: Option<u64>,
+    to: u64,
+    changed: &Changed,
+) -> Result<(), StoreError> {
+    let mut entries: Vec<Vec<u8>> = match store.get(CHANGES_KEY)? {
+        Some((bytes, _)) => log_entries(&bytes).map(<[u8]>::to_vec).collect(),
+        None => Vec::new(),
+    };
+    let mut entry = Vec::new();
+    entry.extend_from_slice(&from.unwrap_or(u64::MAX).to_le_bytes());
+    entry.extend_from_slice(&to.to_le_bytes());
+    let listed: Vec<u16> = match changed {
+        Changed::All => Vec::new(),
+        Changed::Buckets(_) => (0..=u16::MAX).filter(|b| changed.contains(*b)).collect(),
+    };
+    if matches!(changed, Changed::All) || listed.len() > CHANGES_LISTED_MAX {
+        entry.push(0);
+    } else {
+        entry.push(1);
+        entry.extend_from_slice(&(listed.len() as u16).to_le_bytes());
+        listed
+            .iter()
+            .for_each(|b| entry.extend_from_slice(&b.to_le_bytes()));
+    }
+    entries.push(entry);
+    let skip = entries.len().saturating_sub(CHANGES_KEPT);
+    let body: Vec<u8> = entries.into_iter().skip(skip).flatten().collect();
+    store.set(CHANGES_KEY, &body, 0)?;
+    Ok(())
+}
+
+/// The entries of an encoded change log; stops at anything malformed.
+fn log_entries(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let kind = *rest.get(16)?;
+        let len = match kind {
+            0 => 17,
+            1 => {
+                let n = u16::from_le_bytes(rest.get(17..19)?.try_into().ok()?);
+                19 + 2 * usize::from(n)
+            }
+            _ => return None,
+        };
+        let entry = rest.get(..len)?;
+        rest = rest.get(len..)?;
+        Some(entry)
+    })
+}
+
+/// The buckets changed from revision `from` to `to` according to a change log: the union along
+/// the chain of entries from `from`; everything when the chain is incomplete (or `from` is
+/// `None`: a worker that enforced nothing yet).
+pub fn changes_between(log: &[u8], from: Option<u64>, to: u64) -> Changed {
+    let Some(mut at) = from else {
+        return Changed::All;
+    };
+    let mut changed = Changed::none();
+    for _ in 0..CHANGES_KEPT {
+        if at == to {
+            return changed;
+        }
+        let next = log_entries(log).find(|e| e.get(..8).map(le_u64) == Some(at));
+        let Some(entry) = next else {
+            return Changed::All;
+        };
+        match entry.get(16) {
+            Some(1) => entry
+                .get(19..)
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .for_each(|b| changed.add(u16::from_le_bytes([b[0], b[1]]))),
+            _ => return Changed::All,
+        }
+        at = entry.get(8..16).map_or(u64::MAX, le_u64);
+    }
+    if at == to {
+        changed
+    } else {
+        Changed::All
+    }
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.iter_mut().zip(bytes).for_each(|(r, b)| *r = *b);
+    u64::from_le_bytes(raw)
 }
 
 /// Publishes the routing table of a revision; workers adopt it on their next tick.
@@ -762,6 +874,39 @@ mod tests {
         store
             .peek(&bucket_key(bucket_of(&key_digest(key))))
             .map(|(v, _)| v)
+    }
+
+    #[test]
+    fn workers_learn_which_buckets_changed_along_the_chain_of_revisions() {
+        let mut store = MemoryStore::new();
+        let mut one = Changed::none();
+        one.add(7);
+        let mut two = Changed::none();
+        two.add(9);
+        two.add(300);
+        publish_changes(&mut store, None, 10, &Changed::All).unwrap();
+        publish_changes(&mut store, Some(10), 11, &one).unwrap();
+        publish_changes(&mut store, Some(11), 14, &two).unwrap();
+        let log = store.peek(CHANGES_KEY).unwrap().0;
+        let between = changes_between(&log, Some(10), 14);
+        assert!([7, 9, 300].iter().all(|b| between.contains(*b)));
+        assert!(!between.contains(8));
+        let last = changes_between(&log, Some(11), 14);
+        assert!(last.contains(9) && !last.contains(7));
+        assert_eq!(changes_between(&log, Some(14), 14), Changed::none());
+        // Unknown starting points, a first revision and a gap: everything.
+        assert_eq!(changes_between(&log, Some(12), 14), Changed::All);
+        assert_eq!(changes_between(&log, None, 14), Changed::All);
+        assert_eq!(changes_between(&log, Some(9), 14), Changed::All);
+        assert_eq!(changes_between(b"garbage", Some(10), 14), Changed::All);
+        // The log keeps the last revisions only.
+        for r in 14..40 {
+            publish_changes(&mut store, Some(r), r + 1, &one).unwrap();
+        }
+        let log = store.peek(CHANGES_KEY).unwrap().0;
+        assert_eq!(changes_between(&log, Some(10), 40), Changed::All);
+        assert!(changes_between(&log, Some(30), 40).contains(7));
+        assert!(!changes_between(&log, Some(30), 40).contains(9));
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! whole flow (routing, key extraction, stripping, identity headers, verdict) runs natively in
 //! tests; the filter implements the trait with proxy-wasm host calls.
 
-use crate::config::{FailureMode, LoadedConfig, Unmatched};
+use std::borrow::Cow;
+
+use crate::config::{FailureMode, FilterConfig, LoadedConfig, Unmatched};
 use crate::decision::{
     decide, deny, not_configured, rate_limit_headers, Credential, Denial, Reason, Verdict,
 };
+use crate::header_map::HeaderBlock;
 use crate::lease::LeaseBook;
-use crate::path::{is_normal, split_query, take_query_param, without_parameters};
+use crate::path::{is_normal, keep_first_param, split_query, take_query_param, without_parameters};
 use crate::problem::Problem;
 use crate::shared::{SharedStore, StoreError};
 use crate::snapshot::AuthMode;
@@ -17,6 +20,9 @@ pub const PLAN_HEADER: &str = "x-tollgate-plan";
 /// The verified `sub` of a bearer token.
 pub const SUBJECT_HEADER: &str = "x-tollgate-subject";
 pub const AUTHORIZATION_HEADER: &str = "authorization";
+/// Every request header with this prefix is tollgate's to set: whatever a caller sent under it
+/// is removed from every forwarded request.
+pub const OWN_HEADER_PREFIX: &str = "x-tollgate-";
 
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
 fn bearer_token(value: &str) -> Option<&str> {
@@ -27,6 +33,8 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// The request headers of the request being decided.
 pub trait RequestHeaders {
+    /// Every header, in one read (one host call in the filter).
+    fn all(&mut self) -> Result<HeaderBlock, StoreError>;
     fn get(&mut self, name: &str) -> Result<Option<String>, StoreError>;
     /// Sets `name` to `value`, replacing every existing value.
     fn set(&mut self, name: &str, value: &str) -> Result<(), StoreError>;
@@ -48,6 +56,10 @@ impl HeaderList {
 }
 
 impl RequestHeaders for HeaderList {
+    fn all(&mut self) -> Result<HeaderBlock, StoreError> {
+        HeaderBlock::decode(HeaderBlock::encode(&self.0))
+            .map_err(|_| StoreError("the header list did not encode".into()))
+    }
     fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(self.value(name).map(str::to_owned))
     }
@@ -110,14 +122,22 @@ where
     S: SharedStore + ?Sized,
 {
     let settings = &config.settings;
+    // One read of every header: the path, host, key and token come from it, and so do the
+    // names of the `x-tollgate-*` headers the caller sent, which are removed on every path.
+    let block = headers.all()?;
     let Some(routes) = &config.routes else {
         return Ok(match settings.failure_mode {
-            FailureMode::Open => Handled::forward(Reason::NotConfigured, Vec::new()),
+            FailureMode::Open => {
+                // Unchecked, but never with a forged identity, and the key goes no further than
+                // it would by default (no API is known, so none forwards it).
+                strip_unchecked(&block, settings, headers)?;
+                Handled::forward(Reason::NotConfigured, Vec::new())
+            }
             FailureMode::Closed => Handled::respond(not_configured()),
         });
     };
 
-    let raw_path = headers.get(":path")?.unwrap_or_default();
+    let raw_path = block.get(":path").unwrap_or_default();
     let (path, query) = split_query(&raw_path);
     // Checked and routed as parameter-honouring upstreams will read it.
     let effective = without_parameters(path);
@@ -132,15 +152,17 @@ where
             ),
         )));
     }
-    // Only read the host when some API version routes by host: one host call fewer.
     let authority = if routes.routes_by_host() {
-        headers.get(":authority")?.unwrap_or_default()
+        block.get(":authority").unwrap_or_default()
     } else {
-        String::new()
+        Cow::Borrowed("")
     };
     let Some(api) = routes.route(&authority, &effective) else {
         return Ok(match settings.unmatched {
-            Unmatched::Pass => Handled::forward(Reason::Unmatched, Vec::new()),
+            Unmatched::Pass => {
+                strip_unchecked(&block, settings, headers)?;
+                Handled::forward(Reason::Unmatched, Vec::new())
+            }
             Unmatched::Deny => Handled::respond(deny(
                 Reason::NoRoute,
                 Problem::new(
@@ -154,15 +176,16 @@ where
     };
 
     // Keys are read (and stripped) on every matched API, whatever its auth mode.
-    let header_key = headers.get(&settings.key_header)?;
+    let header_key = block.get(&settings.key_header);
     let (query_key, rest_of_query) = match query {
         Some(q) => take_query_param(q, &settings.key_query_param),
         None => (None, None),
     };
     let key = header_key.as_deref().or(query_key.as_deref());
-    let auth = routes.api(api).auth;
-    let authorization = if auth.accepts_jwt() && !routes.api(api).public {
-        headers.get(AUTHORIZATION_HEADER)?
+    let route = routes.api(api);
+    let auth = route.auth;
+    let authorization = if auth.accepts_jwt() && !route.public {
+        block.get(AUTHORIZATION_HEADER)
     } else {
         None
     };
@@ -174,6 +197,9 @@ where
         (AuthMode::ApiKeyOrJwt, None, Some(key)) => Credential::ApiKey(Some(key)),
         (AuthMode::ApiKeyOrJwt, None, None) => Credential::Nothing,
     };
+    // The key the upstream may see: only the one that was read (and, on a private API,
+    // checked), and only when the API version forwards keys.
+    let forwarded_key = route.forward_api_key && !matches!(credential, Credential::Bearer(_));
 
     let verdict = decide(
         routes,
@@ -196,49 +222,102 @@ where
         } => (
             Reason::Allow,
             Some((client, plan, subject)),
-            Vec::from(rate_limit_headers(&rate)),
+            rate_limit_headers(settings.rate_limit_headers, &rate),
             cas_retries,
         ),
     };
 
-    // Forwarding: the upstream learns who called from us only. The subject header is managed
-    // once the gateway trusts any token issuer (before that it sets none, and claims none).
-    let manage_subject = !routes.issuers().is_empty();
-    match identity {
-        Some((client, plan, subject)) => {
-            headers.set(CLIENT_HEADER, &client)?;
-            headers.set(PLAN_HEADER, &plan)?;
-            match subject {
-                Some(subject) => headers.set(SUBJECT_HEADER, &subject)?,
-                None if manage_subject => headers.remove(SUBJECT_HEADER)?,
-                None => {}
-            }
-        }
-        None => {
-            headers.remove(CLIENT_HEADER)?;
-            headers.remove(PLAN_HEADER)?;
-            if manage_subject {
-                headers.remove(SUBJECT_HEADER)?;
-            }
+    // Forwarding: the upstream learns who called from us only.
+    let mut ours: [&str; 3] = ["", "", ""];
+    if let Some((client, plan, subject)) = &identity {
+        headers.set(CLIENT_HEADER, client)?;
+        headers.set(PLAN_HEADER, plan)?;
+        ours[0] = CLIENT_HEADER;
+        ours[1] = PLAN_HEADER;
+        if let Some(subject) = subject {
+            headers.set(SUBJECT_HEADER, subject)?;
+            ours[2] = SUBJECT_HEADER;
         }
     }
-    if !routes.api(api).forward_api_key {
+    remove_own_headers(&block, &ours, headers)?;
+
+    if !forwarded_key {
         if header_key.is_some() {
             headers.remove(&settings.key_header)?;
         }
         if query_key.is_some() {
-            let stripped = match rest_of_query {
-                Some(rest) => format!("{path}?{rest}"),
-                None => path.to_owned(),
-            };
-            headers.set(":path", &stripped)?;
+            headers.set(":path", &path_with_query(path, rest_of_query.as_deref()))?;
         }
+    } else if let Some(checked) = header_key.as_deref() {
+        // The header's first value was read: a repeat or a query parameter beside it would
+        // reach the upstream unchecked.
+        if block.count_of(&settings.key_header) > 1 {
+            headers.set(&settings.key_header, checked)?;
+        }
+        if query_key.is_some() {
+            headers.set(":path", &path_with_query(path, rest_of_query.as_deref()))?;
+        }
+    } else if let Some(kept) = query.and_then(|q| keep_first_param(q, &settings.key_query_param)) {
+        headers.set(":path", &path_with_query(path, Some(&kept)))?;
     }
     Ok(Handled {
         reason,
         outcome: Outcome::Forward { response_headers },
         cas_retries,
     })
+}
+
+fn path_with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(rest) => format!("{path}?{rest}"),
+        None => path.to_owned(),
+    }
+}
+
+/// Removes every `x-tollgate-*` header the caller sent except those in `keep` (which tollgate
+/// has just set), each name once.
+fn remove_own_headers<H: RequestHeaders + ?Sized>(
+    block: &HeaderBlock,
+    keep: &[&str],
+    headers: &mut H,
+) -> Result<(), StoreError> {
+    let prefix = OWN_HEADER_PREFIX.as_bytes();
+    for (i, (name, _)) in block.entries().enumerate() {
+        let ours = name.len() >= prefix.len()
+            && name
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+        if !ours || keep.iter().any(|k| k.as_bytes() == name) {
+            continue;
+        }
+        // Once per name: the host's remove takes every value.
+        if block.entries().take(i).any(|(earlier, _)| earlier == name) {
+            continue;
+        }
+        headers.remove(&String::from_utf8_lossy(name))?;
+    }
+    Ok(())
+}
+
+/// A request forwarded without a check (unmatched with `pass`, or before any configuration
+/// with `failure_mode: open`): no `x-tollgate-*` header, and neither tollgate's key header
+/// nor its key parameter, reach the upstream.
+fn strip_unchecked<H: RequestHeaders + ?Sized>(
+    block: &HeaderBlock,
+    settings: &FilterConfig,
+    headers: &mut H,
+) -> Result<(), StoreError> {
+    remove_own_headers(block, &[], headers)?;
+    if block.get(&settings.key_header).is_some() {
+        headers.remove(&settings.key_header)?;
+    }
+    let raw_path = block.get(":path").unwrap_or_default();
+    if let (path, Some(query)) = split_query(&raw_path) {
+        if let (Some(_), rest) = take_query_param(query, &settings.key_query_param) {
+            headers.set(":path", &path_with_query(path, rest.as_deref()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

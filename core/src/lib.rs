@@ -5,6 +5,7 @@
 //! - [`index`]: the snapshot compiled for the gateway: routing table and key-directory buckets;
 //! - [`host`]: host names in the one normal form the gateway and the control plane share;
 //! - [`keydir`]: the key directory kept in shared data (key → client, contracts, limits);
+//! - [`keycache`]: a worker's bounded cache of directory buckets, evicted per revision;
 //! - [`path`]: path normal form and the key's query parameter;
 //! - [`keys`], [`signing`]: key hashing and snapshot signatures;
 //! - [`distribution`]: verifying fetched snapshots and handing them to every worker;
@@ -13,14 +14,17 @@
 //! - [`shared`]: the shared-data contract (Envoy's semantics) and an in-memory mirror;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
 //! - [`token`]: JWT bearer tokens verified against the snapshot's trusted issuers;
-//! - [`gateway`]: one request end to end over a request-headers trait the filter implements.
+//! - [`gateway`]: one request end to end over a request-headers trait the filter implements;
+//! - [`header_map`]: the proxy-wasm header-map encoding (every header in one host call).
 
 pub mod config;
 pub mod decision;
 pub mod distribution;
 pub mod gateway;
+pub mod header_map;
 pub mod host;
 pub mod index;
+pub mod keycache;
 pub mod keydir;
 pub mod keys;
 pub mod lease;

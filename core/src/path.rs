@@ -86,6 +86,26 @@ pub fn take_query_param(query: &str, name: &str) -> (Option<String>, Option<Stri
     (value, rest)
 }
 
+/// The query string with only the first occurrence of parameter `name` kept, as sent; `None`
+/// when it occurs at most once (nothing to change).
+pub fn keep_first_param(query: &str, name: &str) -> Option<String> {
+    let mut seen = false;
+    let mut repeated = false;
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in query.split('&') {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if decode(k) == name {
+            if seen {
+                repeated = true;
+                continue;
+            }
+            seen = true;
+        }
+        kept.push(pair);
+    }
+    repeated.then(|| kept.join("&"))
+}
+
 fn decode(s: &str) -> String {
     let plus_as_space = s.replace('+', " ");
     percent_decode_str(&plus_as_space)
@@ -155,6 +175,16 @@ mod tests {
             take_query_param("%61pikey=z", "apikey").0,
             Some("z".to_owned())
         );
+    }
+
+    #[test]
+    fn only_the_first_occurrence_of_a_param_is_kept() {
+        assert_eq!(
+            keep_first_param("apikey=a&x=1&%61pikey=b&apikey=c", "apikey"),
+            Some("apikey=a&x=1".to_owned())
+        );
+        assert_eq!(keep_first_param("apikey=a&x=1", "apikey"), None);
+        assert_eq!(keep_first_param("x=1", "apikey"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::ptr::{null, null_mut};
 
 use tollgate_core::gateway::RequestHeaders;
+use tollgate_core::header_map::HeaderBlock;
 use tollgate_core::shared::{SetOutcome, SharedStore, StoreError};
 
 const STATUS_OK: u32 = 0;
@@ -28,6 +29,11 @@ extern "C" {
         key_size: usize,
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
     ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
@@ -120,6 +126,24 @@ impl HeaderMap {
 }
 
 impl RequestHeaders for HeaderMap {
+    fn all(&mut self) -> Result<HeaderBlock, StoreError> {
+        let mut data = null_mut();
+        let mut size = 0;
+        // SAFETY: pointers are valid for the call; the host fills data/size on Ok.
+        let status = unsafe { proxy_get_header_map_pairs(self.0, &mut data, &mut size) };
+        match status {
+            STATUS_OK => {
+                // SAFETY: on Ok the host allocated `size` bytes through our allocator.
+                let bytes = unsafe { adopt(data, size) };
+                HeaderBlock::decode(bytes).map_err(|_| {
+                    StoreError("host call get_header_map_pairs returned a malformed map".into())
+                })
+            }
+            STATUS_NOT_FOUND => Ok(HeaderBlock::default()),
+            other => Err(failed("get_header_map_pairs", other)),
+        }
+    }
+
     fn get(&mut self, name: &str) -> Result<Option<String>, StoreError> {
         let mut data = null_mut();
         let mut size = 0;
@@ -265,7 +289,7 @@ pub fn now_ms() -> Result<u64, StoreError> {
 
 /// Answers the request locally with these headers and body.
 pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), StoreError> {
-    let serialized = serialize_headers(headers);
+    let serialized = HeaderBlock::encode(headers);
     // SAFETY: pointers are valid for the call.
     let result = unsafe {
         proxy_send_local_response(
@@ -294,27 +318,4 @@ pub fn increment_metric(id: u32, by: u32) {
 pub fn record_metric(id: u32, value: u64) {
     // SAFETY: no pointers involved.
     let _ = unsafe { proxy_record_metric(id, value) };
-}
-
-/// The proxy-wasm map encoding: count, then (name length, value length) pairs, then the
-/// NUL-terminated names and values.
-fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let len_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    let size = 4 + headers
-        .iter()
-        .map(|(n, v)| 10 + n.len() + v.len())
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&len_u32(headers.len()));
-    for (name, value) in headers {
-        out.extend_from_slice(&len_u32(name.len()));
-        out.extend_from_slice(&len_u32(value.len()));
-    }
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.extend_from_slice(value.as_bytes());
-        out.push(0);
-    }
-    out
 }

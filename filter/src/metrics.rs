@@ -62,6 +62,8 @@ pub struct RequestMetrics {
     pub cas_retries: Metric,
     pub host_errors: Metric,
     pub snapshots_adopted: Metric,
+    key_cache_hits: Metric,
+    key_cache_misses: Metric,
 }
 
 impl RequestMetrics {
@@ -75,6 +77,8 @@ impl RequestMetrics {
             cas_retries: Metric::counter("tollgate_cas_retries_total"),
             host_errors: Metric::counter("tollgate_host_errors_total"),
             snapshots_adopted: Metric::counter("tollgate_snapshot_adoptions_total"),
+            key_cache_hits: Metric::counter("tollgate_key_cache_hits_total"),
+            key_cache_misses: Metric::counter("tollgate_key_cache_misses_total"),
         }
     }
 
@@ -88,6 +92,14 @@ impl RequestMetrics {
         }
         self.pending_cas_retries
             .set(self.pending_cas_retries.get().saturating_add(cas_retries));
+    }
+
+    /// The worker's bucket-cache tallies since the last tick.
+    pub fn key_cache(&self, hits: u64, misses: u64) {
+        self.key_cache_hits
+            .add(u32::try_from(hits).unwrap_or(u32::MAX));
+        self.key_cache_misses
+            .add(u32::try_from(misses).unwrap_or(u32::MAX));
     }
 
     /// Hands the tallies to Envoy.

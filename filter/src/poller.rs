@@ -16,9 +16,11 @@ use std::time::Duration;
 use proxy_wasm::hostcalls::{dispatch_http_call, set_tick_period};
 use tollgate_core::config::{ConfigError, ControlPlane, LoadedConfig};
 use tollgate_core::distribution::{
-    publish_directory, publish_routes, verify_snapshot, Backoff, Sequence, Step,
+    note_changed_buckets, publish_changes, publish_directory, publish_routes, verify_snapshot,
+    Backoff, Sequence, Step,
 };
 use tollgate_core::gateway::RequestHeaders;
+use tollgate_core::keycache::Changed;
 use tollgate_core::signing::{TrustedKeys, SIGNATURE_HEADER};
 
 use crate::host::{self, HeaderMap, SharedData};
@@ -42,6 +44,9 @@ pub struct Poller {
     next_page: Option<String>,
     in_flight: Option<u32>,
     next_poll_at_ms: u64,
+    /// The key-directory buckets the revision being received changes (over all its pages),
+    /// published with it so that workers evict exactly those from their caches.
+    changed: Changed,
 }
 
 impl Poller {
@@ -94,6 +99,7 @@ impl Poller {
             next_page: None,
             in_flight: None,
             next_poll_at_ms: 0,
+            changed: Changed::none(),
         })
     }
 
@@ -186,10 +192,16 @@ impl Poller {
                 // Keys first: each bucket is one atomic write. The routing table (and with it
                 // the revision workers watch) follows once the last page is in.
                 let mut shared = SharedData;
+                note_changed_buckets(&compiled.directory, &mut self.changed);
+                let previous = self.sequence.held();
+                let changed = &self.changed;
                 let published =
                     publish_directory(&mut shared, &compiled.directory).and_then(|_| match step {
                         Step::Page(_) => Ok(()),
-                        Step::Complete(_) => publish_routes(&mut shared, &snapshot),
+                        Step::Complete(revision) => {
+                            publish_changes(&mut shared, previous, revision, changed)
+                                .and_then(|_| publish_routes(&mut shared, &snapshot))
+                        }
                     });
                 if let Err(e) = published {
                     return self.failed(&e.0);
@@ -198,6 +210,7 @@ impl Poller {
                 self.backoff.reset();
                 self.next_page = snapshot.next;
                 if let Step::Complete(revision) = step {
+                    self.changed = Changed::none();
                     log::info!("tollgate poller: published snapshot revision {revision}");
                     self.metrics.updates.inc();
                     self.metrics.revision.set(revision);

@@ -12,9 +12,11 @@ use proxy_wasm::types::Action;
 use tollgate_core::config::{ConfigError, LoadedConfig};
 use tollgate_core::decision::{deny, Denial, Reason};
 use tollgate_core::distribution::{
-    decode_revision, publish_directory, RoutesDocument, REVISION_KEY, ROUTES_KEY,
+    changes_between, decode_revision, publish_directory, RoutesDocument, CHANGES_KEY, REVISION_KEY,
+    ROUTES_KEY,
 };
 use tollgate_core::gateway::{handle_request, Outcome};
+use tollgate_core::keycache::{BucketCache, CachedDirectory, Changed, DEFAULT_BUDGET_BYTES};
 use tollgate_core::lease::LeaseBook;
 use tollgate_core::problem::{self, Problem};
 use tollgate_core::shared::SharedStore;
@@ -32,6 +34,8 @@ pub struct WorkerRoot {
     leases: Rc<RefCell<LeaseBook>>,
     /// The revision of the routing table in force.
     revision: Option<u64>,
+    /// Key-directory buckets read recently, shared by this worker's requests.
+    buckets: Rc<RefCell<BucketCache>>,
 }
 
 impl WorkerRoot {
@@ -52,6 +56,7 @@ impl WorkerRoot {
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
             leases: crate::lease::worker_book(),
+            buckets: Rc::new(RefCell::new(BucketCache::new(DEFAULT_BUDGET_BYTES))),
         };
         // The tick refreshes the routing table (live mode) and flushes the metric tallies.
         let tick = match &live {
@@ -74,6 +79,10 @@ impl WorkerRoot {
 
     pub fn on_tick(&mut self) {
         crate::lease::on_tick(&self.leases);
+        if let Ok(mut cache) = self.buckets.try_borrow_mut() {
+            let (hits, misses) = cache.take_counts();
+            self.metrics.key_cache(hits, misses);
+        }
         self.metrics.flush();
         if self.config.settings.control_plane.is_some() {
             self.refresh();
@@ -109,12 +118,34 @@ impl WorkerRoot {
         match RoutesDocument::compile(&body) {
             Ok(routes) => {
                 let revision = routes.revision();
+                // The buckets this revision changed leave the cache before it is enforced.
+                let changed = match shared.get(CHANGES_KEY) {
+                    Ok(Some((log, _))) => changes_between(&log, self.revision, revision),
+                    _ => Changed::All,
+                };
+                let evicted = self
+                    .buckets
+                    .try_borrow_mut()
+                    .map(|mut cache| cache.evict(&changed))
+                    .is_ok();
+                if !evicted {
+                    // Not reachable (requests borrow the cache only while they run); a fresh
+                    // cache is always correct.
+                    self.buckets = Rc::new(RefCell::new(BucketCache::new(DEFAULT_BUDGET_BYTES)));
+                }
                 self.config = Rc::new(self.config.with_routes(Arc::new(routes)));
                 self.revision = Some(revision);
                 self.metrics.snapshots_adopted.inc();
                 log::info!("tollgate: enforcing snapshot revision {revision}");
             }
-            Err(e) => log::warn!("tollgate: published snapshot not adopted: {e}"),
+            Err(e) => {
+                // The poller has written that revision's buckets already: the cache must not
+                // keep the old ones while the old routes stay in force.
+                if let Ok(mut cache) = self.buckets.try_borrow_mut() {
+                    cache.evict(&Changed::All);
+                }
+                log::warn!("tollgate: published snapshot not adopted: {e}")
+            }
         }
     }
 
@@ -123,6 +154,7 @@ impl WorkerRoot {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             leases: self.leases.clone(),
+            buckets: self.buckets.clone(),
             response_headers: Vec::new(),
         }
     }
@@ -134,6 +166,7 @@ pub struct RequestContext {
     config: Rc<LoadedConfig>,
     metrics: Rc<RequestMetrics>,
     leases: Rc<RefCell<LeaseBook>>,
+    buckets: Rc<RefCell<BucketCache>>,
     /// Rate-limit headers decided at request time, added to the upstream's response.
     response_headers: Vec<(&'static str, String)>,
 }
@@ -143,13 +176,28 @@ impl Context for RequestContext {}
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let handled = host::now_ms().and_then(|now_ms| {
-            handle_request(
-                &self.config,
-                &mut HeaderMap::request(),
-                &mut SharedData,
-                &mut *crate::lease::book(&self.leases)?,
-                now_ms,
-            )
+            let leases = &mut *crate::lease::book(&self.leases)?;
+            let mut shared = SharedData;
+            match self.buckets.try_borrow_mut() {
+                Ok(mut cache) => handle_request(
+                    &self.config,
+                    &mut HeaderMap::request(),
+                    &mut CachedDirectory {
+                        cache: &mut cache,
+                        store: &mut shared,
+                    },
+                    leases,
+                    now_ms,
+                ),
+                // Never expected (one request at a time per worker); uncached is always right.
+                Err(_) => handle_request(
+                    &self.config,
+                    &mut HeaderMap::request(),
+                    &mut shared,
+                    leases,
+                    now_ms,
+                ),
+            }
         });
         match handled {
             Ok(handled) => {

@@ -18,12 +18,26 @@ proxy_wasm::main! {{
 
 const REPLAY: &[u8] = b"replay-tollgate-host-calls";
 const COUNTER_KEY: &str = "bench.contract.1";
-const BUCKET_KEY: &str = "bench.keys.0001";
-/// The size of the key-directory bucket of part 1's key: one record with one two-limit contract
-/// (core/src/keydir.rs: digest, expiry, client, contract id, API, plan, limits).
-const BUCKET_VALUE: [u8; 113] = [1; 113];
 /// The size of tollgate's counter value for a plan with two limits (format byte + 2 slots).
 const COUNTER_VALUE: [u8; 35] = [1; 35];
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+}
+
+/// The raw call tollgate makes (filter/src/host.rs), without the SDK's per-header decoding.
+fn get_all_request_headers() {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: pointers are valid for the call; on Ok the host allocated `size` bytes through
+    // this module's allocator (proxy_on_memory_allocate), which this adopts and frees.
+    unsafe {
+        if proxy_get_header_map_pairs(0, &mut data, &mut size) == 0 && !data.is_null() {
+            drop(Vec::from_raw_parts(data, size, size));
+        }
+    }
+}
 
 struct FloorRoot {
     /// Set in replay mode.
@@ -36,8 +50,6 @@ impl RootContext for FloorRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         if self.get_plugin_configuration().as_deref() == Some(REPLAY) {
             self.replay = true;
-            // The bucket the replayed request reads, as tollgate's key directory holds it.
-            return hostcalls::set_shared_data(BUCKET_KEY, Some(&BUCKET_VALUE), None).is_ok();
         }
         true
     }
@@ -70,10 +82,10 @@ impl HttpContext for ReplayRequest {
         // Errors are ignored: this filter measures calls, it decides nothing.
         let request = MapType::HttpRequestHeaders;
         let _ = hostcalls::get_current_time();
-        let _ = hostcalls::get_map_value(request, ":path");
-        // No `:authority`: tollgate reads it only when some API version routes by host.
-        let _ = hostcalls::get_map_value(request, "x-api-key");
-        let _ = hostcalls::get_shared_data(BUCKET_KEY);
+        // Every request header in one call (path, key, and the names of x-tollgate-* headers).
+        get_all_request_headers();
+        // No bucket read: a worker's bucket cache holds the key's bucket after its first
+        // request (core/src/keycache.rs).
         let cas = hostcalls::get_shared_data(COUNTER_KEY).ok().and_then(|(_, cas)| cas);
         let _ = hostcalls::set_shared_data(COUNTER_KEY, Some(&COUNTER_VALUE), cas);
         let _ = hostcalls::set_map_value(request, "x-tollgate-client", Some("acme/mobile/1"));

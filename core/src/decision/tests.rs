@@ -9,6 +9,7 @@ const CHALLENGE: &str = r#"APIKey realm="tollgate", header="x-api-key""#;
 fn challenges() -> Challenges {
     Challenges {
         api_key: CHALLENGE.to_owned(),
+        rate_limit_headers: RateLimitHeaders::XRateLimit,
     }
 }
 
@@ -41,7 +42,7 @@ fn decide_at(
         } => (
             Reason::Allow,
             200,
-            rate_limit_headers(&rate).to_vec(),
+            rate_limit_headers(RateLimitHeaders::XRateLimit, &rate),
             format!("{client} {plan}"),
         ),
         Verdict::Deny(d) => (d.reason, d.status, d.headers, d.problem.to_json()),
