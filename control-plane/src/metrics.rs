@@ -11,7 +11,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    /// A method HTTP defines, else `other`.
+    pub method: &'static str,
     /// The matched route template (`/v1/orgs/{org}`), never the raw path: bounded cardinality.
     pub route: String,
     pub status: u16,

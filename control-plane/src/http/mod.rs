@@ -205,12 +205,12 @@ async fn method_not_allowed_as_problem(request: Request, next: Next) -> Response
     problem
 }
 
-/// The body limit of a path: larger for a whole catalogue.
+/// The body limit of a path: larger for a whole catalogue, small for the token endpoint.
 fn body_limit(path: &str) -> usize {
-    if path == APPLY_PATH {
-        MAX_APPLY_BODY_BYTES
-    } else {
-        MAX_BODY_BYTES
+    match path {
+        APPLY_PATH => MAX_APPLY_BODY_BYTES,
+        oauth::TOKEN_PATH => oauth::MAX_TOKEN_BODY_BYTES,
+        _ => MAX_BODY_BYTES,
     }
 }
 
@@ -230,7 +230,7 @@ async fn refuse_declared_oversize(request: Request, next: Next) -> Result<Respon
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -247,6 +247,24 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         })
         .inc();
     response
+}
+
+/// The `method` label of a request: one of the methods HTTP defines, else `other`, so made-up
+/// methods cannot grow `/metrics` (every label value comes from a fixed set; `route` is the
+/// matched template or `unmatched`).
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
 }
 
 /// `axum::Json` whose rejections are [`Error`]s (problem+json, 400 or 413).

@@ -2,12 +2,14 @@
 //! credentials grant) and `GET /.well-known/jwks.json`; and, behind the admin gate, its signing
 //! keys (`/v1/token-keys`).
 
+use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -25,10 +27,19 @@ use crate::secrets::random_token;
 use crate::store::tokens::{self, CredentialOwner};
 use crate::tokens::{SCOPE_GATEWAY, SERVICE_ACCOUNT_SUBJECT_PREFIX};
 
+/// The token endpoint's path.
+pub const TOKEN_PATH: &str = "/oauth/token";
+/// A token request is a handful of short parameters: anything larger is refused (413) before
+/// it is parsed.
+pub const MAX_TOKEN_BODY_BYTES: usize = 8 * 1024;
+/// More parameters than any client-credentials request needs are refused (400).
+pub const MAX_FORM_PARAMETERS: usize = 16;
+
 /// Public: no token.
 pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(token))
+        .layer(DefaultBodyLimit::max(MAX_TOKEN_BODY_BYTES))
         .routes(routes!(jwks))
 }
 
@@ -92,8 +103,16 @@ fn oauth(error: &'static str, description: impl Into<String>) -> Error {
 async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, Error> {
+    // A body without a declared length is cut at the limit while it is read.
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge
+        } else {
+            oauth("invalid_request", "the request body could not be read")
+        }
+    })?;
     let form_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -221,13 +240,21 @@ fn now_seconds() -> u64 {
 }
 
 /// Form pairs; a parameter without a value counts as omitted and none may repeat (§3.2).
+/// Linear in the body: at most [`MAX_FORM_PARAMETERS`] pairs, repeats found by a set.
 fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(body) {
+    let mut seen = HashSet::new();
+    for (n, (k, v)) in form_urlencoded::parse(body).enumerate() {
+        if n >= MAX_FORM_PARAMETERS {
+            return Err(oauth(
+                "invalid_request",
+                format!("the form has more than {MAX_FORM_PARAMETERS} parameters"),
+            ));
+        }
         if v.is_empty() {
             continue;
         }
-        if pairs.iter().any(|(seen, _)| *seen == k) {
+        if !seen.insert(k.clone()) {
             return Err(oauth(
                 "invalid_request",
                 format!("{k} is sent more than once"),
