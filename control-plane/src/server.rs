@@ -136,24 +136,42 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         .map_err(|e| Error::Internal(format!("server: {e}")))
 }
 
-/// Unpublishes retired signing keys once every token they signed has expired: checks once a
-/// second and writes (moving the revision) only when a key is due.
+/// Unpublishes retired signing keys once every token they signed has expired, and deletes
+/// credentials at the end of their grace (their tokens stop at the gateways): checks once a
+/// second and writes (moving the revision) only when something is due.
 async fn drop_expired_token_keys(store: Arc<Store>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let due = match store.read(tokens::next_key_drop).await {
-            Ok(Some(at)) => at <= crate::store::unix_now(),
-            Ok(None) => false,
+        let now = crate::store::unix_now();
+        let due = store
+            .read(|conn| {
+                Ok((
+                    tokens::next_key_drop(conn)?,
+                    tokens::next_credentials_expiry(conn)?,
+                ))
+            })
+            .await;
+        let (keys_due, credentials_due) = match due {
+            Ok((keys, credentials)) => (
+                keys.is_some_and(|at| at <= now),
+                credentials.is_some_and(|at| at <= now),
+            ),
             Err(e) => {
-                tracing::warn!(error = %e, "checking retired token keys");
-                false
+                tracing::warn!(error = %e, "checking retired token keys and credentials");
+                (false, false)
             }
         };
-        if due {
+        if keys_due {
             match store.write(tokens::drop_expired_keys).await {
                 Ok(n) => tracing::info!(keys = n, "retired token keys unpublished"),
                 Err(e) => tracing::warn!(error = %e, "unpublishing retired token keys"),
+            }
+        }
+        if credentials_due {
+            match store.write(tokens::drop_expired_credentials).await {
+                Ok(n) => tracing::info!(credentials = n, "credentials past their grace deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting credentials past their grace"),
             }
         }
     }

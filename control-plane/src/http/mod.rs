@@ -135,7 +135,8 @@ async fn require_admin(
                 "the bearer token is neither the admin token nor a valid management token",
             )
         })?;
-    // A token outlives nothing it was issued for: its service account must still exist, and
+    // A token outlives nothing it was issued for: its service account must still exist with
+    // the credentials the token names (an account deleted and created again has others), and
     // only the scopes the account still holds count (deleting or narrowing an account takes
     // effect at once, not when its tokens expire).
     let account = access
@@ -152,6 +153,16 @@ async fn require_admin(
         .ok_or(Error::Unauthorized(
             "the service account of this management token no longer exists",
         ))?;
+    let now = (now_ms / 1000) as i64;
+    if !current
+        .credentials
+        .iter()
+        .any(|c| c.client_id == access.credential && c.expires_at.is_none_or(|t| t > now))
+    {
+        return Err(Error::Unauthorized(
+            "the credentials this management token was issued for are no longer valid",
+        ));
+    }
     let access = crate::tokens::ManagementToken {
         scopes: access
             .scopes

@@ -172,6 +172,7 @@ async fn token(
     });
 
     let now = now_seconds();
+    let credential = client_id.clone();
     let (owner, kid) = state
         .store
         .read(move |conn| {
@@ -214,6 +215,8 @@ async fn token(
     let claims = json!({
         "iss": state.issuer.issuer,
         "sub": subject,
+        // Binds the token to these credentials: it works only while they do.
+        tokens::CREDENTIAL_CLAIM: credential,
         "aud": audience,
         "iat": now,
         "exp": now + lifetime,
