@@ -22,7 +22,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from harness import Envoy, clear_of_window_end, echoed, problem, remember_secret
+from harness import Envoy, clear_of_window_end, echoed, problem, remember_secret, wait_until
 from live import CHANGE_DEADLINE_S, ControlPlane, LiveProcesses, answered, wait_all_workers_enforce
 
 JWT_API = "/jwt/v1/items"
@@ -333,3 +333,33 @@ def test_management_tokens_carry_scopes(control_plane: ControlPlane, envoy: Envo
     assert response.status_code == 401 and 'error="invalid_token"' in response.headers["www-authenticate"]
     # The static admin token still works.
     assert control_plane.call("GET", "/v1/orgs").status_code == 200
+
+
+def token_answers(envoy: Envoy, token: str, status: int) -> None:
+    """Polls the gateway until the token API answers `status` for `token`."""
+    wait_until(
+        lambda: call(envoy, JWT_API, token).status_code == status,
+        CHANGE_DEADLINE_S,
+        f"{JWT_API} to answer {status} for the token",
+        interval_s=0.01,
+    )
+
+
+def test_new_credentials_do_not_revive_the_tokens_of_revoked_ones(control_plane: ControlPlane, envoy: Envoy) -> None:
+    client = "acme/revived/1"
+    remember_secret(control_plane.client_version("acme", "revived", "1"))
+    control_plane.contract(client, "acme/jwt/1", "gold")
+    old = token_for(control_plane, *credentials(control_plane, client))["access_token"]
+    token_answers(envoy, old, 200)
+
+    control_plane.ok("DELETE", "/v1/orgs/acme/clients/revived/versions/1/credentials")
+    token_answers(envoy, old, 401)
+
+    new = token_for(control_plane, *credentials(control_plane, client))["access_token"]
+    token_answers(envoy, new, 200)
+    converge(control_plane, envoy)
+    for _ in range(6):
+        refused = call(envoy, JWT_API, old)
+        assert refused.status_code == 401, "new credentials brought back a token of revoked ones"
+        assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+        assert call(envoy, JWT_API, new).status_code == 200
