@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::http::{self, AppState};
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::secrets::{self, BearerToken, SecretKind, Source};
 use crate::store::{tokens, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS};
@@ -38,6 +40,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_TOKEN_LIFETIME", default_value_t = DEFAULT_TOKEN_LIFETIME_SECONDS,
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub token_lifetime: u64,
+    /// Seconds a client has to send a request's headers; an HTTP/1.1 connection idle this long
+    /// between requests is closed too.
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
+    /// Seconds a request may take, reading its body included (408 after); a snapshot long
+    /// poll may take its wait (at most 60 s) on top.
+    #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
+    /// Connections served at once; more wait in the listen backlog until one closes. Keep it
+    /// below the process's open-file limit (`ulimit -n`), which also counts the database.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 512,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
     /// Set from the global `--data-dir` (env TOLLGATE_DATA_DIR, default ./.tollgate).
     #[arg(skip)]
     pub data_dir: PathBuf,
@@ -122,18 +139,28 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         issuer,
         signing_keys,
         metrics: Arc::new(Metrics::new()),
+        request_timeout: Duration::from_secs(args.request_timeout),
         shutdown,
     };
     println!("tollgate control plane listening on http://{local}");
     tracing::info!(%local, "listening");
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("stopping");
-            let _ = stop.send(true);
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("server: {e}")))
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout_s = args.header_read_timeout,
+        request_timeout_s = args.request_timeout,
+        "connection limits"
+    );
+    listener::serve(listener, http::router(state), limits, async move {
+        stop_signal().await;
+        tracing::info!("stopping");
+        let _ = stop.send(true);
+    })
+    .await;
+    Ok(())
 }
 
 /// Unpublishes retired signing keys once every token they signed has expired, and deletes

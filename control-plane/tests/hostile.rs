@@ -157,3 +157,94 @@ fn made_up_methods_leave_metrics_small() {
         .unwrap_or_else(|| panic!("no other series:\n{}", metrics.body));
     assert!(other.ends_with(" 8000"), "{other}");
 }
+
+/// 1,100 clients that send half a request and wait, against a server limited to 1,024 open
+/// files (a common default): `/healthz` and `/oauth/token` still answer, because the connection
+/// cap stays below the limit and the header-read timeout frees the slots.
+#[test]
+fn slow_clients_cannot_starve_healthz_or_the_token_endpoint() {
+    let s = Server::start_with_open_file_limit(1024, &[("TOLLGATE_HEADER_READ_TIMEOUT", "2")]);
+    let address = s.base.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::with_capacity(1100);
+    for _ in 0..1100 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream
+            .write_all(b"POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: applic")
+            .unwrap();
+        slow.push(stream);
+    }
+    let started = Instant::now();
+    let (status, _) = exchange(
+        &s,
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"",
+    );
+    let healthz = started.elapsed();
+    assert_eq!(status, 200);
+    let form = "grant_type=client_credentials&client_id=tgc_nobody&client_secret=wrong";
+    let started = Instant::now();
+    let (status, body) = exchange(
+        &s,
+        &format!(
+            "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            form.len()
+        ),
+        form.as_bytes(),
+    );
+    let token = started.elapsed();
+    println!("with 1,100 half-sent requests held open: /healthz in {healthz:?}, /oauth/token in {token:?}");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        healthz < Duration::from_secs(30),
+        "/healthz took {healthz:?}"
+    );
+    assert!(
+        token < Duration::from_secs(30),
+        "/oauth/token took {token:?}"
+    );
+    assert!(!s.logs().contains("Too many open files"));
+    drop(slow);
+}
+
+/// A client that sends headers and then trickles nothing of its body gets 408; one that keeps
+/// an idle connection open is closed after the header-read timeout.
+#[test]
+fn a_stalled_body_is_answered_408_and_an_idle_connection_is_closed() {
+    let s = Server::start_with_env(&[
+        ("TOLLGATE_REQUEST_TIMEOUT", "1"),
+        ("TOLLGATE_HEADER_READ_TIMEOUT", "1"),
+    ]);
+    let started = Instant::now();
+    let (status, body) = exchange(
+        &s,
+        &format!(
+            "POST /v1/orgs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"id\":",
+            s.admin_token
+        ),
+        b"",
+    );
+    println!(
+        "stalled body answered {status} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("request-timeout"), "{body}");
+
+    let stream = connect(&s);
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut reader).0, 200);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    // EOF (0 bytes) once the server closes the idle connection.
+    let n = reader.read_to_end(&mut rest).unwrap_or(0);
+    let idle = started.elapsed();
+    println!("idle keep-alive connection closed after {idle:?}");
+    assert_eq!(n, 0);
+    assert!(idle < Duration::from_secs(20), "{idle:?}");
+}

@@ -54,6 +54,8 @@ pub struct AppState {
     pub issuer: Arc<IssuerConfig>,
     pub signing_keys: Arc<SigningKeys>,
     pub metrics: Arc<Metrics>,
+    /// Longest a request may take (a snapshot long poll: this plus its wait).
+    pub request_timeout: std::time::Duration,
     /// Turns true when the server stops, so long polls answer at once instead of holding
     /// graceful shutdown for up to their full wait.
     pub shutdown: watch::Receiver<bool>,
@@ -99,6 +101,10 @@ pub fn router(state: AppState) -> Router {
             count_requests,
         ))
         .layer(middleware::from_fn(refuse_declared_oversize))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(middleware::from_fn(method_not_allowed_as_problem))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
@@ -238,6 +244,23 @@ async fn refuse_declared_oversize(request: Request, next: Next) -> Result<Respon
         return Err(Error::PayloadTooLarge);
     }
     Ok(next.run(request).await)
+}
+
+/// Answers 408 when a request (reading its body included) is not answered within the request
+/// timeout, so a client trickling a body cannot hold a handler. A snapshot long poll may take
+/// its wait on top.
+async fn request_deadline(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let mut limit = state.request_timeout;
+    if request.uri().path() == SNAPSHOT_PATH {
+        limit += std::time::Duration::from_secs(snapshot::MAX_WAIT_SECONDS);
+    }
+    tokio::time::timeout(limit, next.run(request))
+        .await
+        .map_err(|_| Error::RequestTimeout(state.request_timeout.as_secs()))
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {

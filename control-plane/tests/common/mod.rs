@@ -80,12 +80,36 @@ impl Server {
         Server::spawn(data_dir, Some(dir), env)
     }
 
+    /// A server whose process may open at most `open_files` descriptors (a lowered limit,
+    /// set by the shell before it becomes the server).
+    pub fn start_with_open_file_limit(open_files: u32, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Server::spawn_with(data_dir, Some(dir), env, Some(open_files))
+    }
+
     /// Starts a server on `data_dir`, waiting until it says where it listens.
     fn spawn(data_dir: PathBuf, dir: Option<TempDir>, env: &[(&str, &str)]) -> Server {
+        Server::spawn_with(data_dir, dir, env, None)
+    }
+
+    fn spawn_with(
+        data_dir: PathBuf,
+        dir: Option<TempDir>,
+        env: &[(&str, &str)],
+        open_files: Option<u32>,
+    ) -> Server {
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log_path = data_dir.with_extension(format!("log.{}", now_nanos()));
         let log = File::create(&log_path).unwrap();
-        let mut command = Command::new(BIN);
+        let mut command = match open_files {
+            None => Command::new(BIN),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+        };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
