@@ -374,6 +374,10 @@ pub struct IssuerSpec {
     /// The claim naming the client, matched against client versions' subjects.
     #[serde(default = "default_client_claim")]
     pub client_claim: String,
+    /// Gateways refuse a token whose `exp` lies further ahead than this many seconds (at most
+    /// 30 days). Absent: one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_seconds: Option<u64>,
 }
 
 fn default_client_claim() -> String {
@@ -389,6 +393,8 @@ pub struct UpdateIssuer {
     pub jwks: serde_json::Value,
     #[serde(default = "default_client_claim")]
     pub client_claim: String,
+    #[serde(default)]
+    pub max_token_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

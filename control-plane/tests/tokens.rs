@@ -662,3 +662,60 @@ fn a_service_account_created_again_does_not_revive_its_old_tokens() {
     );
     assert_eq!(answer.problem_type(), "urn:tollgate:problem:unauthorized");
 }
+
+#[test]
+fn an_external_issuer_carries_its_maximum_token_lifetime_to_the_gateways() {
+    let s = Server::start();
+    let idp = SigningKey::from_bytes(&[7u8; 32]);
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "idp-1", "alg": "EdDSA",
+        "x": URL_SAFE_NO_PAD.encode(idp.verifying_key().to_bytes())}]});
+    for (bad, why) in [(0u64, "zero"), (31 * 24 * 3600, "over 30 days")] {
+        let refused = s.post(
+            "/v1/issuers",
+            json!({"issuer": "https://idp.test", "audiences": ["orders"], "jwks": jwks,
+                   "max_token_lifetime_seconds": bad}),
+        );
+        assert_eq!(refused.status, 400, "{why}: {}", refused.body);
+        assert!(
+            refused.body.contains("max_token_lifetime_seconds"),
+            "{}",
+            refused.body
+        );
+    }
+    Server::ok(s.post(
+        "/v1/issuers",
+        json!({"issuer": "https://idp.test", "audiences": ["orders"], "jwks": jwks,
+               "max_token_lifetime_seconds": 600}),
+    ));
+    let shown = Server::ok(s.get("/v1/issuers/https%3A%2F%2Fidp.test"));
+    assert_eq!(shown["max_token_lifetime_seconds"], 600);
+    let trusted = issuers(&s);
+    let external = trusted
+        .iter()
+        .find(|i| i.issuer == "https://idp.test")
+        .unwrap();
+    assert_eq!(external.max_token_lifetime_seconds, Some(600));
+
+    let sign = |exp: u64| {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "kid": "idp-1"}).to_string());
+        let claims = URL_SAFE_NO_PAD.encode(
+            json!({"iss": "https://idp.test", "aud": "orders", "sub": "x", "exp": exp}).to_string(),
+        );
+        let input = format!("{header}.{claims}");
+        let signature = URL_SAFE_NO_PAD.encode(idp.sign(input.as_bytes()).to_bytes());
+        format!("{input}.{signature}")
+    };
+    let verifier = TrustedIssuers::build(&trusted).unwrap();
+    let now = now_ms() / 1000;
+    assert!(verifier.verify(&sign(now + 300), now_ms()).is_ok());
+    assert_eq!(
+        verifier.verify(&sign(now + 3600), now_ms()).unwrap_err(),
+        TokenRejected::LifetimeTooLong
+    );
+    assert_eq!(
+        verifier
+            .verify(&sign(253_402_300_799), now_ms())
+            .unwrap_err(),
+        TokenRejected::LifetimeTooLong
+    );
+}

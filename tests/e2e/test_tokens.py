@@ -60,7 +60,7 @@ class ExternalIdp:
         public = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(public), "kid": EXTERNAL_KID, "alg": "EdDSA"}]}
 
-    def token(self, kid: str = EXTERNAL_KID, **overrides: Any) -> str:
+    def token(self, kid: str = EXTERNAL_KID, header_extra: dict[str, Any] | None = None, **overrides: Any) -> str:
         now = int(time.time())
         claims = {
             "iss": EXTERNAL_ISSUER,
@@ -72,7 +72,7 @@ class ExternalIdp:
         }
         claims.update(overrides)
         claims = {k: v for k, v in claims.items() if v is not None}
-        header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+        header = {"alg": "EdDSA", "typ": "JWT", "kid": kid, **(header_extra or {})}
         signing_input = f"{b64url_json(header)}.{b64url_json(claims)}"
         signature = self.key.sign(signing_input.encode())
         return remember_secret(f"{signing_input}.{b64url(signature)}")
@@ -206,6 +206,10 @@ def refused_tokens(control_plane: ControlPlane, idp: ExternalIdp, app: tuple[str
             f"{b64url_json({'alg': 'none', 'kid': json.loads(unb64url(header))['kid']})}.{payload}."
         ),
         "unknown kid": idp.token(kid="idp-key-unknown"),
+        # The issuer's maximum lifetime (default one day) bounds `exp`.
+        "exp in year 9999": idp.token(exp=253_402_300_799),
+        # RFC 7515 §4.1.11: an extension the gateway does not understand.
+        "crit header": idp.token(header_extra={"crit": ["x-tollgate-test"], "x-tollgate-test": True}),
         "HS256 with the public key as secret": hs256_confusion(idp, claims),
         "garbage": remember_secret("not.a.token-at-all"),
     }

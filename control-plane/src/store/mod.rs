@@ -106,6 +106,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("schema.sql")),
         M::up(include_str!("schema_tokens.sql")),
+        M::up(include_str!("schema_token_lifetime.sql")),
     ])
 }
 
