@@ -248,3 +248,36 @@ fn a_stalled_body_is_answered_408_and_an_idle_connection_is_closed() {
     assert_eq!(n, 0);
     assert!(idle < Duration::from_secs(20), "{idle:?}");
 }
+
+/// The database holds every key hash: 0600 even under umask 000, with its -wal and -shm.
+#[test]
+fn the_database_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start_with_umask("000");
+    s.seed();
+    for file in ["tollgate.db", "tollgate.db-wal", "tollgate.db-shm"] {
+        let mode = std::fs::metadata(s.data_dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        println!("{file}: {mode:o}");
+        assert_eq!(mode, 0o600, "{file} is {mode:o}");
+    }
+}
+
+/// Names that display as something else are refused with the field named.
+#[test]
+fn display_names_refuse_bidi_controls_and_zero_width_characters() {
+    let s = Server::start();
+    for name in ["Acme\u{202E}moc.evil", "Ac\u{200B}me"] {
+        let answer = s.post("/v1/orgs", serde_json::json!({"id": "acme", "name": name}));
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_eq!(answer.problem_type(), "urn:tollgate:problem:invalid-field");
+        assert!(answer.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("name: "));
+    }
+    assert_eq!(s.get("/v1/orgs/acme").status, 404);
+}

@@ -85,7 +85,19 @@ impl Server {
     pub fn start_with_open_file_limit(open_files: u32, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        Server::spawn_with(data_dir, Some(dir), env, Some(open_files))
+        Server::spawn_with(
+            data_dir,
+            Some(dir),
+            env,
+            Some(&format!("ulimit -n {open_files}")),
+        )
+    }
+
+    /// A server started under `umask` (e.g. `000`, the most permissive).
+    pub fn start_with_umask(umask: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Server::spawn_with(data_dir, Some(dir), &[], Some(&format!("umask {umask}")))
     }
 
     /// Starts a server on `data_dir`, waiting until it says where it listens.
@@ -97,16 +109,17 @@ impl Server {
         data_dir: PathBuf,
         dir: Option<TempDir>,
         env: &[(&str, &str)],
-        open_files: Option<u32>,
+        shell_prelude: Option<&str>,
     ) -> Server {
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log_path = data_dir.with_extension(format!("log.{}", now_nanos()));
         let log = File::create(&log_path).unwrap();
-        let mut command = match open_files {
+        // A prelude runs in a shell that then becomes the server.
+        let mut command = match shell_prelude {
             None => Command::new(BIN),
-            Some(n) => {
+            Some(prelude) => {
                 let mut c = Command::new("sh");
-                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c.args(["-c", &format!("{prelude} && exec \"$0\" \"$@\""), BIN]);
                 c
             }
         };
