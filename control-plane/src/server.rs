@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::http::throttle::TokenThrottle;
 use crate::http::{self, AppState};
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
@@ -55,6 +56,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 512,
         value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// Token requests (`POST /oauth/token`) one source address may send a minute (IPv6: per
+    /// /64); more answer 429.
+    #[arg(long, env = "TOLLGATE_TOKEN_REQUESTS_PER_SOURCE", default_value_t = 120,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_requests_per_source: u32,
+    /// Failed authentications one `client_id` may have a minute; after that its token requests
+    /// answer 429 until the minute ends.
+    #[arg(long, env = "TOLLGATE_TOKEN_FAILURES_PER_CLIENT", default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_failures_per_client: u32,
     /// Set from the global `--data-dir` (env TOLLGATE_DATA_DIR, default ./.tollgate).
     #[arg(skip)]
     pub data_dir: PathBuf,
@@ -139,6 +150,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         issuer,
         signing_keys,
         metrics: Arc::new(Metrics::new()),
+        token_throttle: Arc::new(TokenThrottle::new(
+            args.token_requests_per_source,
+            args.token_failures_per_client,
+        )),
         request_timeout: Duration::from_secs(args.request_timeout),
         shutdown,
     };

@@ -37,6 +37,18 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Throttle counts last one UTC minute: a test that counts starts with at least 10 s of the
+/// minute left, so the count it checks is not reset halfway.
+fn clear_of_minute_end() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now % 60 > 50 {
+        std::thread::sleep(Duration::from_secs(61 - now % 60));
+    }
+}
+
 fn connect(s: &Server) -> TcpStream {
     let stream = TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
     stream
@@ -280,4 +292,80 @@ fn display_names_refuse_bidi_controls_and_zero_width_characters() {
             .starts_with("name: "));
     }
     assert_eq!(s.get("/v1/orgs/acme").status, 404);
+}
+
+/// Guessing a client's secret: after the allowed failures its token requests answer 429 with
+/// Retry-After, counted in /metrics; the log names the client_id, never a secret.
+#[test]
+fn guessed_secrets_are_throttled_counted_and_logged_without_secrets() {
+    let s = Server::start_with_env(&[
+        ("TOLLGATE_TOKEN_FAILURES_PER_CLIENT", "5"),
+        ("TOLLGATE_TOKEN_REQUESTS_PER_SOURCE", "1000"),
+    ]);
+    s.seed();
+    let issued = Server::ok(s.act("/v1/orgs/acme/clients/mobile/versions/1/credentials"));
+    let id = issued["client_id"].as_str().unwrap();
+    let secret = issued["client_secret"].as_str().unwrap();
+    let ask = |secret: &str| {
+        let form = format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
+        exchange(
+            &s,
+            &format!(
+                "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                form.len()
+            ),
+            form.as_bytes(),
+        )
+    };
+    clear_of_minute_end();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(ask(&format!("tgs_guess{i:03}")).0);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    // Even the right secret waits for the minute to end.
+    let (status, body) = ask(secret);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too-many-requests"), "{body}");
+
+    let metrics = s.request("GET", "/metrics", None, None, &[]).body;
+    let count = |reason: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "tollgate_oauth_token_refused_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.to_owned())
+    };
+    assert_eq!(count("invalid_client").as_deref(), Some("5"), "{metrics}");
+    assert_eq!(count("throttled").as_deref(), Some("4"), "{metrics}");
+    let logs = s.logs();
+    assert!(logs.contains("client authentication failed") && logs.contains(id));
+    assert!(logs.contains("token request throttled"));
+    assert!(!logs.contains("tgs_guess") && !logs.contains(secret));
+}
+
+/// One address sending more token requests than its share a minute gets 429.
+#[test]
+fn one_address_gets_its_share_of_token_requests() {
+    let s = Server::start_with_env(&[("TOLLGATE_TOKEN_REQUESTS_PER_SOURCE", "20")]);
+    clear_of_minute_end();
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let form =
+            format!("grant_type=client_credentials&client_id=tgc_made_up_{i}&client_secret=x");
+        let head = format!(
+            "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            form.len()
+        );
+        statuses.push(exchange(&s, &head, form.as_bytes()).0);
+    }
+    assert_eq!(statuses[..20], [401; 20]);
+    assert_eq!(statuses[20..], [429; 5]);
+    assert_eq!(s.request("GET", "/healthz", None, None, &[]).status, 200);
 }

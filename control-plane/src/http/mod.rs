@@ -14,6 +14,7 @@ mod plans;
 mod service;
 mod service_accounts;
 mod snapshot;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub struct AppState {
     pub issuer: Arc<IssuerConfig>,
     pub signing_keys: Arc<SigningKeys>,
     pub metrics: Arc<Metrics>,
+    /// Limits on `/oauth/token` per source address and per failing `client_id`.
+    pub token_throttle: Arc<throttle::TokenThrottle>,
     /// Longest a request may take (a snapshot long poll: this plus its wait).
     pub request_timeout: std::time::Duration,
     /// Turns true when the server stops, so long polls answer at once instead of holding

@@ -3,14 +3,15 @@
 //! keys (`/v1/token-keys`).
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
@@ -19,6 +20,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::throttle::{Throttled, TokenThrottle};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{RotatedTokenKey, TokenKey};
@@ -99,12 +101,38 @@ fn oauth(error: &'static str, description: impl Into<String>) -> Error {
     responses(
         (status = 200, description = "Issued (Cache-Control: no-store)", body = TokenResponse),
         (status = 400, description = "invalid_request, unsupported_grant_type, invalid_scope", body = OAuthError),
-        (status = 401, description = "invalid_client (WWW-Authenticate: Basic)", body = OAuthError)))]
+        (status = 401, description = "invalid_client (WWW-Authenticate: Basic)", body = OAuthError),
+        (status = 413, description = "Body over 8 KiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Throttled: too many requests from this address or failures for this client_id this minute (Retry-After)",
+            body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn token(
     State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, Error> {
+) -> Response {
+    let answer = issue(&state, remote.ip(), &headers, body).await;
+    match answer {
+        Ok(response) => response,
+        Err(e) => {
+            let reason = match &e {
+                Error::OAuth { error, .. } => error,
+                Error::TooManyRequests { .. } => "throttled",
+                Error::PayloadTooLarge => "payload_too_large",
+                _ => "internal",
+            };
+            state.metrics.token_refused(reason);
+            e.into_response()
+        }
+    }
+}
+
+async fn issue(
+    state: &AppState,
+    source: IpAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
     // A body without a declared length is cut at the limit while it is read.
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -136,7 +164,7 @@ async fn token(
             ))
         }
     }
-    let basic = basic_credentials(&headers)?;
+    let basic = basic_credentials(headers)?;
     let (client_id, secret) =
         match (basic, get("client_id"), get("client_secret")) {
             (Some(_), _, Some(_)) => {
@@ -172,6 +200,26 @@ async fn token(
     });
 
     let now = now_seconds();
+    if let Err(throttled) = state.token_throttle.admit(source, &client_id, now) {
+        tracing::warn!(
+            %source,
+            client_id = %loggable(&client_id),
+            reason = throttled.as_str(),
+            "token request throttled"
+        );
+        return Err(Error::TooManyRequests {
+            detail: match throttled {
+                Throttled::Source => {
+                    "too many token requests from this address; retry after the minute ends"
+                }
+                Throttled::Client => {
+                    "too many failed authentications of this client_id; retry after the minute ends"
+                }
+            }
+            .to_owned(),
+            retry_after: TokenThrottle::retry_after(now),
+        });
+    }
     let credential = client_id.clone();
     let (owner, kid) = state
         .store
@@ -180,7 +228,16 @@ async fn token(
             Ok((owner, tokens::current_kid(conn)?))
         })
         .await?;
-    let owner = owner.ok_or_else(|| oauth("invalid_client", "client authentication failed"))?;
+    let Some(owner) = owner else {
+        state.token_throttle.failed(&credential, now);
+        // The client_id only: never the secret.
+        tracing::warn!(
+            %source,
+            client_id = %loggable(&credential),
+            "token request refused: client authentication failed"
+        );
+        return Err(oauth("invalid_client", "client authentication failed"));
+    };
     let kid = kid.ok_or_else(|| Error::Internal("the own issuer has no signing key".into()))?;
     let (subject, audience, allowed) = match owner {
         CredentialOwner::ClientVersion(id) => (
@@ -232,7 +289,17 @@ async fn token(
             expires_in: lifetime,
             scope,
         }),
-    ))
+    )
+        .into_response())
+}
+
+/// A `client_id` as logged: at most 64 characters, control characters escaped.
+fn loggable(client_id: &str) -> String {
+    client_id
+        .chars()
+        .take(64)
+        .flat_map(char::escape_debug)
+        .collect()
 }
 
 fn now_seconds() -> u64 {
