@@ -138,7 +138,8 @@ fn client_key(client_id: &str) -> &str {
 mod tests {
     use super::*;
 
-    const T: u64 = 1_800_000_000 - 1_800_000_000 % 60;
+    /// The start of a minute (1_800_000_000 is one).
+    const T: u64 = 1_800_000_000;
 
     #[test]
     fn a_source_gets_its_share_per_minute() {
