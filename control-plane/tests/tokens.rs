@@ -719,3 +719,32 @@ fn an_external_issuer_carries_its_maximum_token_lifetime_to_the_gateways() {
         TokenRejected::LifetimeTooLong
     );
 }
+
+/// A catalogue from before tokens named their credentials renders another snapshot after the
+/// upgrade: it gets a revision of its own, so gateways holding the old one fetch it.
+#[test]
+fn upgrading_a_catalogue_moves_its_revision_to_the_credential_bound_snapshot() {
+    let s = Server::start();
+    s.seed();
+    let (id, _) = credentials(&s);
+    let before = s.revision();
+    let s = s.kill9_change_and_restart(|dir| {
+        // Back to schema version 2, as the previous release left it.
+        let db = rusqlite::Connection::open(dir.join("tollgate.db")).unwrap();
+        db.execute_batch(
+            "ALTER TABLE issuers DROP COLUMN max_token_lifetime; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    });
+    assert_eq!(s.revision(), before + 1);
+    let own = issuers(&s)
+        .into_iter()
+        .find(|i| i.issuer == TEST_ISSUER)
+        .unwrap();
+    assert_eq!(own.client_claim, "client_id");
+    assert!(s.snapshot().body.contains(&id));
+    // A restart without an upgrade keeps the revision.
+    let revision = s.revision();
+    let s = s.kill9_and_restart();
+    assert_eq!(s.revision(), revision);
+}

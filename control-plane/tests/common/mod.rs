@@ -187,6 +187,17 @@ impl Server {
         Server::spawn(data_dir, dir, &[])
     }
 
+    /// SIGKILL, then `change` on the stopped data directory, then a new process on it.
+    pub fn kill9_change_and_restart(mut self, change: impl FnOnce(&Path)) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = self._dir.take();
+        let data_dir = self.data_dir.clone();
+        drop(self);
+        change(&data_dir);
+        Server::spawn(data_dir, dir, &[])
+    }
+
     /// Sends SIGTERM (a graceful stop) to this server's process.
     pub fn terminate(&self) {
         let status = Command::new("kill")
