@@ -49,7 +49,9 @@ pub fn check_version(field: &str, value: &str) -> Result<(), Error> {
     }
 }
 
-/// Human-readable names: anything printable, bounded.
+/// Human-readable names: anything printable and visible, bounded. Bidirectional controls and
+/// invisible characters are refused: they make a name show as another one (in the CLI, the
+/// portal, logs) while comparing different.
 pub fn check_name(field: &str, value: &str) -> Result<(), Error> {
     if value.trim().is_empty() || value.chars().count() > 200 || value.chars().any(char::is_control)
     {
@@ -58,7 +60,33 @@ pub fn check_name(field: &str, value: &str) -> Result<(), Error> {
             "must be 1 to 200 printable characters",
         ));
     }
+    if let Some(c) = value
+        .chars()
+        .find(|&c| is_bidi_control(c) || is_invisible(c))
+    {
+        return Err(Error::invalid_field(
+            field,
+            format!(
+                "must not contain bidirectional controls or invisible characters (U+{:04X})",
+                c as u32
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Unicode's explicit directional formatting characters (UAX #9) and marks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Zero-width and otherwise invisible format characters.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{180E}' | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
+    )
 }
 
 /// `org/name/version`, the form gateways and upstreams see (`x-tollgate-plan: acme/gold/1`).
@@ -209,6 +237,23 @@ fn normalize_host(field: &str, host: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_refuse_bidi_controls_and_invisible_characters() {
+        assert!(check_name("name", "Acme Payments — Zürich 支付 🚀").is_ok());
+        for bad in [
+            "Acme\u{202E}gnp.exe",
+            "\u{2067}Acme",
+            "Ac\u{200B}me",
+            "Acme\u{FEFF}",
+            "Ac\u{200D}me",
+            "\u{061C}Acme",
+        ] {
+            let e = check_name("name", bad).unwrap_err();
+            assert!(e.to_string().starts_with("name: "), "{e}");
+            assert!(e.to_string().contains("bidirectional"), "{e}");
+        }
+    }
 
     #[test]
     fn slugs_follow_the_design() {

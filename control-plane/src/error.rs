@@ -43,6 +43,12 @@ pub enum Error {
     Unprocessable { kind: &'static str, detail: String },
     #[error("the request body is larger than this path accepts")]
     PayloadTooLarge,
+    /// The request was not answered within the server's request timeout.
+    #[error("the request took longer than the server's request timeout ({0} s)")]
+    RequestTimeout(u64),
+    /// Too many attempts from one client or address; retry after the given seconds.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after: u64 },
     /// The path exists, the method does not; the `Allow` header lists the ones that do.
     #[error("{0} is not a method of this path")]
     MethodNotAllowed(String),
@@ -94,6 +100,8 @@ impl Error {
             Error::AlreadyExists(_) | Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::At { source, .. } => source.status(),
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +121,8 @@ impl Error {
             Error::Conflict { kind, .. } | Error::Unprocessable { kind, .. } => kind,
             Error::PayloadTooLarge => "payload-too-large",
             Error::MethodNotAllowed(_) => "method-not-allowed",
+            Error::RequestTimeout(_) => "request-timeout",
+            Error::TooManyRequests { .. } => "too-many-requests",
             Error::At { source, .. } => source.kind(),
             Error::Internal(_) => "internal",
         }
@@ -127,6 +137,8 @@ impl Error {
             StatusCode::CONFLICT => "Conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
             StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+            StatusCode::REQUEST_TIMEOUT => "Request timeout",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable request",
             _ => "Internal error",
         }
@@ -175,6 +187,10 @@ impl IntoResponse for Error {
         }
         let status = self.status();
         let unauthorized = matches!(self, Error::Unauthorized(_));
+        let retry_after = match &self {
+            Error::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
@@ -187,6 +203,9 @@ impl IntoResponse for Error {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tollgate\""),
             );
+        }
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

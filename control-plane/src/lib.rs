@@ -7,6 +7,7 @@ pub mod domain;
 pub mod envoy_config;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

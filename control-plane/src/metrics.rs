@@ -11,7 +11,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    /// A method HTTP defines, else `other`.
+    pub method: &'static str,
     /// The matched route template (`/v1/orgs/{org}`), never the raw path: bounded cardinality.
     pub route: String,
     pub status: u16,
@@ -24,11 +25,19 @@ pub struct SnapshotLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenRefusedLabels {
+    /// The RFC 6749 error (`invalid_client`, `invalid_request`, `unsupported_grant_type`,
+    /// `invalid_scope`), `throttled`, `payload_too_large` or `internal`.
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub snapshot_responses: Family<SnapshotLabels, Counter>,
     pub long_polls_waiting: Gauge,
+    pub token_refusals: Family<TokenRefusedLabels, Counter>,
     revision: Gauge<u64, AtomicU64>,
     snapshot_bytes: Gauge<u64, AtomicU64>,
 }
@@ -60,6 +69,12 @@ impl Metrics {
             "Gateways currently holding a snapshot long poll",
             long_polls_waiting.clone(),
         );
+        let token_refusals = Family::<TokenRefusedLabels, Counter>::default();
+        registry.register(
+            "oauth_token_refused",
+            "POST /oauth/token requests refused, by reason",
+            token_refusals.clone(),
+        );
         let revision = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "snapshot_revision",
@@ -77,6 +92,7 @@ impl Metrics {
             http_requests,
             snapshot_responses,
             long_polls_waiting,
+            token_refusals,
             revision,
             snapshot_bytes,
         }
@@ -85,6 +101,12 @@ impl Metrics {
     pub fn snapshot_served(&self, outcome: &'static str) {
         self.snapshot_responses
             .get_or_create(&SnapshotLabels { outcome })
+            .inc();
+    }
+
+    pub fn token_refused(&self, reason: &'static str) {
+        self.token_refusals
+            .get_or_create(&TokenRefusedLabels { reason })
             .inc();
     }
 

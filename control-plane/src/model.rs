@@ -94,8 +94,11 @@ pub struct ApiVersion {
 /// What is known about one of a client version's keys. The key itself is never stored.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyInfo {
+    /// Names the key in `…/keys/{key_id}/revoke`; never reused. Not derived from the key.
+    pub id: i64,
     pub created_at: i64,
-    /// Set on a key rotated out: it works until then. Absent on the current key.
+    /// Set on a key rotated out or revoked: it works until then (a revoked key's time has
+    /// passed). Absent on the current key.
     pub expires_at: Option<i64>,
 }
 
@@ -124,7 +127,10 @@ pub struct CreatedClientVersion {
 pub struct RotatedKey {
     /// Shown once; only its SHA-256 is kept.
     pub api_key: String,
-    /// The previous key keeps working until then (unix seconds).
+    /// The new key's id.
+    pub key_id: i64,
+    /// Every earlier key works at most until then (unix seconds): the grace bounds them all,
+    /// also keys still in the grace of an earlier rotation.
     pub previous_key_expires_at: i64,
 }
 
@@ -368,6 +374,10 @@ pub struct IssuerSpec {
     /// The claim naming the client, matched against client versions' subjects.
     #[serde(default = "default_client_claim")]
     pub client_claim: String,
+    /// Gateways refuse a token whose `exp` lies further ahead than this many seconds (at most
+    /// 30 days). Absent: one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_seconds: Option<u64>,
 }
 
 fn default_client_claim() -> String {
@@ -383,6 +393,8 @@ pub struct UpdateIssuer {
     pub jwks: serde_json::Value,
     #[serde(default = "default_client_claim")]
     pub client_claim: String,
+    #[serde(default)]
+    pub max_token_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -3,12 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tollgate_core::signing::SnapshotSigningKey;
 
 use crate::error::Error;
+use crate::http::throttle::TokenThrottle;
 use crate::http::{self, AppState};
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::secrets::{self, BearerToken, SecretKind, Source};
 use crate::store::{tokens, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS};
@@ -39,6 +42,31 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_TOKEN_LIFETIME", default_value_t = DEFAULT_TOKEN_LIFETIME_SECONDS,
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub token_lifetime: u64,
+    /// Seconds a client has to send a request's headers; an HTTP/1.1 connection idle this long
+    /// between requests is closed too.
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
+    /// Seconds a request may take, reading its body included (408 after); a snapshot long
+    /// poll may take its wait (at most 60 s) on top.
+    #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
+    /// Connections served at once; more wait in the listen backlog until one closes. Keep it
+    /// below the process's open-file limit (`ulimit -n`), which also counts the database.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 512,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Token requests (`POST /oauth/token`) one source address may send a minute (IPv6: per
+    /// /64); more answer 429.
+    #[arg(long, env = "TOLLGATE_TOKEN_REQUESTS_PER_SOURCE", default_value_t = 120,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_requests_per_source: u32,
+    /// Failed authentications one `client_id` may have a minute; after that its token requests
+    /// answer 429 until the minute ends.
+    #[arg(long, env = "TOLLGATE_TOKEN_FAILURES_PER_CLIENT", default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_failures_per_client: u32,
     /// Set from the global `--data-dir` (env TOLLGATE_DATA_DIR, default ./.tollgate).
     #[arg(skip)]
     pub data_dir: PathBuf,
@@ -137,38 +165,70 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         issuer,
         signing_keys,
         metrics: Arc::new(Metrics::new()),
+        token_throttle: Arc::new(TokenThrottle::new(
+            args.token_requests_per_source,
+            args.token_failures_per_client,
+        )),
+        request_timeout: Duration::from_secs(args.request_timeout),
         shutdown,
     };
     println!("tollgate control plane listening on http://{local}");
     tracing::info!(%local, "listening");
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("stopping");
-            let _ = stop.send(true);
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("server: {e}")))
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout_s = args.header_read_timeout,
+        request_timeout_s = args.request_timeout,
+        "connection limits"
+    );
+    listener::serve(listener, http::router(state), limits, async move {
+        stop_signal().await;
+        tracing::info!("stopping");
+        let _ = stop.send(true);
+    })
+    .await;
+    Ok(())
 }
 
-/// Unpublishes retired signing keys once every token they signed has expired: checks once a
-/// second and writes (moving the revision) only when a key is due.
+/// Unpublishes retired signing keys once every token they signed has expired, and deletes
+/// credentials at the end of their grace (their tokens stop at the gateways): checks once a
+/// second and writes (moving the revision) only when something is due.
 async fn drop_expired_token_keys(store: Arc<Store>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let due = match store.read(tokens::next_key_drop).await {
-            Ok(Some(at)) => at <= crate::store::unix_now(),
-            Ok(None) => false,
+        let now = crate::store::unix_now();
+        let due = store
+            .read(|conn| {
+                Ok((
+                    tokens::next_key_drop(conn)?,
+                    tokens::next_credentials_expiry(conn)?,
+                ))
+            })
+            .await;
+        let (keys_due, credentials_due) = match due {
+            Ok((keys, credentials)) => (
+                keys.is_some_and(|at| at <= now),
+                credentials.is_some_and(|at| at <= now),
+            ),
             Err(e) => {
-                tracing::warn!(error = %e, "checking retired token keys");
-                false
+                tracing::warn!(error = %e, "checking retired token keys and credentials");
+                (false, false)
             }
         };
-        if due {
+        if keys_due {
             match store.write(tokens::drop_expired_keys).await {
                 Ok(n) => tracing::info!(keys = n, "retired token keys unpublished"),
                 Err(e) => tracing::warn!(error = %e, "unpublishing retired token keys"),
+            }
+        }
+        if credentials_due {
+            match store.write(tokens::drop_expired_credentials).await {
+                Ok(n) => tracing::info!(credentials = n, "credentials past their grace deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting credentials past their grace"),
             }
         }
     }

@@ -185,6 +185,8 @@ pub const SERVICE_ACCOUNT_SUBJECT_PREFIX: &str = "service-account:";
 #[derive(Debug, Clone)]
 pub struct ManagementToken {
     pub subject: String,
+    /// The `client_id` of the credentials it was issued for.
+    pub credential: String,
     pub scopes: Vec<String>,
 }
 
@@ -229,7 +231,11 @@ pub fn verify_management(
         .map(str::to_owned)
         .collect();
     Ok(ManagementToken {
-        subject: verified.subject.unwrap_or(verified.client_subject),
+        subject: verified
+            .subject
+            .ok_or_else(|| TokenRejected::MissingClaim("sub".into()))?,
+        // The own issuer's client claim is the credentials' `client_id`.
+        credential: verified.client_subject,
         scopes,
     })
 }

@@ -161,3 +161,106 @@ fn new_client_version_gets_a_new_key() {
     );
     assert_eq!(again.status, 409);
 }
+
+#[test]
+fn every_rotation_bounds_every_older_key_by_its_grace() {
+    let s = Server::start();
+    let first = s.seed();
+    let month = Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 30 * 24 * 3600}),
+    ));
+    let second = month["api_key"].as_str().unwrap().to_owned();
+    let before = unix_now();
+    let now = Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 0}),
+    ));
+    let third = now["api_key"].as_str().unwrap();
+    // The answer tells the truth: every earlier key ends now, and the snapshot agrees.
+    let until = now["previous_key_expires_at"].as_u64().unwrap();
+    assert!((before..=unix_now()).contains(&until), "{until}");
+    assert_eq!(
+        keys_in_snapshot(&s),
+        json!([{"sha256": key_hash_hex(third)}]),
+        "the first key, still in its 30-day grace, must not survive a rotation with grace 0"
+    );
+    let snapshot = s.snapshot().body;
+    assert!(!snapshot.contains(&key_hash_hex(&first)));
+    assert!(!snapshot.contains(&key_hash_hex(&second)));
+}
+
+#[test]
+fn a_later_longer_grace_does_not_extend_an_earlier_shorter_one() {
+    let s = Server::start();
+    let first = s.seed();
+    Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 600}),
+    ));
+    Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 3600}),
+    ));
+    let keys = keys_in_snapshot(&s);
+    let first_entry = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["sha256"] == key_hash_hex(&first))
+        .unwrap();
+    // Still its own 600 s, not the later 3600 s.
+    assert!(first_entry["expires_at"].as_u64().unwrap() <= unix_now() + 600);
+}
+
+#[test]
+fn one_key_can_be_revoked_at_once_through_the_api_and_the_cli() {
+    let s = Server::start();
+    let first = s.seed();
+    let rotated = Server::ok(s.post(
+        &format!("{VERSION}/keys/rotate"),
+        json!({"grace_seconds": 30 * 24 * 3600}),
+    ));
+    let second = rotated["api_key"].as_str().unwrap().to_owned();
+    let listed = Server::ok(s.get(VERSION));
+    let ids: Vec<i64> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[1], rotated["key_id"].as_i64().unwrap());
+    // Listings name keys by id: no key and no hash.
+    assert!(!listed.to_string().contains(&key_hash_hex(&first)));
+
+    let before = s.revision();
+    let revoked = Server::ok(s.act(&format!("{VERSION}/keys/{}/revoke", ids[0])));
+    assert_eq!(revoked["id"], json!(ids[0]));
+    assert!(revoked["expires_at"].as_u64().unwrap() <= unix_now());
+    assert!(s.revision() > before);
+    assert_eq!(
+        keys_in_snapshot(&s),
+        json!([{"sha256": key_hash_hex(&second)}])
+    );
+
+    let unknown = s.act(&format!("{VERSION}/keys/999999/revoke"));
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.problem_type(), "urn:tollgate:problem:not-found");
+
+    let out = s.cli(&[
+        "client",
+        "version",
+        "revoke-key",
+        "acme/mobile/1",
+        "--key-id",
+        &ids[1].to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("revoked key {}", ids[1])));
+    assert_eq!(keys_in_snapshot(&s), json!([]));
+}

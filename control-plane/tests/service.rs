@@ -27,6 +27,7 @@ fn openapi_documents_every_path_with_its_token() {
         "/v1/orgs/{org}/apis/{api}/versions/{version}/retire",
         "/v1/orgs/{org}/clients/{client}/versions",
         "/v1/orgs/{org}/clients/{client}/versions/{version}/keys/rotate",
+        "/v1/orgs/{org}/clients/{client}/versions/{version}/keys/{key_id}/revoke",
         "/v1/orgs/{org}/clients/{client}/versions/{version}/contracts",
         "/v1/orgs/{org}/clients/{client}/versions/{version}/contracts/{contract_id}",
         "/v1/snapshot",

@@ -121,9 +121,10 @@ fn credentials_give_a_token_that_verifies_against_the_snapshot_issuers() {
         .iter()
         .find(|c| c["id"] == "acme/mobile/1")
         .unwrap();
+    // The credentials' client_id is the subject: a token names the credentials it came from.
     assert_eq!(
         client["subjects"],
-        json!([{"issuer": TEST_ISSUER, "value": "acme/mobile/1"}])
+        json!([{"issuer": TEST_ISSUER, "value": id}])
     );
 
     let answer = token_request(
@@ -144,25 +145,36 @@ fn credentials_give_a_token_that_verifies_against_the_snapshot_issuers() {
         .verify(&access_token, now_ms())
         .unwrap();
     assert_eq!(verified.issuer, TEST_ISSUER);
-    assert_eq!(verified.client_subject, "acme/mobile/1");
+    assert_eq!(verified.client_subject, id);
+    assert_eq!(verified.subject.as_deref(), Some("acme/mobile/1"));
     let claims: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
             .decode(access_token.split('.').nth(1).unwrap())
             .unwrap(),
     )
     .unwrap();
-    for claim in ["iss", "sub", "aud", "exp", "iat", "jti", "scope"] {
+    for claim in [
+        "iss",
+        "sub",
+        "client_id",
+        "aud",
+        "exp",
+        "iat",
+        "jti",
+        "scope",
+    ] {
         assert!(claims.get(claim).is_some(), "{claim} missing: {claims}");
     }
     assert_eq!(claims["aud"], "tollgate-gateway");
     assert_eq!(jwks_kids(&s), vec![kid_of(&access_token)]);
 
-    // Body credentials work too; new credentials do not move the revision again.
+    // Body credentials work too; new credentials move the revision (their subject replaces
+    // the old one).
     let form = format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
     assert_eq!(token_request(&s, &form, &[]).status, 200);
     let revision = s.revision();
     let (id2, secret2) = credentials(&s);
-    assert_eq!(s.revision(), revision);
+    assert!(s.revision() > revision);
     token(&s, &id2, &secret2);
     // Replaced without grace: the old secret stops at once.
     let old = token_request(
@@ -550,4 +562,189 @@ fn api_versions_choose_their_auth_mode() {
     let export = s.cli(&["export"]);
     let text = String::from_utf8(export.stdout).unwrap();
     assert!(text.contains("auth: jwt"), "{text}");
+}
+
+/// What a gateway does with a bearer token: verify it against the snapshot's issuers, then
+/// find the client version whose token subject it names.
+fn gateway_client(s: &Server, token: &str) -> Option<String> {
+    let snapshot = s.snapshot().json();
+    let trusted: Vec<Issuer> = serde_json::from_value(snapshot["issuers"].clone()).unwrap();
+    let verified = TrustedIssuers::build(&trusted)
+        .unwrap()
+        .verify(token, now_ms())
+        .ok()?;
+    snapshot["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["subjects"].as_array().is_some_and(|subjects| {
+                subjects.iter().any(|x| {
+                    x["issuer"] == verified.issuer.as_str()
+                        && x["value"] == verified.client_subject.as_str()
+                })
+            })
+        })
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn new_credentials_do_not_revive_the_tokens_of_revoked_ones() {
+    let s = Server::start();
+    s.seed();
+    let (id, secret) = credentials(&s);
+    let old = token(&s, &id, &secret);
+    assert_eq!(gateway_client(&s, &old).as_deref(), Some("acme/mobile/1"));
+
+    Server::ok(s.delete(&format!("{VERSION}/credentials")));
+    assert_eq!(gateway_client(&s, &old), None, "revoked credentials' token");
+
+    let (id2, secret2) = credentials(&s);
+    let new = token(&s, &id2, &secret2);
+    assert_eq!(gateway_client(&s, &new).as_deref(), Some("acme/mobile/1"));
+    assert_eq!(
+        gateway_client(&s, &old),
+        None,
+        "new credentials brought back a token of revoked ones"
+    );
+}
+
+#[test]
+fn replaced_credentials_take_their_tokens_along_when_their_grace_ends() {
+    let s = Server::start();
+    s.seed();
+    let (id, secret) = credentials(&s);
+    let old = token(&s, &id, &secret);
+    let replaced = Server::ok(s.post(
+        &format!("{VERSION}/credentials"),
+        json!({"grace_seconds": 2}),
+    ));
+    let new = token(
+        &s,
+        replaced["client_id"].as_str().unwrap(),
+        replaced["client_secret"].as_str().unwrap(),
+    );
+    assert_eq!(gateway_client(&s, &old).as_deref(), Some("acme/mobile/1"));
+    assert_eq!(gateway_client(&s, &new).as_deref(), Some("acme/mobile/1"));
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the old credentials' subject to go",
+        || gateway_client(&s, &old).is_none(),
+    );
+    println!(
+        "old credentials' tokens refused {:?} after the rotation",
+        started.elapsed()
+    );
+    assert_eq!(gateway_client(&s, &new).as_deref(), Some("acme/mobile/1"));
+}
+
+#[test]
+fn a_service_account_created_again_does_not_revive_its_old_tokens() {
+    let s = Server::start();
+    s.seed();
+    let old = service_token(&s, "ci", &["tollgate:admin"]);
+    assert_eq!(
+        s.request("GET", "/v1/orgs", Some(&old), None, &[]).status,
+        200
+    );
+    Server::ok(s.delete("/v1/service-accounts/ci"));
+    let new = service_token(&s, "ci", &["tollgate:admin"]);
+    assert_eq!(
+        s.request("GET", "/v1/orgs", Some(&new), None, &[]).status,
+        200
+    );
+    let answer = s.request("GET", "/v1/orgs", Some(&old), None, &[]);
+    assert_eq!(
+        answer.status, 401,
+        "a token of the deleted account works for the new one: {}",
+        answer.body
+    );
+    assert_eq!(answer.problem_type(), "urn:tollgate:problem:unauthorized");
+}
+
+#[test]
+fn an_external_issuer_carries_its_maximum_token_lifetime_to_the_gateways() {
+    let s = Server::start();
+    let idp = SigningKey::from_bytes(&[7u8; 32]);
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "idp-1", "alg": "EdDSA",
+        "x": URL_SAFE_NO_PAD.encode(idp.verifying_key().to_bytes())}]});
+    for (bad, why) in [(0u64, "zero"), (31 * 24 * 3600, "over 30 days")] {
+        let refused = s.post(
+            "/v1/issuers",
+            json!({"issuer": "https://idp.test", "audiences": ["orders"], "jwks": jwks,
+                   "max_token_lifetime_seconds": bad}),
+        );
+        assert_eq!(refused.status, 400, "{why}: {}", refused.body);
+        assert!(
+            refused.body.contains("max_token_lifetime_seconds"),
+            "{}",
+            refused.body
+        );
+    }
+    Server::ok(s.post(
+        "/v1/issuers",
+        json!({"issuer": "https://idp.test", "audiences": ["orders"], "jwks": jwks,
+               "max_token_lifetime_seconds": 600}),
+    ));
+    let shown = Server::ok(s.get("/v1/issuers/https%3A%2F%2Fidp.test"));
+    assert_eq!(shown["max_token_lifetime_seconds"], 600);
+    let trusted = issuers(&s);
+    let external = trusted
+        .iter()
+        .find(|i| i.issuer == "https://idp.test")
+        .unwrap();
+    assert_eq!(external.max_token_lifetime_seconds, Some(600));
+
+    let sign = |exp: u64| {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "kid": "idp-1"}).to_string());
+        let claims = URL_SAFE_NO_PAD.encode(
+            json!({"iss": "https://idp.test", "aud": "orders", "sub": "x", "exp": exp}).to_string(),
+        );
+        let input = format!("{header}.{claims}");
+        let signature = URL_SAFE_NO_PAD.encode(idp.sign(input.as_bytes()).to_bytes());
+        format!("{input}.{signature}")
+    };
+    let verifier = TrustedIssuers::build(&trusted).unwrap();
+    let now = now_ms() / 1000;
+    assert!(verifier.verify(&sign(now + 300), now_ms()).is_ok());
+    assert_eq!(
+        verifier.verify(&sign(now + 3600), now_ms()).unwrap_err(),
+        TokenRejected::LifetimeTooLong
+    );
+    assert_eq!(
+        verifier
+            .verify(&sign(253_402_300_799), now_ms())
+            .unwrap_err(),
+        TokenRejected::LifetimeTooLong
+    );
+}
+
+/// A catalogue from before tokens named their credentials renders another snapshot after the
+/// upgrade: it gets a revision of its own, so gateways holding the old one fetch it.
+#[test]
+fn upgrading_a_catalogue_moves_its_revision_to_the_credential_bound_snapshot() {
+    let s = Server::start();
+    s.seed();
+    let (id, _) = credentials(&s);
+    let before = s.revision();
+    let s = s.kill9_change_and_restart(|dir| {
+        // Back to schema version 2, as the previous release left it.
+        let db = rusqlite::Connection::open(dir.join("tollgate.db")).unwrap();
+        db.execute_batch(
+            "ALTER TABLE issuers DROP COLUMN max_token_lifetime; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    });
+    assert_eq!(s.revision(), before + 1);
+    let own = issuers(&s)
+        .into_iter()
+        .find(|i| i.issuer == TEST_ISSUER)
+        .unwrap();
+    assert_eq!(own.client_claim, "client_id");
+    assert!(s.snapshot().body.contains(&id));
+    // A restart without an upgrade keeps the revision.
+    let revision = s.revision();
+    let s = s.kill9_and_restart();
+    assert_eq!(s.revision(), revision);
 }

@@ -161,6 +161,10 @@ pub struct Issuer {
     /// The claim whose value names the client (matched against client versions' `subjects`).
     #[serde(default = "default_client_claim")]
     pub client_claim: String,
+    /// Longest a token may still be valid when it is checked (`exp` minus the gateway's
+    /// clock), in seconds; absent: [`crate::token::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_seconds: Option<u64>,
 }
 
 fn default_client_claim() -> String {

@@ -52,6 +52,7 @@ pub fn acme_with_tokens() -> Snapshot {
         audiences: vec!["orders-api".into()],
         jwks: serde_json::from_value(serde_json::json!({ "keys": [ed_jwk(1, "k1")] })).unwrap(),
         client_claim: "sub".into(),
+        max_token_lifetime_seconds: None,
     });
     s.clients[0].subjects.push(TokenSubject {
         issuer: ISSUER.into(),

@@ -8,7 +8,11 @@
 //! - the key is chosen by the token's `kid` among its issuer's keys (a `kid`-less token is
 //!   accepted only when the issuer has exactly one key);
 //! - `iss` must be a trusted issuer, `aud` must name one of its audiences, `exp` is required,
-//!   and `exp`/`nbf` are checked against the gateway's clock with [`LEEWAY_SECONDS`].
+//!   and `exp`/`nbf` are checked against the gateway's clock with [`LEEWAY_SECONDS`];
+//! - `exp` may lie at most the issuer's maximum token lifetime ahead (default
+//!   [`DEFAULT_MAX_TOKEN_LIFETIME_SECONDS`]), so a token minted for year 9999 is refused;
+//! - a header with `crit` is refused: tollgate understands no JWS extension, and RFC 7515
+//!   §4.1.11 says a recipient must then reject the token.
 
 use std::fmt;
 
@@ -25,6 +29,9 @@ use crate::snapshot::Issuer;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
+
+/// An issuer's maximum token lifetime when its settings name none: one day.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 86_400;
 
 /// The key-directory digest of a token identity: the client whose tokens from `issuer` carry
 /// `value` in the issuer's client claim. Domain-separated from API-key digests.
@@ -51,6 +58,10 @@ pub enum TokenRejected {
     Expired,
     NotYetValid,
     MissingClaim(String),
+    /// `exp` lies further ahead than the issuer's maximum token lifetime.
+    LifetimeTooLong,
+    /// The header names extensions (`crit`) that must be understood; none are.
+    CriticalExtension,
 }
 
 impl fmt::Display for TokenRejected {
@@ -67,6 +78,15 @@ impl fmt::Display for TokenRejected {
             TokenRejected::Expired => write!(f, "the token has expired"),
             TokenRejected::NotYetValid => write!(f, "the token is not valid yet"),
             TokenRejected::MissingClaim(c) => write!(f, "the token has no valid '{c}' claim"),
+            TokenRejected::LifetimeTooLong => {
+                write!(f, "the token is valid for longer than its issuer allows")
+            }
+            TokenRejected::CriticalExtension => {
+                write!(
+                    f,
+                    "the token requires header extensions (crit) that are not supported"
+                )
+            }
         }
     }
 }
@@ -91,6 +111,7 @@ struct TrustedIssuer {
     issuer: String,
     audiences: Vec<String>,
     client_claim: String,
+    max_lifetime_seconds: u64,
     keys: Vec<TrustedKey>,
 }
 
@@ -139,6 +160,12 @@ impl TrustedIssuers {
             if issuer.client_claim.is_empty() {
                 return Err(invalid("client_claim".into(), "must not be empty".into()));
             }
+            if issuer.max_token_lifetime_seconds == Some(0) {
+                return Err(invalid(
+                    "max_token_lifetime_seconds".into(),
+                    "must be at least 1".into(),
+                ));
+            }
             let mut keys = Vec::with_capacity(issuer.jwks.keys.len());
             for (j, jwk) in issuer.jwks.keys.iter().enumerate() {
                 let algorithm = key_algorithm(jwk).ok_or_else(|| {
@@ -159,6 +186,9 @@ impl TrustedIssuers {
                 issuer: issuer.issuer.clone(),
                 audiences: issuer.audiences.clone(),
                 client_claim: issuer.client_claim.clone(),
+                max_lifetime_seconds: issuer
+                    .max_token_lifetime_seconds
+                    .unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
                 keys,
             });
         }
@@ -171,6 +201,9 @@ impl TrustedIssuers {
 
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<VerifiedToken, TokenRejected> {
         let header = decode_header(token).map_err(|_| TokenRejected::Malformed)?;
+        if has_critical_header(token) {
+            return Err(TokenRejected::CriticalExtension);
+        }
         let unverified = unverified_claims(token).ok_or(TokenRejected::Malformed)?;
         let iss = unverified
             .get("iss")
@@ -219,6 +252,9 @@ impl TrustedIssuers {
             .ok_or_else(|| TokenRejected::MissingClaim("exp".into()))?;
         if now >= exp.saturating_add(LEEWAY_SECONDS) {
             return Err(TokenRejected::Expired);
+        }
+        if exp > now.saturating_add(issuer.max_lifetime_seconds + LEEWAY_SECONDS) {
+            return Err(TokenRejected::LifetimeTooLong);
         }
         if let Some(nbf) = claims.get("nbf") {
             let nbf = nbf
@@ -287,6 +323,17 @@ fn key_algorithm(jwk: &Jwk) -> Option<Algorithm> {
         },
         _ => None,
     }
+}
+
+/// Whether the protected header carries `crit` (any value: none is understood, and an empty
+/// or malformed one is an error too).
+fn has_critical_header(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        .is_none_or(|h| h.contains_key("crit"))
 }
 
 /// The payload's claims before verification: only to pick the issuer whose keys verify it.

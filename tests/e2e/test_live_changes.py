@@ -160,6 +160,41 @@ def test_rotated_key_works_at_once_and_the_old_one_until_its_grace_ends(
     assert {get(envoy, ORDERS, new_key).status_code for _ in range(6)} == {200}
 
 
+def test_a_rotation_without_grace_cuts_off_a_key_still_in_an_earlier_grace(
+    control_plane: ControlPlane, envoy: Envoy
+) -> None:
+    client = "acme/twice-rotated/1"
+    first = control_plane.client_version("acme", "twice-rotated", "1")
+    control_plane.contract(client, "acme/orders/1", "gold")
+    wait_for_status(envoy, ORDERS, first, 200)
+
+    second = control_plane.rotate_key(client, grace_seconds=30 * 24 * 3600)["api_key"]
+    wait_for_status(envoy, ORDERS, second, 200)
+    assert get(envoy, ORDERS, first).status_code == 200, "the first key is in its 30-day grace"
+
+    third = control_plane.rotate_key(client, grace_seconds=0)
+    assert third["previous_key_expires_at"] <= time.time() + 1
+    wait_for_status(envoy, ORDERS, third["api_key"], 200)
+    refused = wait_for_status(envoy, ORDERS, first, 401)
+    assert first not in refused.text
+    assert {get(envoy, ORDERS, k).status_code for k in (first, second)} == {401}
+
+
+def test_a_revoked_key_is_refused_at_once_whatever_its_grace(control_plane: ControlPlane, envoy: Envoy) -> None:
+    client = "acme/revoking/1"
+    old = control_plane.client_version("acme", "revoking", "1")
+    control_plane.contract(client, "acme/orders/1", "gold")
+    new = control_plane.rotate_key(client, grace_seconds=30 * 24 * 3600)["api_key"]
+    wait_for_status(envoy, ORDERS, new, 200)
+    assert get(envoy, ORDERS, old).status_code == 200
+
+    path = "/v1/orgs/acme/clients/revoking/versions/1"
+    old_id = control_plane.ok("GET", path)["keys"][0]["id"]
+    control_plane.ok("POST", f"{path}/keys/{old_id}/revoke")
+    wait_for_status(envoy, ORDERS, old, 401)
+    assert {get(envoy, ORDERS, new).status_code for _ in range(6)} == {200}
+
+
 def test_retired_version_answers_410_and_a_newly_published_one_is_reachable(
     control_plane: ControlPlane, envoy: Envoy
 ) -> None:

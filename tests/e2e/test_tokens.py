@@ -22,7 +22,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from harness import Envoy, clear_of_window_end, echoed, problem, remember_secret
+from harness import Envoy, clear_of_window_end, echoed, problem, remember_secret, wait_until
 from live import CHANGE_DEADLINE_S, ControlPlane, LiveProcesses, answered, wait_all_workers_enforce
 
 JWT_API = "/jwt/v1/items"
@@ -60,7 +60,7 @@ class ExternalIdp:
         public = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(public), "kid": EXTERNAL_KID, "alg": "EdDSA"}]}
 
-    def token(self, kid: str = EXTERNAL_KID, **overrides: Any) -> str:
+    def token(self, kid: str = EXTERNAL_KID, header_extra: dict[str, Any] | None = None, **overrides: Any) -> str:
         now = int(time.time())
         claims = {
             "iss": EXTERNAL_ISSUER,
@@ -72,7 +72,7 @@ class ExternalIdp:
         }
         claims.update(overrides)
         claims = {k: v for k, v in claims.items() if v is not None}
-        header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+        header = {"alg": "EdDSA", "typ": "JWT", "kid": kid, **(header_extra or {})}
         signing_input = f"{b64url_json(header)}.{b64url_json(claims)}"
         signature = self.key.sign(signing_input.encode())
         return remember_secret(f"{signing_input}.{b64url(signature)}")
@@ -206,6 +206,10 @@ def refused_tokens(control_plane: ControlPlane, idp: ExternalIdp, app: tuple[str
             f"{b64url_json({'alg': 'none', 'kid': json.loads(unb64url(header))['kid']})}.{payload}."
         ),
         "unknown kid": idp.token(kid="idp-key-unknown"),
+        # The issuer's maximum lifetime (default one day) bounds `exp`.
+        "exp in year 9999": idp.token(exp=253_402_300_799),
+        # RFC 7515 §4.1.11: an extension the gateway does not understand.
+        "crit header": idp.token(header_extra={"crit": ["x-tollgate-test"], "x-tollgate-test": True}),
         "HS256 with the public key as secret": hs256_confusion(idp, claims),
         "garbage": remember_secret("not.a.token-at-all"),
     }
@@ -333,3 +337,33 @@ def test_management_tokens_carry_scopes(control_plane: ControlPlane, envoy: Envo
     assert response.status_code == 401 and 'error="invalid_token"' in response.headers["www-authenticate"]
     # The static admin token still works.
     assert control_plane.call("GET", "/v1/orgs").status_code == 200
+
+
+def token_answers(envoy: Envoy, token: str, status: int) -> None:
+    """Polls the gateway until the token API answers `status` for `token`."""
+    wait_until(
+        lambda: call(envoy, JWT_API, token).status_code == status,
+        CHANGE_DEADLINE_S,
+        f"{JWT_API} to answer {status} for the token",
+        interval_s=0.01,
+    )
+
+
+def test_new_credentials_do_not_revive_the_tokens_of_revoked_ones(control_plane: ControlPlane, envoy: Envoy) -> None:
+    client = "acme/revived/1"
+    remember_secret(control_plane.client_version("acme", "revived", "1"))
+    control_plane.contract(client, "acme/jwt/1", "gold")
+    old = token_for(control_plane, *credentials(control_plane, client))["access_token"]
+    token_answers(envoy, old, 200)
+
+    control_plane.ok("DELETE", "/v1/orgs/acme/clients/revived/versions/1/credentials")
+    token_answers(envoy, old, 401)
+
+    new = token_for(control_plane, *credentials(control_plane, client))["access_token"]
+    token_answers(envoy, new, 200)
+    converge(control_plane, envoy)
+    for _ in range(6):
+        refused = call(envoy, JWT_API, old)
+        assert refused.status_code == 401, "new credentials brought back a token of revoked ones"
+        assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+        assert call(envoy, JWT_API, new).status_code == 200

@@ -292,6 +292,13 @@ enum ClientVersionCommand {
         #[arg(long)]
         grace_seconds: u64,
     },
+    /// Revoke one key now (its id from `client version get`): gateways refuse it with the
+    /// next revision, whatever grace it had.
+    RevokeKey {
+        name: String,
+        #[arg(long)]
+        key_id: i64,
+    },
     /// Issue OAuth client credentials (for POST /oauth/token); prints the secret once.
     Credentials {
         name: String,
@@ -782,8 +789,16 @@ fn client_version(
                 .unwrap_or_default();
             Ok(format!(
                 "new API key for {r} (shown once, store it now): {key}\n\
-                 the previous key keeps working until {until}"
+                 every earlier key keeps working at most until {until}"
             ))
+        }
+        ClientVersionCommand::RevokeKey { name, key_id } => {
+            let r = version_ref("name", &name)?;
+            let revoked: Value = api.post_empty(&format!("{}/keys/{key_id}/revoke", path(&r)))?;
+            if out.json {
+                return Ok(pretty(&revoked));
+            }
+            Ok(format!("revoked key {key_id} of {r}"))
         }
         ClientVersionCommand::Credentials {
             name,

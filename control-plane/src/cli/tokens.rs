@@ -48,6 +48,9 @@ pub enum IssuerCommand {
         /// The claim naming the client.
         #[arg(long, default_value = "sub")]
         client_claim: String,
+        /// Refuse its tokens valid for longer than this (seconds; default one day).
+        #[arg(long)]
+        max_token_lifetime: Option<u64>,
     },
     /// Replace its audiences, keys and client claim.
     Update {
@@ -58,6 +61,8 @@ pub enum IssuerCommand {
         jwks_file: PathBuf,
         #[arg(long, default_value = "sub")]
         client_claim: String,
+        #[arg(long)]
+        max_token_lifetime: Option<u64>,
     },
     List,
     Get {
@@ -220,9 +225,11 @@ pub fn issuer(
             audiences,
             jwks_file,
             client_claim,
+            max_token_lifetime,
         } => {
             let body = json!({"issuer": issuer, "audiences": audiences,
-                              "jwks": read_jwks(&jwks_file)?, "client_claim": client_claim});
+                              "jwks": read_jwks(&jwks_file)?, "client_claim": client_claim,
+                              "max_token_lifetime_seconds": max_token_lifetime});
             let created: Value = api.post("/v1/issuers", &body)?;
             Ok(if out.json {
                 pretty(&created)
@@ -235,9 +242,11 @@ pub fn issuer(
             audiences,
             jwks_file,
             client_claim,
+            max_token_lifetime,
         } => {
             let body = json!({"audiences": audiences, "jwks": read_jwks(&jwks_file)?,
-                              "client_claim": client_claim});
+                              "client_claim": client_claim,
+                              "max_token_lifetime_seconds": max_token_lifetime});
             let updated: Value = api.put(&format!("/v1/issuers/{}", encode(&issuer)), &body)?;
             Ok(if out.json {
                 pretty(&updated)

@@ -9,8 +9,8 @@ use super::owned::{self, check_version_path};
 use super::{AppState, Json, PathParams, QueryParams};
 use crate::error::Error;
 use crate::model::{
-    ClientVersion, CreateClientVersion, CreateOwned, CreatedClientVersion, Owned, Page, PageQuery,
-    Rename, RotateKey, RotatedKey,
+    ApiKeyInfo, ClientVersion, CreateClientVersion, CreateOwned, CreatedClientVersion, Owned, Page,
+    PageQuery, Rename, RotateKey, RotatedKey,
 };
 use crate::openapi::problems::{
     BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
@@ -27,6 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_client_version, list_client_versions))
         .routes(routes!(get_client_version))
         .routes(routes!(rotate_key))
+        .routes(routes!(revoke_key))
 }
 
 /// Creates a client. Conflict kinds: already-exists.
@@ -144,4 +145,27 @@ async fn rotate_key(
         .write(move |tx| clients::rotate_key(tx, &org, &client, &version, body.grace_seconds))
         .await?;
     Ok(axum::Json(rotated))
+}
+
+/// Revokes one key at once, whatever grace it had: gateways refuse it with the next revision.
+/// The key's id is in the client version's `keys`. Revoking a key that no longer works changes
+/// nothing.
+#[utoipa::path(post,
+    path = "/v1/orgs/{org}/clients/{client}/versions/{version}/keys/{key_id}/revoke",
+    tag = "clients",
+    params(("org" = String, Path), ("client" = String, Path), ("version" = String, Path),
+        ("key_id" = i64, Path)),
+    responses((status = 200, description = "The key as it now is", body = ApiKeyInfo),
+        BadRequest, Unauthorized, NotFound))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    PathParams((org, client, version, key_id)): PathParams<(String, String, String, i64)>,
+) -> Result<axum::Json<ApiKeyInfo>, Error> {
+    check_version_path(KIND, &org, &client, &version)?;
+    let revoked = state
+        .store
+        .write(move |tx| clients::revoke_key(tx, &org, &client, &version, key_id))
+        .await?;
+    tracing::info!(key_id, "API key revoked");
+    Ok(axum::Json(revoked))
 }

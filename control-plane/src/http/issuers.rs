@@ -77,6 +77,7 @@ async fn update_issuer(
         audiences: body.audiences,
         jwks: body.jwks,
         client_claim: body.client_claim,
+        max_token_lifetime_seconds: body.max_token_lifetime_seconds,
     };
     let updated = state
         .store

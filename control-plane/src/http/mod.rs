@@ -14,6 +14,7 @@ mod plans;
 mod service;
 mod service_accounts;
 mod snapshot;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -54,6 +55,10 @@ pub struct AppState {
     pub issuer: Arc<IssuerConfig>,
     pub signing_keys: Arc<SigningKeys>,
     pub metrics: Arc<Metrics>,
+    /// Limits on `/oauth/token` per source address and per failing `client_id`.
+    pub token_throttle: Arc<throttle::TokenThrottle>,
+    /// Longest a request may take (a snapshot long poll: this plus its wait).
+    pub request_timeout: std::time::Duration,
     /// Turns true when the server stops, so long polls answer at once instead of holding
     /// graceful shutdown for up to their full wait.
     pub shutdown: watch::Receiver<bool>,
@@ -99,6 +104,10 @@ pub fn router(state: AppState) -> Router {
             count_requests,
         ))
         .layer(middleware::from_fn(refuse_declared_oversize))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(middleware::from_fn(method_not_allowed_as_problem))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
@@ -135,7 +144,8 @@ async fn require_admin(
                 "the bearer token is neither the admin token nor a valid management token",
             )
         })?;
-    // A token outlives nothing it was issued for: its service account must still exist, and
+    // A token outlives nothing it was issued for: its service account must still exist with
+    // the credentials the token names (an account deleted and created again has others), and
     // only the scopes the account still holds count (deleting or narrowing an account takes
     // effect at once, not when its tokens expire).
     let account = access
@@ -152,6 +162,16 @@ async fn require_admin(
         .ok_or(Error::Unauthorized(
             "the service account of this management token no longer exists",
         ))?;
+    let now = (now_ms / 1000) as i64;
+    if !current
+        .credentials
+        .iter()
+        .any(|c| c.client_id == access.credential && c.expires_at.is_none_or(|t| t > now))
+    {
+        return Err(Error::Unauthorized(
+            "the credentials this management token was issued for are no longer valid",
+        ));
+    }
     let access = crate::tokens::ManagementToken {
         scopes: access
             .scopes
@@ -205,12 +225,12 @@ async fn method_not_allowed_as_problem(request: Request, next: Next) -> Response
     problem
 }
 
-/// The body limit of a path: larger for a whole catalogue.
+/// The body limit of a path: larger for a whole catalogue, small for the token endpoint.
 fn body_limit(path: &str) -> usize {
-    if path == APPLY_PATH {
-        MAX_APPLY_BODY_BYTES
-    } else {
-        MAX_BODY_BYTES
+    match path {
+        APPLY_PATH => MAX_APPLY_BODY_BYTES,
+        oauth::TOKEN_PATH => oauth::MAX_TOKEN_BODY_BYTES,
+        _ => MAX_BODY_BYTES,
     }
 }
 
@@ -229,8 +249,25 @@ async fn refuse_declared_oversize(request: Request, next: Next) -> Result<Respon
     Ok(next.run(request).await)
 }
 
+/// Answers 408 when a request (reading its body included) is not answered within the request
+/// timeout, so a client trickling a body cannot hold a handler. A snapshot long poll may take
+/// its wait on top.
+async fn request_deadline(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let mut limit = state.request_timeout;
+    if request.uri().path() == SNAPSHOT_PATH {
+        limit += std::time::Duration::from_secs(snapshot::MAX_WAIT_SECONDS);
+    }
+    tokio::time::timeout(limit, next.run(request))
+        .await
+        .map_err(|_| Error::RequestTimeout(state.request_timeout.as_secs()))
+}
+
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -247,6 +284,24 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         })
         .inc();
     response
+}
+
+/// The `method` label of a request: one of the methods HTTP defines, else `other`, so made-up
+/// methods cannot grow `/metrics` (every label value comes from a fixed set; `route` is the
+/// matched template or `unmatched`).
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
 }
 
 /// `axum::Json` whose rejections are [`Error`]s (problem+json, 400 or 413).

@@ -2,13 +2,16 @@
 //! credentials grant) and `GET /.well-known/jwks.json`; and, behind the admin gate, its signing
 //! keys (`/v1/token-keys`).
 
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
@@ -17,6 +20,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::throttle::{Throttled, TokenThrottle};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{RotatedTokenKey, TokenKey};
@@ -25,10 +29,19 @@ use crate::secrets::random_token;
 use crate::store::tokens::{self, CredentialOwner};
 use crate::tokens::{SCOPE_GATEWAY, SERVICE_ACCOUNT_SUBJECT_PREFIX};
 
+/// The token endpoint's path.
+pub const TOKEN_PATH: &str = "/oauth/token";
+/// A token request is a handful of short parameters: anything larger is refused (413) before
+/// it is parsed.
+pub const MAX_TOKEN_BODY_BYTES: usize = 8 * 1024;
+/// More parameters than any client-credentials request needs are refused (400).
+pub const MAX_FORM_PARAMETERS: usize = 16;
+
 /// Public: no token.
 pub fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(token))
+        .layer(DefaultBodyLimit::max(MAX_TOKEN_BODY_BYTES))
         .routes(routes!(jwks))
 }
 
@@ -88,12 +101,46 @@ fn oauth(error: &'static str, description: impl Into<String>) -> Error {
     responses(
         (status = 200, description = "Issued (Cache-Control: no-store)", body = TokenResponse),
         (status = 400, description = "invalid_request, unsupported_grant_type, invalid_scope", body = OAuthError),
-        (status = 401, description = "invalid_client (WWW-Authenticate: Basic)", body = OAuthError)))]
+        (status = 401, description = "invalid_client (WWW-Authenticate: Basic)", body = OAuthError),
+        (status = 413, description = "Body over 8 KiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Throttled: too many requests from this address or failures for this client_id this minute (Retry-After)",
+            body = crate::error::Problem, content_type = "application/problem+json")))]
 async fn token(
     State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<impl IntoResponse, Error> {
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = issue(&state, remote.ip(), &headers, body).await;
+    match answer {
+        Ok(response) => response,
+        Err(e) => {
+            let reason = match &e {
+                Error::OAuth { error, .. } => error,
+                Error::TooManyRequests { .. } => "throttled",
+                Error::PayloadTooLarge => "payload_too_large",
+                _ => "internal",
+            };
+            state.metrics.token_refused(reason);
+            e.into_response()
+        }
+    }
+}
+
+async fn issue(
+    state: &AppState,
+    source: IpAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    // A body without a declared length is cut at the limit while it is read.
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge
+        } else {
+            oauth("invalid_request", "the request body could not be read")
+        }
+    })?;
     let form_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -117,7 +164,7 @@ async fn token(
             ))
         }
     }
-    let basic = basic_credentials(&headers)?;
+    let basic = basic_credentials(headers)?;
     let (client_id, secret) =
         match (basic, get("client_id"), get("client_secret")) {
             (Some(_), _, Some(_)) => {
@@ -153,6 +200,27 @@ async fn token(
     });
 
     let now = now_seconds();
+    if let Err(throttled) = state.token_throttle.admit(source, &client_id, now) {
+        tracing::warn!(
+            %source,
+            client_id = %loggable(&client_id),
+            reason = throttled.as_str(),
+            "token request throttled"
+        );
+        return Err(Error::TooManyRequests {
+            detail: match throttled {
+                Throttled::Source => {
+                    "too many token requests from this address; retry after the minute ends"
+                }
+                Throttled::Client => {
+                    "too many failed authentications of this client_id; retry after the minute ends"
+                }
+            }
+            .to_owned(),
+            retry_after: TokenThrottle::retry_after(now),
+        });
+    }
+    let credential = client_id.clone();
     let (owner, kid) = state
         .store
         .read(move |conn| {
@@ -160,7 +228,16 @@ async fn token(
             Ok((owner, tokens::current_kid(conn)?))
         })
         .await?;
-    let owner = owner.ok_or_else(|| oauth("invalid_client", "client authentication failed"))?;
+    let Some(owner) = owner else {
+        state.token_throttle.failed(&credential, now);
+        // The client_id only: never the secret.
+        tracing::warn!(
+            %source,
+            client_id = %loggable(&credential),
+            "token request refused: client authentication failed"
+        );
+        return Err(oauth("invalid_client", "client authentication failed"));
+    };
     let kid = kid.ok_or_else(|| Error::Internal("the own issuer has no signing key".into()))?;
     let (subject, audience, allowed) = match owner {
         CredentialOwner::ClientVersion(id) => (
@@ -195,6 +272,8 @@ async fn token(
     let claims = json!({
         "iss": state.issuer.issuer,
         "sub": subject,
+        // Binds the token to these credentials: it works only while they do.
+        tokens::CREDENTIAL_CLAIM: credential,
         "aud": audience,
         "iat": now,
         "exp": now + lifetime,
@@ -210,7 +289,17 @@ async fn token(
             expires_in: lifetime,
             scope,
         }),
-    ))
+    )
+        .into_response())
+}
+
+/// A `client_id` as logged: at most 64 characters, control characters escaped.
+fn loggable(client_id: &str) -> String {
+    client_id
+        .chars()
+        .take(64)
+        .flat_map(char::escape_debug)
+        .collect()
 }
 
 fn now_seconds() -> u64 {
@@ -221,13 +310,21 @@ fn now_seconds() -> u64 {
 }
 
 /// Form pairs; a parameter without a value counts as omitted and none may repeat (§3.2).
+/// Linear in the body: at most [`MAX_FORM_PARAMETERS`] pairs, repeats found by a set.
 fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for (k, v) in form_urlencoded::parse(body) {
+    let mut seen = HashSet::new();
+    for (n, (k, v)) in form_urlencoded::parse(body).enumerate() {
+        if n >= MAX_FORM_PARAMETERS {
+            return Err(oauth(
+                "invalid_request",
+                format!("the form has more than {MAX_FORM_PARAMETERS} parameters"),
+            ));
+        }
         if v.is_empty() {
             continue;
         }
-        if pairs.iter().any(|(seen, _)| *seen == k) {
+        if !seen.insert(k.clone()) {
             return Err(oauth(
                 "invalid_request",
                 format!("{k} is sent more than once"),

@@ -66,27 +66,66 @@ pub fn rotate_key(
         ));
     }
     let expires_at = tx.now + grace_seconds as i64;
-    // Keys already in a grace period keep their own, earlier expiry.
+    // Every older key is bounded by this grace: the current one and those still in an earlier
+    // rotation's grace (a later expiry is cut short, an earlier one kept).
     tx.execute(
         "UPDATE api_keys SET expires_at = ?4
-         WHERE org = ?1 AND client = ?2 AND version = ?3 AND expires_at IS NULL",
+         WHERE org = ?1 AND client = ?2 AND version = ?3
+           AND (expires_at IS NULL OR expires_at > ?4)",
         params![org, client, version, expires_at],
     )?;
     let api_key = new_api_key()?;
-    insert_key(tx, org, client, version, &api_key)?;
+    let key_id = insert_key(tx, org, client, version, &api_key)?;
     tx.gateway_changed();
     Ok(RotatedKey {
         api_key,
+        key_id,
         previous_key_expires_at: expires_at,
     })
 }
 
-fn insert_key(tx: &Tx<'_>, org: &str, client: &str, version: &str, key: &str) -> Result<(), Error> {
+/// Revokes one key of a client version: it stops working at the gateways with the next
+/// revision. A key that has already expired is left as it is; revoking one twice is no error.
+pub fn revoke_key(
+    tx: &mut Tx<'_>,
+    org: &str,
+    client: &str,
+    version: &str,
+    key_id: i64,
+) -> Result<ApiKeyInfo, Error> {
+    get_version(tx, org, client, version)?;
+    let changed = tx.execute(
+        "UPDATE api_keys SET expires_at = ?5
+         WHERE org = ?1 AND client = ?2 AND version = ?3 AND id = ?4
+           AND (expires_at IS NULL OR expires_at > ?5)",
+        params![org, client, version, key_id, tx.now],
+    )?;
+    if changed > 0 {
+        tx.gateway_changed();
+    }
+    get_version(tx, org, client, version)?
+        .keys
+        .into_iter()
+        .find(|k| k.id == key_id)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "key {key_id} of client version {org}/{client}/{version}"
+            ))
+        })
+}
+
+fn insert_key(
+    tx: &Tx<'_>,
+    org: &str,
+    client: &str,
+    version: &str,
+    key: &str,
+) -> Result<i64, Error> {
     tx.execute(
         "INSERT INTO api_keys (org, client, version, sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![org, client, version, key_hash_hex(key), tx.now],
     )?;
-    Ok(())
+    Ok(tx.last_insert_rowid())
 }
 
 pub fn find_version(
@@ -105,14 +144,15 @@ pub fn find_version(
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT created_at, expires_at FROM api_keys
+        "SELECT id, created_at, expires_at FROM api_keys
          WHERE org = ?1 AND client = ?2 AND version = ?3 ORDER BY id",
     )?;
     let keys = stmt
         .query_map([org, client, version], |r| {
             Ok(ApiKeyInfo {
-                created_at: r.get(0)?,
-                expires_at: r.get(1)?,
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                expires_at: r.get(2)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

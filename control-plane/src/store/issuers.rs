@@ -19,13 +19,17 @@ pub fn to_core(spec: &IssuerSpec) -> Result<Issuer, Error> {
     if spec.client_claim.is_empty() || spec.client_claim.len() > 128 {
         return Err(Error::invalid_field("client_claim", "1 to 128 characters"));
     }
-    let issuer: Issuer = serde_json::from_value(serde_json::json!({
-        "issuer": spec.issuer,
-        "audiences": spec.audiences,
-        "jwks": spec.jwks,
-        "client_claim": spec.client_claim,
-    }))
-    .map_err(|e| Error::invalid_field("jwks", format!("not a JWKS document: {e}")))?;
+    if spec
+        .max_token_lifetime_seconds
+        .is_some_and(|s| s == 0 || s > MAX_TOKEN_LIFETIME_SECONDS)
+    {
+        return Err(Error::invalid_field(
+            "max_token_lifetime_seconds",
+            format!("1 to {MAX_TOKEN_LIFETIME_SECONDS} (30 days)"),
+        ));
+    }
+    let issuer = core_form(spec)
+        .map_err(|e| Error::invalid_field("jwks", format!("not a JWKS document: {e}")))?;
     if issuer.jwks.keys.is_empty() {
         return Err(Error::invalid_field("jwks.keys", "name at least one key"));
     }
@@ -40,6 +44,19 @@ pub fn to_core(spec: &IssuerSpec) -> Result<Issuer, Error> {
         )
     })?;
     Ok(issuer)
+}
+
+/// The longest `max_token_lifetime_seconds` an issuer may be given.
+pub const MAX_TOKEN_LIFETIME_SECONDS: u64 = 30 * 24 * 3600;
+
+fn core_form(spec: &IssuerSpec) -> Result<Issuer, serde_json::Error> {
+    serde_json::from_value(serde_json::json!({
+        "issuer": spec.issuer,
+        "audiences": spec.audiences,
+        "jwks": spec.jwks,
+        "client_claim": spec.client_claim,
+        "max_token_lifetime_seconds": spec.max_token_lifetime_seconds,
+    }))
 }
 
 fn check_not_own(conn: &Connection, issuer: &str) -> Result<(), Error> {
@@ -65,14 +82,16 @@ pub fn create(tx: &mut Tx<'_>, spec: &IssuerSpec) -> Result<ExternalIssuer, Erro
         return Err(Error::AlreadyExists(format!("issuer {}", issuer.issuer)));
     }
     tx.execute(
-        "INSERT INTO issuers (issuer, audiences, jwks, client_claim, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        "INSERT INTO issuers (issuer, audiences, jwks, client_claim, created_at, updated_at,
+                              max_token_lifetime)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
         params![
             issuer.issuer,
             json(&spec.audiences)?,
             json(&spec.jwks)?,
             spec.client_claim,
-            tx.now
+            tx.now,
+            spec.max_token_lifetime_seconds.map(|s| s as i64),
         ],
     )?;
     tx.gateway_changed();
@@ -83,14 +102,16 @@ pub fn update(tx: &mut Tx<'_>, spec: &IssuerSpec) -> Result<ExternalIssuer, Erro
     get(tx, &spec.issuer)?;
     to_core(spec)?;
     tx.execute(
-        "UPDATE issuers SET audiences = ?2, jwks = ?3, client_claim = ?4, updated_at = ?5
+        "UPDATE issuers SET audiences = ?2, jwks = ?3, client_claim = ?4, updated_at = ?5,
+                            max_token_lifetime = ?6
          WHERE issuer = ?1",
         params![
             spec.issuer,
             json(&spec.audiences)?,
             json(&spec.jwks)?,
             spec.client_claim,
-            tx.now
+            tx.now,
+            spec.max_token_lifetime_seconds.map(|s| s as i64),
         ],
     )?;
     tx.gateway_changed();
@@ -123,8 +144,8 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
 pub fn find(conn: &Connection, issuer: &str) -> Result<Option<ExternalIssuer>, Error> {
     let row = query_opt(
         conn,
-        "SELECT audiences, jwks, client_claim, created_at, updated_at FROM issuers
-         WHERE issuer = ?1",
+        "SELECT audiences, jwks, client_claim, created_at, updated_at, max_token_lifetime
+         FROM issuers WHERE issuer = ?1",
         [issuer],
         |r| {
             Ok((
@@ -133,10 +154,11 @@ pub fn find(conn: &Connection, issuer: &str) -> Result<Option<ExternalIssuer>, E
                 r.get::<_, String>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(5)?,
             ))
         },
     )?;
-    let Some((audiences, jwks, client_claim, created_at, updated_at)) = row else {
+    let Some((audiences, jwks, client_claim, created_at, updated_at, max_lifetime)) = row else {
         return Ok(None);
     };
     let stored = |e: serde_json::Error| Error::Internal(format!("stored issuer {issuer}: {e}"));
@@ -146,6 +168,7 @@ pub fn find(conn: &Connection, issuer: &str) -> Result<Option<ExternalIssuer>, E
             audiences: serde_json::from_str(&audiences).map_err(stored)?,
             jwks: serde_json::from_str(&jwks).map_err(stored)?,
             client_claim,
+            max_token_lifetime_seconds: max_lifetime.map(|s| s.max(1) as u64),
         },
         created_at,
         updated_at,
@@ -169,13 +192,8 @@ pub fn all_core(conn: &Connection) -> Result<Vec<Issuer>, Error> {
     list(conn)?
         .iter()
         .map(|i| {
-            serde_json::from_value(serde_json::json!({
-                "issuer": i.spec.issuer,
-                "audiences": i.spec.audiences,
-                "jwks": i.spec.jwks,
-                "client_claim": i.spec.client_claim,
-            }))
-            .map_err(|e| Error::Internal(format!("stored issuer {}: {e}", i.spec.issuer)))
+            core_form(&i.spec)
+                .map_err(|e| Error::Internal(format!("stored issuer {}: {e}", i.spec.issuer)))
         })
         .collect()
 }

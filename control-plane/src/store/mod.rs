@@ -17,7 +17,7 @@ pub mod tokens;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -98,6 +98,34 @@ pub struct Tx<'c> {
     gateway_change: bool,
 }
 
+/// The database holds every key hash and credential digest: it is created 0600 whatever the
+/// umask, and an existing one (or its -wal/-shm) readable by others is made 0600. SQLite creates
+/// -wal and -shm with the database file's mode.
+fn private_database_files(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |p: &Path, e: std::io::Error| Error::Internal(format!("{}: {e}", p.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&file, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(&file, e)),
+        }
+    }
+    Ok(())
+}
+
 impl Deref for Tx<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
@@ -116,6 +144,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("schema.sql")),
         M::up(include_str!("schema_tokens.sql")),
+        M::up(include_str!("schema_token_lifetime.sql")),
     ])
 }
 
@@ -136,6 +165,7 @@ impl Store {
         page_keys: usize,
         prepare: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
     ) -> Result<Arc<Store>, Error> {
+        private_database_files(path)?;
         let mut conn = Connection::open(path)
             .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
         // WAL lets reads proceed during a write; synchronous=FULL fsyncs the WAL on every commit,

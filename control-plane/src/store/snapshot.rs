@@ -103,7 +103,7 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
             expires_at: expires_at.map(|t| t.max(0) as u64),
         });
     }
-    // Token identities: the own issuer's for client versions with credentials, then the
+    // Token identities: the own issuer's for client versions' credentials, then the
     // external issuers' mappings.
     let own = super::tokens::own_issuer(conn)?
         .map(|value| {
@@ -113,10 +113,12 @@ pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
         .transpose()?;
     let mut subjects: BTreeMap<String, Vec<TokenSubject>> = BTreeMap::new();
     if let Some(own) = &own {
-        for id in super::tokens::client_versions_with_credentials(conn)? {
-            subjects.entry(id.clone()).or_default().push(TokenSubject {
+        // One subject per credential in force: a token names its credentials (`client_id`).
+        for (id, client_id) in super::tokens::client_credentials_in_force(conn, super::unix_now())?
+        {
+            subjects.entry(id).or_default().push(TokenSubject {
                 issuer: own.issuer.clone(),
-                value: id,
+                value: client_id,
             });
         }
     }

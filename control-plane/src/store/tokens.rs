@@ -144,20 +144,60 @@ pub fn own_issuer(conn: &Connection) -> Result<Option<Value>, Error> {
         "issuer": issuer,
         "audiences": [audience],
         "jwks": {"keys": keys},
-        "client_claim": "sub",
+        "client_claim": CREDENTIAL_CLAIM,
     })))
 }
 
-/// Client versions that hold credentials, as `org/client/version` (their tokens' `sub`).
-pub fn client_versions_with_credentials(conn: &Connection) -> Result<Vec<String>, Error> {
+/// The claim that names the credentials a token was issued for (RFC 9068 §2.2 `client_id`).
+/// Gateways map the own issuer's tokens to client versions by it, and the management API
+/// checks it, so a token lives no longer than its credentials: revoked or replaced credentials
+/// take their tokens with them, and new credentials never revive an older token.
+pub const CREDENTIAL_CLAIM: &str = "client_id";
+
+/// Every client version's live credentials, as (`org/client/version`, `client_id`): the own
+/// issuer's token subjects in the snapshot. A credential past its grace is no longer among
+/// them (the expiry sweep deletes it and moves the revision).
+pub fn client_credentials_in_force(
+    conn: &Connection,
+    now: i64,
+) -> Result<Vec<(String, String)>, Error> {
     let mut stmt = conn.prepare(
-        "SELECT DISTINCT client_org || '/' || client || '/' || client_version
-         FROM oauth_credentials WHERE client_org IS NOT NULL",
+        "SELECT client_org || '/' || client || '/' || client_version, client_id
+         FROM oauth_credentials
+         WHERE client_org IS NOT NULL AND (expires_at IS NULL OR expires_at > ?1)",
     )?;
     let ids = stmt
-        .query_map([], |r| r.get(0))?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ids)
+}
+
+/// Credentials past their grace: deleted, and the revision moves when a client version's go
+/// (its token subject leaves the snapshot). Answers how many.
+pub fn drop_expired_credentials(tx: &mut Tx<'_>) -> Result<usize, Error> {
+    let clients = tx.execute(
+        "DELETE FROM oauth_credentials
+         WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND client_org IS NOT NULL",
+        [tx.now],
+    )?;
+    let accounts = tx.execute(
+        "DELETE FROM oauth_credentials
+         WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND service_account IS NOT NULL",
+        [tx.now],
+    )?;
+    if clients > 0 {
+        tx.gateway_changed();
+    }
+    Ok(clients + accounts)
+}
+
+/// When the next credentials reach the end of their grace.
+pub fn next_credentials_expiry(conn: &Connection) -> Result<Option<i64>, Error> {
+    Ok(conn.query_row(
+        "SELECT MIN(expires_at) FROM oauth_credentials WHERE expires_at IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 fn new_secret() -> Result<String, Error> {
@@ -180,12 +220,6 @@ pub fn create_client_credentials(
 ) -> Result<IssuedCredentials, Error> {
     get_version(tx, org, client, version)?;
     check_grace(grace_seconds)?;
-    let existing: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM oauth_credentials
-         WHERE client_org = ?1 AND client = ?2 AND client_version = ?3",
-        params![org, client, version],
-        |r| r.get(0),
-    )?;
     let expires_at = tx.now + grace_seconds as i64;
     let replaced = tx.execute(
         "UPDATE oauth_credentials SET expires_at = ?4
@@ -208,9 +242,9 @@ pub fn create_client_credentials(
             tx.now
         ],
     )?;
-    if existing == 0 {
-        tx.gateway_changed();
-    }
+    // The new credentials' `client_id` is a token subject at the gateways (and a shortened
+    // grace takes older ones out).
+    tx.gateway_changed();
     Ok(IssuedCredentials {
         client_id,
         client_secret,
@@ -264,7 +298,8 @@ fn credentials_where(
 }
 
 /// Revokes every credential of a client version: its tokens stop working at the gateways with
-/// the next revision (its own-issuer subject goes).
+/// the next revision (their `client_id` subjects go), and later credentials do not bring them
+/// back (they have another `client_id`).
 pub fn delete_client_credentials(
     tx: &mut Tx<'_>,
     org: &str,
@@ -373,8 +408,9 @@ pub fn list_service_accounts(conn: &Connection) -> Result<Vec<ServiceAccount>, E
     ids.iter().map(|id| get_service_account(conn, id)).collect()
 }
 
-/// Deletes a service account and its credentials; tokens already issued stay valid until they
-/// expire (at most the token lifetime).
+/// Deletes a service account and its credentials; its tokens are refused at once (the
+/// management check wants the account and the token's credentials), also after an account
+/// with the same id is created again.
 pub fn delete_service_account(tx: &mut Tx<'_>, id: &str) -> Result<(), Error> {
     get_service_account(tx, id)?;
     tx.execute(

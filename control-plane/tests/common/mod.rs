@@ -108,12 +108,49 @@ impl Server {
         Server::spawn(data_dir, Some(dir), env)
     }
 
+    /// A server whose process may open at most `open_files` descriptors (a lowered limit,
+    /// set by the shell before it becomes the server).
+    pub fn start_with_open_file_limit(open_files: u32, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Server::spawn_with(
+            data_dir,
+            Some(dir),
+            env,
+            Some(&format!("ulimit -n {open_files}")),
+        )
+    }
+
+    /// A server started under `umask` (e.g. `000`, the most permissive).
+    pub fn start_with_umask(umask: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Server::spawn_with(data_dir, Some(dir), &[], Some(&format!("umask {umask}")))
+    }
+
     /// Starts a server on `data_dir`, waiting until it says where it listens.
     fn spawn(data_dir: PathBuf, dir: Option<TempDir>, env: &[(&str, &str)]) -> Server {
+        Server::spawn_with(data_dir, dir, env, None)
+    }
+
+    fn spawn_with(
+        data_dir: PathBuf,
+        dir: Option<TempDir>,
+        env: &[(&str, &str)],
+        shell_prelude: Option<&str>,
+    ) -> Server {
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         let log_path = data_dir.with_extension(format!("log.{}", now_nanos()));
         let log = File::create(&log_path).unwrap();
-        let mut command = Command::new(BIN);
+        // A prelude runs in a shell that then becomes the server.
+        let mut command = match shell_prelude {
+            None => Command::new(BIN),
+            Some(prelude) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("{prelude} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+        };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
@@ -182,6 +219,17 @@ impl Server {
         let dir = self._dir.take();
         let data_dir = self.data_dir.clone();
         drop(self);
+        Server::spawn(data_dir, dir, &[])
+    }
+
+    /// SIGKILL, then `change` on the stopped data directory, then a new process on it.
+    pub fn kill9_change_and_restart(mut self, change: impl FnOnce(&Path)) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = self._dir.take();
+        let data_dir = self.data_dir.clone();
+        drop(self);
+        change(&data_dir);
         Server::spawn(data_dir, dir, &[])
     }
 

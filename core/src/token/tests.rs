@@ -13,6 +13,7 @@ fn issuers(keys: Vec<serde_json::Value>) -> TrustedIssuers {
         audiences: vec!["orders-api".into()],
         jwks,
         client_claim: "sub".into(),
+        max_token_lifetime_seconds: None,
     }])
     .unwrap()
 }
@@ -164,6 +165,7 @@ fn unusable_keys_are_refused_at_load_with_their_field() {
         audiences: vec!["a".into()],
         jwks,
         client_claim: "sub".into(),
+        max_token_lifetime_seconds: None,
     }])
     .unwrap_err();
     assert_eq!(e.field, "issuers[0].jwks.keys[0]");
@@ -176,4 +178,53 @@ fn subject_digests_are_separate_from_key_digests() {
         crate::keys::key_digest("acme/mobile/1")
     );
     assert_ne!(subject_digest("a", "b\0c"), subject_digest("a\0b", "c"));
+}
+
+#[test]
+fn a_critical_header_extension_is_refused() {
+    let t = issuers(vec![jwk(1, "k1")]);
+    for crit in [json!(["exp"]), json!(["x-unknown"]), json!([])] {
+        let mut h = header("k1");
+        h["crit"] = crit.clone();
+        h["x-unknown"] = json!(true);
+        assert_eq!(
+            verify(&t, &ed_token(1, h, claims())),
+            Err(TokenRejected::CriticalExtension),
+            "crit {crit}"
+        );
+    }
+}
+
+#[test]
+fn a_token_valid_longer_than_its_issuer_allows_is_refused() {
+    let t = issuers(vec![jwk(1, "k1")]);
+    let mut c = claims();
+    // 9999-12-31T23:59:59Z
+    c["exp"] = json!(253_402_300_799u64);
+    assert_eq!(
+        verify(&t, &ed_token(1, header("k1"), c)),
+        Err(TokenRejected::LifetimeTooLong)
+    );
+    let mut c = claims();
+    c["exp"] = json!(NOW_S + DEFAULT_MAX_TOKEN_LIFETIME_SECONDS);
+    assert!(verify(&t, &ed_token(1, header("k1"), c)).is_ok());
+
+    let jwks: JwkSet = serde_json::from_value(json!({ "keys": [jwk(1, "k1")] })).unwrap();
+    let short = TrustedIssuers::build(&[Issuer {
+        issuer: ISS.into(),
+        audiences: vec!["orders-api".into()],
+        jwks,
+        client_claim: "sub".into(),
+        max_token_lifetime_seconds: Some(600),
+    }])
+    .unwrap();
+    let mut c = claims();
+    c["exp"] = json!(NOW_S + 600);
+    assert!(verify(&short, &ed_token(1, header("k1"), c)).is_ok());
+    let mut c = claims();
+    c["exp"] = json!(NOW_S + 600 + LEEWAY_SECONDS + 1);
+    assert_eq!(
+        verify(&short, &ed_token(1, header("k1"), c)),
+        Err(TokenRejected::LifetimeTooLong)
+    );
 }
