@@ -161,8 +161,12 @@ class Envoy:
     """A real Envoy started from a bootstrap dict, ready (admin /ready, listeners bound) on
     return from `start`; stopped by the supervisor."""
 
-    def __init__(self, name: str, config: dict[str, Any], workdir: Path, concurrency: int, cpus: str | None) -> None:
+    def __init__(
+        self, name: str, config: dict[str, Any], workdir: Path, concurrency: int, cpus: str | None, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        # The process environment (None: ours); a live-mode gateway reads its token from it.
+        self.env = env
         self.config = config
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +193,7 @@ class Envoy:
             ],
             self.log_path,
             cpus=self.cpus,
+            env=self.env,
         )
 
         def ready() -> bool:

@@ -29,7 +29,8 @@ START_DEADLINE_S = 120.0
 SECRETS = {
     "TOLLGATE_ADMIN_TOKEN": "bench-admin-token-0123456789abcdef",
     "TOLLGATE_GATEWAY_TOKEN": "bench-gateway-token-0123456789abcdef",
-    "TOLLGATE_SNAPSHOT_SECRET": "bench-snapshot-secret-0123456789abcdef",
+    # An Ed25519 seed (32 bytes, base64url): envoy-config puts its public key in the bootstrap.
+    "TOLLGATE_SNAPSHOT_SIGNING_KEY": "YmVuY2gtc25hcHNob3Qtc2lnbmluZy1rZXktMDEyMzQ",
 }
 LISTENING = re.compile(rb"tollgate control plane listening on http://(\S+)")
 
@@ -53,6 +54,14 @@ def tollgate_binary(bench: Bench) -> Path:
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env.update(SECRETS)
+    return env
+
+
+def gateway_env() -> dict[str, str]:
+    """What a live-mode Envoy needs in its environment: the gateway token (envoy-config names
+    it in host_env_keys, so it never shows in the admin interface's config_dump)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    env["TOLLGATE_GATEWAY_TOKEN"] = SECRETS["TOLLGATE_GATEWAY_TOKEN"]
     return env
 
 
@@ -233,7 +242,7 @@ def gateway(bench: Bench, control_plane_url: str, name: str, upstream_port: int,
     if out.returncode != 0:
         raise RuntimeError(f"tollgate envoy-config failed: {out.stderr}")
     config = yaml.safe_load(out.stdout)
-    return e.Envoy(name, config, bench.workdir, concurrency=concurrency, cpus=cpus)
+    return e.Envoy(name, config, bench.workdir, concurrency=concurrency, cpus=cpus, env=gateway_env())
 
 
 def upstream(bench: Bench) -> e.Envoy:

@@ -172,9 +172,9 @@ def run(bench: Bench) -> SectionReport:
     generated = live.gateway(bench, cp.url, "production-tollgate", upstream.ports["upstream"], 1, bench.cpus.envoy)
     bootstrap = with_direct_route(generated.config)
     gateways = {
-        "tollgate": e.Envoy("production-tollgate", bootstrap, bench.workdir, concurrency=1, cpus=bench.cpus.envoy),
-        "tollgate_ietf": e.Envoy("production-tollgate-ietf", with_filter_option(bootstrap, "rate_limit_headers", "ietf"), bench.workdir, concurrency=1, cpus=bench.cpus.envoy),
-        "noop": e.Envoy("production-noop", with_noop_filter(bootstrap), bench.workdir, concurrency=1, cpus=bench.cpus.envoy),
+        "tollgate": e.Envoy("production-tollgate", bootstrap, bench.workdir, concurrency=1, cpus=bench.cpus.envoy, env=live.gateway_env()),
+        "tollgate_ietf": e.Envoy("production-tollgate-ietf", with_filter_option(bootstrap, "rate_limit_headers", "ietf"), bench.workdir, concurrency=1, cpus=bench.cpus.envoy, env=live.gateway_env()),
+        "noop": e.Envoy("production-noop", with_noop_filter(bootstrap), bench.workdir, concurrency=1, cpus=bench.cpus.envoy, env=live.gateway_env()),
     }
     for gateway in gateways.values():
         gateway.start(bench.supervisor, bench.envoy_binary)
