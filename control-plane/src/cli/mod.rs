@@ -128,8 +128,10 @@ struct EnvoyConfigArgs {
     /// directory.
     #[arg(long = "snapshot-public-key")]
     snapshot_public_keys: Vec<String>,
-    /// Requests that match no API: pass (untouched) or deny (404).
-    #[arg(long, default_value = "pass")]
+    /// Requests that match no API: deny (404) or pass (forwarded without tollgate's key and
+    /// x-tollgate-* headers). Deny by default: a gateway in front of an API should not forward
+    /// what no published API names unless asked to.
+    #[arg(long, default_value = "deny")]
     unmatched: String,
     /// Before the first snapshot: closed (503) or open (pass through).
     #[arg(long, default_value = "closed")]
