@@ -44,6 +44,11 @@ def control_plane(live: LiveProcesses) -> ControlPlane:
     # A private API for one host only, under a public any-host prefix.
     cp.api_version("acme", "status", "1", "/status/v1", public=True)
     version(cp, "internal", "1", "/status/v1/internal", ["api.example.com"])
+    # The rest of the reproduction: an any-host private API nested under the public
+    # prefix, and an any-host API that takes bearer tokens only.
+    cp.api_version("acme", "status-admin", "1", "/status/v1/admin", plans=(("gold", "1"),))
+    create_draft(cp, "billing", "1", "/billing/v1", [], auth="jwt")
+    cp.publish("acme", "billing", "1")
     return cp
 
 
@@ -55,11 +60,19 @@ def version(
 
 
 def create_draft(
-    cp: ControlPlane, api: str, number: str, prefix: str, hosts: list[str], public: bool = False
+    cp: ControlPlane,
+    api: str,
+    number: str,
+    prefix: str,
+    hosts: list[str],
+    public: bool = False,
+    auth: str | None = None,
 ) -> None:
     response = cp.call("POST", "/v1/orgs/acme/apis", {"id": api})
     assert response.status_code in (201, 409), response.text
     body: dict = {"version": number, "public": public, "routing": {"path_prefix": prefix, "hosts": hosts}}
+    if auth is not None:
+        body["auth"] = auth
     if not public:
         body["plans"] = [{"plan": "gold", "version": "1"}]
     cp.ok("POST", f"/v1/orgs/acme/apis/{api}/versions", body)
@@ -120,6 +133,12 @@ def http2_or_reset(envoy: Envoy, path: str, host: str, key: str | None = None) -
 def test_host_scoped_public_root_does_not_open_any_host_private_api(envoy: Envoy, key: str) -> None:
     assert get_on(envoy, "/orders/v1/1", "status.example.com") == 401
     assert get_on(envoy, "/orders/v1/1", "status.example.com", key) == 200
+    # Nor the nested private API under the public any-host prefix, nor the token-only API.
+    assert get_on(envoy, "/status/v1/admin/users", "status.example.com") == 401
+    assert get_on(envoy, "/status/v1/admin/users", "status.example.com", key) == 403
+    billing = requests.get(f"{envoy.url}/billing/v1/invoices", headers={"host": "status.example.com"}, timeout=10)
+    assert billing.status_code == 401
+    assert billing.headers["www-authenticate"].startswith("Bearer"), billing.headers
     # The status page still serves its host's other paths without a key.
     assert get_on(envoy, "/index.html", "status.example.com") == 200
 
