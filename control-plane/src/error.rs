@@ -43,8 +43,8 @@ pub enum Error {
     Unprocessable { kind: &'static str, detail: String },
     #[error("the request body is larger than this path accepts")]
     PayloadTooLarge,
-    /// The request was not answered within the server's request timeout.
-    #[error("the request took longer than the server's request timeout ({0} s)")]
+    /// The request's body did not arrive within the server's request timeout.
+    #[error("the request body did not arrive within the server's request timeout ({0} s)")]
     RequestTimeout(u64),
     /// Too many attempts from one client or address; retry after the given seconds.
     #[error("{detail}")]

@@ -47,8 +47,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 10,
         value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout: u64,
-    /// Seconds a request may take, reading its body included (408 after); a snapshot long
-    /// poll may take its wait (at most 60 s) on top.
+    /// Seconds a client has to send a request's body once its headers are in (408 after).
+    /// What the server then does is not cut off, so a 408 never hides a committed write.
     #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT", default_value_t = 30,
         value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout: u64,

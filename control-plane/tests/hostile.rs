@@ -12,9 +12,19 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::Server;
+use serde_json::{json, Value};
 
 /// Reads one HTTP/1.1 answer (status, body) from `reader`; the body by its `content-length`.
 fn read_answer(reader: &mut BufReader<TcpStream>) -> (u16, String) {
+    let (status, _, body) = read_answer_with_headers(reader);
+    (status, body)
+}
+
+/// An answer's status, headers (names lowercased) and body.
+fn read_answer_with_headers(
+    reader: &mut BufReader<TcpStream>,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut headers = Vec::new();
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();
     assert!(status_line.starts_with("HTTP/1.1 "), "{status_line:?}");
@@ -30,11 +40,12 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> (u16, String) {
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap();
             }
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Throttle counts last one UTC minute: a test that counts starts with at least 10 s of the
@@ -60,11 +71,45 @@ fn connect(s: &Server) -> TcpStream {
 /// Sends `head` and `body` (write errors ignored: the server may answer and close before the
 /// body is all sent) and reads the answer.
 fn exchange(s: &Server, head: &str, body: &[u8]) -> (u16, String) {
+    let (status, _, body) = exchange_with_headers(s, head, body);
+    (status, body)
+}
+
+fn exchange_with_headers(
+    s: &Server,
+    head: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
     let mut stream = connect(s);
     let reader = stream.try_clone().unwrap();
     stream.write_all(head.as_bytes()).unwrap();
     let _ = stream.write_all(body);
-    read_answer(&mut BufReader::new(reader))
+    read_answer_with_headers(&mut BufReader::new(reader))
+}
+
+/// The token endpoint's body limit is 8 KiB exactly: a form of 8,192 bytes is read (and refused
+/// for its wrong secret), one byte more is 413 before any of it is parsed.
+#[test]
+fn the_token_body_limit_is_eight_kibibytes() {
+    let s = Server::start();
+    let form_of = |len: usize| {
+        let start = "grant_type=client_credentials&client_id=tgc_nobody&client_secret=";
+        format!("{start}{}", "s".repeat(len - start.len()))
+    };
+    let ask = |form: &str| {
+        let head = format!(
+            "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            form.len()
+        );
+        exchange(&s, &head, form.as_bytes())
+    };
+    let (status, body) = ask(&form_of(8 * 1024));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_client"), "{body}");
+    let (status, body) = ask(&form_of(8 * 1024 + 1));
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("payload-too-large"), "{body}");
 }
 
 /// 115,000 distinct parameters in 1 MiB: the form the issue measured at 14 s of CPU. The
@@ -308,7 +353,7 @@ fn guessed_secrets_are_throttled_counted_and_logged_without_secrets() {
     let secret = issued["client_secret"].as_str().unwrap();
     let ask = |secret: &str| {
         let form = format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
-        exchange(
+        exchange_with_headers(
             &s,
             &format!(
                 "POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n\
@@ -324,10 +369,19 @@ fn guessed_secrets_are_throttled_counted_and_logged_without_secrets() {
         statuses.push(ask(&format!("tgs_guess{i:03}")).0);
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
-    // Even the right secret waits for the minute to end.
-    let (status, body) = ask(secret);
+    // Even the right secret waits for the minute to end, and is told how long.
+    let (status, headers, body) = ask(secret);
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("too-many-requests"), "{body}");
+    let retry_after: u64 = headers
+        .iter()
+        .find(|(name, _)| name == "retry-after")
+        .map(|(_, value)| value.parse().unwrap())
+        .expect("a 429 from /oauth/token says when to retry");
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
 
     let metrics = s.request("GET", "/metrics", None, None, &[]).body;
     let count = |reason: &str| {
@@ -368,4 +422,38 @@ fn one_address_gets_its_share_of_token_requests() {
     assert_eq!(statuses[..20], [401; 20]);
     assert_eq!(statuses[20..], [429; 5]);
     assert_eq!(s.request("GET", "/healthz", None, None, &[]).status, 200);
+}
+
+/// The request timeout bounds receiving a request, not doing it: a write that takes longer than
+/// the timeout (an apply of 6,000 client versions with contracts and keys, in one transaction)
+/// is answered with its result, never a 408 that would hide a committed write.
+#[test]
+fn a_write_slower_than_the_request_timeout_is_answered_with_its_result() {
+    let s = Server::start_with_env(&[("TOLLGATE_REQUEST_TIMEOUT", "1")]);
+    let clients: Vec<Value> = (0..6000)
+        .map(|i| {
+            json!({"id": format!("c{i}"), "versions": [{"version": "1",
+                "contracts": [{"api": "acme/orders/1", "plan": "acme/gold/1"}]}]})
+        })
+        .collect();
+    let document = json!({"orgs": [{"id": "acme",
+        "plans": [{"id": "gold", "versions": [
+            {"version": "1", "limits": [{"requests": 5, "per": "day"}], "locked": true}]}],
+        "apis": [{"id": "orders", "versions": [{"version": "1", "status": "published",
+            "routing": {"path_prefix": "/orders/v1"}, "plans": ["acme/gold/1"]}]}],
+        "clients": clients}]});
+    let started = Instant::now();
+    let answer = s.post("/v1/apply", document);
+    let took = started.elapsed();
+    println!(
+        "apply of 6,000 client versions: HTTP {} in {took:?}",
+        answer.status
+    );
+    assert!(
+        took > Duration::from_secs(1),
+        "the apply took {took:?}, not longer than the 1 s timeout: make it larger"
+    );
+    let report = Server::ok(answer);
+    assert!(report["revision"].as_u64().unwrap() >= 1, "{report}");
+    Server::ok(s.get("/v1/orgs/acme/clients/c5999/versions/1"));
 }

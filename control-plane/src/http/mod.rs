@@ -26,6 +26,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
@@ -103,11 +104,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
-        .layer(middleware::from_fn(refuse_declared_oversize))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_deadline,
         ))
+        .layer(middleware::from_fn(refuse_declared_oversize))
         .layer(middleware::from_fn(method_not_allowed_as_problem))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
@@ -249,21 +250,36 @@ async fn refuse_declared_oversize(request: Request, next: Next) -> Result<Respon
     Ok(next.run(request).await)
 }
 
-/// Answers 408 when a request (reading its body included) is not answered within the request
-/// timeout, so a client trickling a body cannot hold a handler. A snapshot long poll may take
-/// its wait on top.
+/// Answers 408 when a request's body has not arrived within the request timeout, so a client
+/// trickling a body cannot hold a connection and a handler. Only receiving is timed: once the
+/// body is in, the handler runs to its end, so a 408 never hides a write that committed (a
+/// write cut off by a timer would go on in its blocking task and commit unseen). The body is
+/// read up to the path's limit: over it, 413 as `DefaultBodyLimit` answers.
 async fn request_deadline(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let mut limit = state.request_timeout;
-    if request.uri().path() == SNAPSHOT_PATH {
-        limit += std::time::Duration::from_secs(snapshot::MAX_WAIT_SECONDS);
-    }
-    tokio::time::timeout(limit, next.run(request))
-        .await
-        .map_err(|_| Error::RequestTimeout(state.request_timeout.as_secs()))
+    let limit = body_limit(request.uri().path());
+    let (parts, body) = request.into_parts();
+    let collected = tokio::time::timeout(
+        state.request_timeout,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| Error::RequestTimeout(state.request_timeout.as_secs()))?;
+    let bytes = match collected {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Error::PayloadTooLarge),
+        Err(e) => {
+            return Err(Error::InvalidBody(format!(
+                "the request body could not be read: {e}"
+            )))
+        }
+    };
+    Ok(next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await)
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
