@@ -2,7 +2,13 @@
 //!
 //! Rate limits and routings reuse `core`'s snapshot types so that what an operator writes is
 //! exactly what a gateway receives; `crate::openapi` documents their shape.
+//!
+//! A resource that can be replaced (`PUT`) takes the representation its `GET` returns: its
+//! [`Representation::READ_ONLY`] fields may be left out (they deserialize to a default the
+//! handler never uses) or repeated, and `PUT` refuses them only when they differ from what is
+//! stored. They are `readOnly` in the OpenAPI document.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tollgate_core::snapshot::{AuthMode, RateLimit, Routing};
 use utoipa::{IntoParams, ToSchema};
@@ -12,44 +18,100 @@ use crate::openapi::{AuthModeSchema, RateLimitSchema, RoutingSchema};
 /// Unix seconds. (Resource fields spell out `i64` so the OpenAPI schema inlines an integer.)
 pub type Timestamp = i64;
 
+/// A resource whose `PUT` body is the representation its `GET` returns.
+pub trait Representation: Serialize + DeserializeOwned {
+    /// The fields `GET` returns that `PUT` cannot change: ids, the version, the status and
+    /// timestamps. Each carries `#[serde(default)]` and `#[schema(read_only)]`.
+    const READ_ONLY: &'static [&'static str];
+}
+
+/// `PUT /v1/orgs/{org}` changes the name.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Org {
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub id: String,
     pub name: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub created_at: i64,
 }
 
-/// A plan, an API or a client: something an org owns that has versions.
+impl Representation for Org {
+    const READ_ONLY: &'static [&'static str] = &["id", "created_at"];
+}
+
+/// A plan, an API or a client: something an org owns that has versions. `PUT` changes the
+/// name.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Owned {
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub org: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub id: String,
     pub name: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+impl Representation for Owned {
+    const READ_ONLY: &'static [&'static str] = &["org", "id", "created_at"];
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PlanVersionStatus {
+    #[default]
     Draft,
     Locked,
 }
 
+/// `PUT` replaces a draft's limits.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PlanVersion {
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub org: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub plan: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub version: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub status: PlanVersionStatus,
     #[schema(value_type = Vec<RateLimitSchema>)]
     pub limits: Vec<RateLimit>,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub created_at: i64,
+    #[serde(default)]
+    #[schema(read_only)]
     pub locked_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+impl Representation for PlanVersion {
+    const READ_ONLY: &'static [&'static str] = &[
+        "org",
+        "plan",
+        "version",
+        "status",
+        "created_at",
+        "locked_at",
+    ];
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiVersionStatus {
+    #[default]
     Draft,
     Published,
     Retired,
@@ -67,28 +129,78 @@ impl ApiVersionStatus {
 
 /// A plan version an API version is offered through.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OfferedPlan {
+    /// Always given by `GET`; a `PUT` may leave it out (or send `""`) for the API's org.
+    #[serde(default)]
     pub org: String,
     pub plan: String,
     pub version: String,
 }
 
+impl OfferedPlan {
+    /// The plan as a `PUT` body names it: an empty org is the API's.
+    pub fn as_choice(&self) -> PlanChoice {
+        PlanChoice {
+            org: (!self.org.is_empty()).then(|| self.org.clone()),
+            plan: self.plan.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// `PUT` replaces a draft's settings: `public`, `routing`, `plans`, `forward_api_key` and
+/// `auth` (those left out take their defaults, as on create).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ApiVersion {
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub org: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub api: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub version: String,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub status: ApiVersionStatus,
+    #[serde(default)]
     pub public: bool,
     #[schema(value_type = RoutingSchema)]
     pub routing: Routing,
+    /// Locked plan versions this API version is offered through; private versions need one.
+    #[serde(default)]
     pub plans: Vec<OfferedPlan>,
+    /// Keep the key on the upstream request (default: stripped).
+    #[serde(default)]
     pub forward_api_key: bool,
+    /// How callers of a private version identify themselves (default `api_key`).
+    #[serde(default)]
     #[schema(value_type = AuthModeSchema)]
     pub auth: AuthMode,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
     pub created_at: i64,
+    #[serde(default)]
+    #[schema(read_only)]
     pub published_at: Option<i64>,
+    #[serde(default)]
+    #[schema(read_only)]
     pub retired_at: Option<i64>,
+}
+
+impl Representation for ApiVersion {
+    const READ_ONLY: &'static [&'static str] = &[
+        "org",
+        "api",
+        "version",
+        "status",
+        "created_at",
+        "published_at",
+        "retired_at",
+    ];
 }
 
 /// What is known about one of a client version's keys. The key itself is never stored.
@@ -171,12 +283,6 @@ pub struct CreateOwned {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Rename {
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CreatePlanVersion {
     pub version: String,
     /// Required unless `copy_from` is given.
@@ -184,13 +290,6 @@ pub struct CreatePlanVersion {
     pub limits: Option<Vec<RateLimit>>,
     /// An existing version of the same plan whose limits the new draft starts with.
     pub copy_from: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdatePlanVersion {
-    #[schema(value_type = Vec<RateLimitSchema>)]
-    pub limits: Vec<RateLimit>,
 }
 
 /// A plan version to offer; `org` defaults to the API's org.
@@ -217,23 +316,6 @@ pub struct CreateApiVersion {
     #[serde(default)]
     pub forward_api_key: bool,
     /// How callers of a private version identify themselves (default `api_key`).
-    #[serde(default)]
-    #[schema(value_type = AuthModeSchema)]
-    pub auth: AuthMode,
-}
-
-/// Replaces a draft API version's settings.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateApiVersion {
-    #[serde(default)]
-    pub public: bool,
-    #[schema(value_type = RoutingSchema)]
-    pub routing: Routing,
-    #[serde(default)]
-    pub plans: Vec<PlanChoice>,
-    #[serde(default)]
-    pub forward_api_key: bool,
     #[serde(default)]
     #[schema(value_type = AuthModeSchema)]
     pub auth: AuthMode,
@@ -384,25 +466,50 @@ fn default_client_claim() -> String {
     "sub".to_owned()
 }
 
-/// Replaces an external issuer's settings.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// An external issuer as stored. `PUT` replaces its audiences, keys, client claim and token
+/// lifetime cap (those left out take their defaults, as on create).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateIssuer {
+pub struct ExternalIssuer {
+    /// The `iss` its tokens carry; names it in the path.
+    #[serde(default)]
+    #[schema(read_only, required = true)]
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name one.
     pub audiences: Vec<String>,
+    /// Its JWKS document (`{"keys": […]}`), public keys only.
     #[schema(value_type = Object)]
     pub jwks: serde_json::Value,
+    /// The claim naming the client (default `sub`).
     #[serde(default = "default_client_claim")]
     pub client_claim: String,
-    #[serde(default)]
+    /// Gateways refuse a token whose `exp` lies further ahead (at most 30 days). Absent: one
+    /// day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_token_lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
+    pub created_at: i64,
+    #[serde(default)]
+    #[schema(read_only, required = true)]
+    pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ExternalIssuer {
-    #[serde(flatten)]
-    pub spec: IssuerSpec,
-    pub created_at: i64,
-    pub updated_at: i64,
+impl Representation for ExternalIssuer {
+    const READ_ONLY: &'static [&'static str] = &["issuer", "created_at", "updated_at"];
+}
+
+impl ExternalIssuer {
+    /// The settings, as `POST /v1/issuers` takes them.
+    pub fn spec(&self) -> IssuerSpec {
+        IssuerSpec {
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            jwks: self.jwks.clone(),
+            client_claim: self.client_claim.clone(),
+            max_token_lifetime_seconds: self.max_token_lifetime_seconds,
+        }
+    }
 }
 
 /// A client version's identity at an external issuer: its tokens whose client claim equals

@@ -6,10 +6,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::owned::{self, check_version_path};
-use super::{AppState, Json, PathParams, QueryParams};
+use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::error::Error;
 use crate::model::{
-    ApiVersion, CreateApiVersion, CreateOwned, Owned, Page, PageQuery, Rename, UpdateApiVersion,
+    ApiVersion, CreateApiVersion, CreateOwned, OfferedPlan, Owned, Page, PageQuery,
 };
 use crate::openapi::problems::{
     BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
@@ -63,13 +63,14 @@ async fn get_api(
     owned::get(&state, KIND, path).await
 }
 
+/// Renames an API: the body is the API as GET returns it, read-only fields optional.
 #[utoipa::path(put, path = "/v1/orgs/{org}/apis/{api}", tag = "apis",
-    params(("org" = String, Path), ("api" = String, Path)), request_body = Rename,
+    params(("org" = String, Path), ("api" = String, Path)), request_body = Owned,
     responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_api(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
-    Json(body): Json<Rename>,
+    body: Replacement<Owned>,
 ) -> Result<axum::Json<Owned>, Error> {
     owned::rename(&state, KIND, path, body).await
 }
@@ -137,30 +138,37 @@ async fn get_api_version(
     Ok(axum::Json(found))
 }
 
-/// Replaces a draft's settings. Conflict kinds: api-version-not-draft,
+/// Replaces a draft's settings. The body is the version as GET returns it; its read-only fields
+/// may be left out and are refused (400 invalid-field) only when they differ from the stored
+/// ones, after the lifecycle check. Conflict kinds: api-version-not-draft,
 /// plan-version-not-locked. Unprocessable kinds: private-api-without-plans, plan-offered-twice.
 #[utoipa::path(put, path = "/v1/orgs/{org}/apis/{api}/versions/{version}", tag = "apis",
     params(("org" = String, Path), ("api" = String, Path), ("version" = String, Path)),
-    request_body = UpdateApiVersion,
+    request_body = ApiVersion,
     responses((status = 200, description = "OK", body = ApiVersion), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn update_api_version(
     State(state): State<AppState>,
     PathParams((org, api, version)): PathParams<(String, String, String)>,
-    Json(body): Json<UpdateApiVersion>,
+    body: Replacement<ApiVersion>,
 ) -> Result<axum::Json<ApiVersion>, Error> {
     check_version_path(KIND, &org, &api, &version)?;
     let updated = state
         .store
         .write(move |tx| {
+            let stored = apis::get_version(tx, &org, &api, &version)?;
+            apis::check_editable(&stored)?;
+            body.check_read_only(&stored)?;
+            let edit = &body.body;
+            let plans: Vec<_> = edit.plans.iter().map(OfferedPlan::as_choice).collect();
             let spec = ApiVersionSpec::resolve(
                 tx,
                 &org,
-                body.public,
-                &body.routing,
-                &body.plans,
-                body.forward_api_key,
-                body.auth,
+                edit.public,
+                &edit.routing,
+                &plans,
+                edit.forward_api_key,
+                edit.auth,
             )?;
             apis::update_version(tx, &org, &api, &version, &spec)
         })

@@ -6,11 +6,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::owned::{self, check_version_path};
-use super::{AppState, Json, PathParams, QueryParams};
+use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::error::Error;
 use crate::model::{
     ApiKeyInfo, ClientVersion, CreateClientVersion, CreateOwned, CreatedClientVersion, Owned, Page,
-    PageQuery, Rename, RotateKey, RotatedKey,
+    PageQuery, RotateKey, RotatedKey,
 };
 use crate::openapi::problems::{
     BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
@@ -63,13 +63,14 @@ async fn get_client(
     owned::get(&state, KIND, path).await
 }
 
+/// Renames a client: the body is the client as GET returns it, read-only fields optional.
 #[utoipa::path(put, path = "/v1/orgs/{org}/clients/{client}", tag = "clients",
-    params(("org" = String, Path), ("client" = String, Path)), request_body = Rename,
+    params(("org" = String, Path), ("client" = String, Path)), request_body = Owned,
     responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_client(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
-    Json(body): Json<Rename>,
+    body: Replacement<Owned>,
 ) -> Result<axum::Json<Owned>, Error> {
     owned::rename(&state, KIND, path, body).await
 }

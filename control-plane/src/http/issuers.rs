@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Json, PathParams};
+use super::{AppState, Json, PathParams, Replacement};
 use crate::error::Error;
-use crate::model::{ExternalIssuer, IssuerSpec, UpdateIssuer};
+use crate::model::{ExternalIssuer, IssuerSpec};
 use crate::openapi::problems::{
     BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
 };
@@ -60,28 +60,29 @@ async fn get_issuer(
     Ok(axum::Json(found))
 }
 
-/// Replaces the issuer's audiences, keys and client claim (e.g. after the issuer rotated its
-/// keys). Unprocessable kinds: invalid-issuer.
+/// Replaces the issuer's audiences, keys, client claim and token lifetime cap (e.g. after the
+/// issuer rotated its keys). The body is the issuer as GET returns it, read-only fields
+/// optional. Unprocessable kinds: invalid-issuer.
 #[utoipa::path(put, path = "/v1/issuers/{issuer}", tag = "tokens",
     params(("issuer" = String, Path, description = "the issuer URL, percent-encoded")),
-    request_body = UpdateIssuer,
+    request_body = ExternalIssuer,
     responses((status = 200, description = "OK", body = ExternalIssuer), BadRequest, Unauthorized, NotFound,
         TooLarge, Unprocessable))]
 async fn update_issuer(
     State(state): State<AppState>,
     PathParams(issuer): PathParams<String>,
-    Json(body): Json<UpdateIssuer>,
+    body: Replacement<ExternalIssuer>,
 ) -> Result<axum::Json<ExternalIssuer>, Error> {
-    let spec = IssuerSpec {
-        issuer,
-        audiences: body.audiences,
-        jwks: body.jwks,
-        client_claim: body.client_claim,
-        max_token_lifetime_seconds: body.max_token_lifetime_seconds,
-    };
     let updated = state
         .store
-        .write(move |tx| issuers::update(tx, &spec))
+        .write(move |tx| {
+            body.check_read_only(&issuers::get(tx, &issuer)?)?;
+            let spec = IssuerSpec {
+                issuer,
+                ..body.body.spec()
+            };
+            issuers::update(tx, &spec)
+        })
         .await?;
     Ok(axum::Json(updated))
 }

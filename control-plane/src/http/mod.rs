@@ -35,6 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::Error;
 use crate::metrics::{HttpLabels, Metrics};
+use crate::model::Representation;
 use crate::openapi::{add_security, ApiDoc};
 use crate::secrets::BearerToken;
 use crate::store::Store;
@@ -344,6 +345,59 @@ where
             ))),
             Err(e) => Err(Error::InvalidBody(e.body_text())),
         }
+    }
+}
+
+/// A `PUT` body: the resource's representation as `GET` returns it. Its shape (JSON, no unknown
+/// field, editable fields well typed) is checked when the request is read; the read-only fields
+/// it gives are kept aside for [`Replacement::check_read_only`], which the handler calls once
+/// the stored resource is loaded and its lifecycle allows the edit.
+pub struct Replacement<T> {
+    pub body: T,
+    read_only: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<T: Representation> Replacement<T> {
+    /// Refuses a read-only field given with a value other than the stored one (400
+    /// `invalid-field` naming it).
+    pub fn check_read_only(&self, stored: &T) -> Result<(), Error> {
+        let stored = serde_json::to_value(stored)
+            .map_err(|e| Error::Internal(format!("encoding the stored resource: {e}")))?;
+        for (field, given) in &self.read_only {
+            let current = stored.get(field).unwrap_or(&serde_json::Value::Null);
+            if current != given {
+                return Err(Error::invalid_field(
+                    field.as_str(),
+                    format!("is read-only: it is {current} here, not {given}; leave it out or send the value GET returns"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T, S> FromRequest<S> for Replacement<T>
+where
+    T: Representation,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        let serde_json::Value::Object(fields) = &value else {
+            return Err(Error::InvalidBody(
+                "the body must be a JSON object: the resource as GET returns it".to_owned(),
+            ));
+        };
+        let read_only = T::READ_ONLY
+            .iter()
+            .filter_map(|&f| fields.get(f).map(|v| (f.to_owned(), v.clone())))
+            .collect();
+        let body = serde_json::from_value(value).map_err(|e| {
+            Error::InvalidBody(format!("the body does not match this path's schema: {e}"))
+        })?;
+        Ok(Replacement { body, read_only })
     }
 }
 

@@ -5,10 +5,10 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Json, PathParams, QueryParams};
+use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::domain::{check_name, check_slug};
 use crate::error::Error;
-use crate::model::{CreateOrg, Org, Page, PageQuery, Rename};
+use crate::model::{CreateOrg, Org, Page, PageQuery};
 use crate::openapi::problems::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized};
 use crate::store::{orgs, PageRequest};
 
@@ -63,20 +63,24 @@ async fn get_org(
     Ok(axum::Json(org))
 }
 
-/// Renames an organization (its id never changes).
+/// Renames an organization (its id never changes): the body is the org as GET returns it,
+/// read-only fields optional.
 #[utoipa::path(put, path = "/v1/orgs/{org}", tag = "orgs", params(("org" = String, Path)),
-    request_body = Rename,
+    request_body = Org,
     responses((status = 200, description = "OK", body = Org), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_org(
     State(state): State<AppState>,
     PathParams(org): PathParams<String>,
-    Json(body): Json<Rename>,
+    body: Replacement<Org>,
 ) -> Result<axum::Json<Org>, Error> {
     check_slug("org", &org)?;
-    check_name("name", &body.name)?;
+    check_name("name", &body.body.name)?;
     let org = state
         .store
-        .write(move |tx| orgs::rename_org(tx, &org, &body.name))
+        .write(move |tx| {
+            body.check_read_only(&orgs::get_org(tx, &org)?)?;
+            orgs::rename_org(tx, &org, &body.body.name)
+        })
         .await?;
     Ok(axum::Json(org))
 }

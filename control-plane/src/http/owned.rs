@@ -1,12 +1,13 @@
-//! What plans, APIs and clients share: create, list, get and rename by id within an org. The
+//! What plans, APIs and clients share: create, list, get and rename (`PUT` of the resource as
+//! `GET` returns it) by id within an org. The
 //! resource modules keep their own annotated handlers and call these.
 
 use axum::http::StatusCode;
 
-use super::AppState;
+use super::{AppState, Replacement};
 use crate::domain::{check_name, check_slug};
 use crate::error::Error;
-use crate::model::{CreateOwned, Owned, Page, PageQuery, Rename};
+use crate::model::{CreateOwned, Owned, Page, PageQuery};
 use crate::store::orgs::{self, OwnedKind};
 use crate::store::PageRequest;
 
@@ -60,14 +61,17 @@ pub async fn rename(
     state: &AppState,
     kind: OwnedKind,
     (org, id): (String, String),
-    body: Rename,
+    body: Replacement<Owned>,
 ) -> Result<axum::Json<Owned>, Error> {
     check_slug("org", &org)?;
     check_slug(kind.word(), &id)?;
-    check_name("name", &body.name)?;
+    check_name("name", &body.body.name)?;
     let owned = state
         .store
-        .write(move |tx| orgs::rename_owned(tx, kind, &org, &id, &body.name))
+        .write(move |tx| {
+            body.check_read_only(&orgs::get_owned(tx, kind, &org, &id)?)?;
+            orgs::rename_owned(tx, kind, &org, &id, &body.body.name)
+        })
         .await?;
     Ok(axum::Json(owned))
 }

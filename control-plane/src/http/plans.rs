@@ -6,12 +6,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::owned::{self, check_version_path};
-use super::{AppState, Json, PathParams, QueryParams};
+use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::domain::{check_version, normalize_limits};
 use crate::error::Error;
-use crate::model::{
-    CreateOwned, CreatePlanVersion, Owned, Page, PageQuery, PlanVersion, Rename, UpdatePlanVersion,
-};
+use crate::model::{CreateOwned, CreatePlanVersion, Owned, Page, PageQuery, PlanVersion};
 use crate::openapi::problems::{
     BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
 };
@@ -62,13 +60,14 @@ async fn get_plan(
     owned::get(&state, KIND, path).await
 }
 
+/// Renames a plan: the body is the plan as GET returns it, read-only fields optional.
 #[utoipa::path(put, path = "/v1/orgs/{org}/plans/{plan}", tag = "plans",
-    params(("org" = String, Path), ("plan" = String, Path)), request_body = Rename,
+    params(("org" = String, Path), ("plan" = String, Path)), request_body = Owned,
     responses((status = 200, description = "OK", body = Owned), BadRequest, Unauthorized, NotFound, TooLarge))]
 async fn rename_plan(
     State(state): State<AppState>,
     PathParams(path): PathParams<(String, String)>,
-    Json(body): Json<Rename>,
+    body: Replacement<Owned>,
 ) -> Result<axum::Json<Owned>, Error> {
     owned::rename(&state, KIND, path, body).await
 }
@@ -144,23 +143,30 @@ async fn get_plan_version(
     Ok(axum::Json(found))
 }
 
-/// Replaces a draft's limits. Conflict kinds: plan-version-locked. Unprocessable kinds:
+/// Replaces a draft's limits. The body is the version as GET returns it; its read-only fields
+/// may be left out and are refused (400 invalid-field) only when they differ from the stored
+/// ones, after the lifecycle check. Conflict kinds: plan-version-locked. Unprocessable kinds:
 /// invalid-limit.
 #[utoipa::path(put, path = "/v1/orgs/{org}/plans/{plan}/versions/{version}", tag = "plans",
     params(("org" = String, Path), ("plan" = String, Path), ("version" = String, Path)),
-    request_body = UpdatePlanVersion,
+    request_body = PlanVersion,
     responses((status = 200, description = "OK", body = PlanVersion), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
 async fn update_plan_version(
     State(state): State<AppState>,
     PathParams((org, plan, version)): PathParams<(String, String, String)>,
-    Json(body): Json<UpdatePlanVersion>,
+    body: Replacement<PlanVersion>,
 ) -> Result<axum::Json<PlanVersion>, Error> {
     check_version_path(KIND, &org, &plan, &version)?;
-    let limits = normalize_limits("limits", &body.limits)?;
     let updated = state
         .store
-        .write(move |tx| plans::update_version(tx, &org, &plan, &version, &limits))
+        .write(move |tx| {
+            let stored = plans::get_version(tx, &org, &plan, &version)?;
+            plans::check_draft(&stored)?;
+            body.check_read_only(&stored)?;
+            let limits = normalize_limits("limits", &body.body.limits)?;
+            plans::update_version(tx, &org, &plan, &version, &limits)
+        })
         .await?;
     Ok(axum::Json(updated))
 }

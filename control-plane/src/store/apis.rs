@@ -131,10 +131,7 @@ pub fn update_version(
     version: &str,
     spec: &ApiVersionSpec,
 ) -> Result<ApiVersion, Error> {
-    let current = get_version(tx, org, api, version)?;
-    if current.status != ApiVersionStatus::Draft {
-        return Err(not_draft(&current, "edited"));
-    }
+    check_editable(&get_version(tx, org, api, version)?)?;
     tx.execute(
         "UPDATE api_versions SET public = ?4, path_prefix = ?5, hosts = ?6, forward_api_key = ?7,
                 auth = ?8
@@ -320,6 +317,14 @@ fn describe(claim: RouteClaim<'_>) -> String {
     } else {
         format!("{} on {}", claim.path_prefix, claim.hosts.join(", "))
     }
+}
+
+/// Only a draft may be edited (409 api-version-not-draft).
+pub fn check_editable(current: &ApiVersion) -> Result<(), Error> {
+    if current.status != ApiVersionStatus::Draft {
+        return Err(not_draft(current, "edited"));
+    }
+    Ok(())
 }
 
 fn not_draft(current: &ApiVersion, verb: &str) -> Error {

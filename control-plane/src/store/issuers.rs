@@ -163,13 +163,11 @@ pub fn find(conn: &Connection, issuer: &str) -> Result<Option<ExternalIssuer>, E
     };
     let stored = |e: serde_json::Error| Error::Internal(format!("stored issuer {issuer}: {e}"));
     Ok(Some(ExternalIssuer {
-        spec: IssuerSpec {
-            issuer: issuer.to_owned(),
-            audiences: serde_json::from_str(&audiences).map_err(stored)?,
-            jwks: serde_json::from_str(&jwks).map_err(stored)?,
-            client_claim,
-            max_token_lifetime_seconds: max_lifetime.map(|s| s.max(1) as u64),
-        },
+        issuer: issuer.to_owned(),
+        audiences: serde_json::from_str(&audiences).map_err(stored)?,
+        jwks: serde_json::from_str(&jwks).map_err(stored)?,
+        client_claim,
+        max_token_lifetime_seconds: max_lifetime.map(|s| s.max(1) as u64),
         created_at,
         updated_at,
     }))
@@ -192,8 +190,8 @@ pub fn all_core(conn: &Connection) -> Result<Vec<Issuer>, Error> {
     list(conn)?
         .iter()
         .map(|i| {
-            core_form(&i.spec)
-                .map_err(|e| Error::Internal(format!("stored issuer {}: {e}", i.spec.issuer)))
+            core_form(&i.spec())
+                .map_err(|e| Error::Internal(format!("stored issuer {}: {e}", i.issuer)))
         })
         .collect()
 }

@@ -39,10 +39,7 @@ pub fn update_version(
     version: &str,
     limits: &[RateLimit],
 ) -> Result<PlanVersion, Error> {
-    let current = get_version(tx, org, plan, version)?;
-    if current.status == PlanVersionStatus::Locked {
-        return Err(locked(org, plan, version));
-    }
+    check_draft(&get_version(tx, org, plan, version)?)?;
     tx.execute(
         "DELETE FROM plan_limits WHERE org = ?1 AND plan = ?2 AND version = ?3",
         params![org, plan, version],
@@ -58,9 +55,7 @@ pub fn lock_version(
     version: &str,
 ) -> Result<PlanVersion, Error> {
     let current = get_version(tx, org, plan, version)?;
-    if current.status == PlanVersionStatus::Locked {
-        return Err(locked(org, plan, version));
-    }
+    check_draft(&current)?;
     // Gateways refuse a plan version without limits; "unlimited" is not a plan.
     if current.limits.is_empty() {
         return Err(Error::unprocessable(
@@ -77,13 +72,20 @@ pub fn lock_version(
     get_version(tx, org, plan, version)
 }
 
-fn locked(org: &str, plan: &str, version: &str) -> Error {
-    Error::conflict(
-        "plan-version-locked",
-        format!(
-            "plan version {org}/{plan}/{version} is locked and can never change; create a new version"
-        ),
-    )
+/// Only a draft may change (409 plan-version-locked).
+pub fn check_draft(current: &PlanVersion) -> Result<(), Error> {
+    if current.status == PlanVersionStatus::Locked {
+        let PlanVersion {
+            org, plan, version, ..
+        } = current;
+        return Err(Error::conflict(
+            "plan-version-locked",
+            format!(
+                "plan version {org}/{plan}/{version} is locked and can never change; create a new version"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn write_limits(
