@@ -5,6 +5,11 @@
 //! snapshot inside that same transaction, commits, and only then publishes the snapshot to
 //! long-polling gateways. So a revision always names exactly one snapshot (one page, or a few
 //! for a catalogue with very many keys), and reads or no-op writes never move it.
+//!
+//! Writes share one connection behind a lock; reads ([`Store::read`]) each take one of a few
+//! read-only connections ([`ReadPool`]) and run in their own read transaction, so in WAL mode a
+//! read sees the last committed state and never waits for a write in progress, however long it
+//! renders. Code inside a write reads through its [`Tx`], and so sees its own changes.
 
 pub mod apis;
 pub mod clients;
@@ -18,13 +23,13 @@ pub mod tokens;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
 use tollgate_core::distribution::compile;
@@ -77,8 +82,82 @@ const RETAINED_REVISIONS: usize = 8;
 /// under the 32 MiB Envoy accepts in a callout response.
 pub const DEFAULT_PAGE_KEYS: usize = 20_000;
 
+/// Read connections: enough for the management API's concurrent GETs and token checks on a
+/// small machine; a read beyond them waits for the first one returned, never for a write.
+const READ_CONNECTIONS: usize = 4;
+
+/// How long SQLite retries a locked database before answering busy (a checkpoint, or another
+/// process such as a backup holding a lock).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A fixed set of read-only connections handed out one at a time: the lock guards only the
+/// hand-over (a `Vec` push or pop), never a query. Chosen over a pool crate because the set is
+/// opened once, after migrations, and never grows, shrinks or re-opens a connection; what such
+/// a crate adds (health checks, lazy opening, timeouts) is not needed here, and it would tie
+/// the rusqlite version to the adapter's.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+}
+
+/// A checked-out read connection, handed back when dropped (also on a panic's unwind).
+struct Reader<'p> {
+    pool: &'p ReadPool,
+    conn: Option<Connection>,
+}
+
+impl ReadPool {
+    fn open(path: &Path, size: usize) -> Result<ReadPool, Error> {
+        let conns = (0..size)
+            .map(|_| {
+                // Read-write at the OS level (WAL readers update the -shm index), refused any
+                // change by query_only. foreign_keys only matters to writes.
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                Ok(conn)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(ReadPool {
+            idle: Mutex::new(conns),
+            returned: Condvar::new(),
+        })
+    }
+
+    fn get(&self) -> Reader<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = idle.pop() {
+                return Reader {
+                    pool: self,
+                    conn: Some(conn),
+                };
+            }
+            idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
+    readers: ReadPool,
     signing_key: SnapshotSigningKey,
     page_keys: usize,
     published: watch::Sender<Arc<SignedSnapshot>>,
@@ -173,7 +252,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
@@ -207,8 +286,11 @@ impl Store {
         };
         let first = Arc::new(first);
         let (published, _) = watch::channel(Arc::clone(&first));
+        // After migrations: the read connections see the schema as it will stay.
+        let readers = ReadPool::open(path, READ_CONNECTIONS)?;
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
+            readers,
             signing_key,
             page_keys,
             published,
@@ -290,22 +372,41 @@ impl Store {
         self.published.subscribe()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// The one write connection.
+    fn writer(&self) -> MutexGuard<'_, Connection> {
         // A panic inside a closure rolled its transaction back on unwind; the connection is fine.
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on a read connection, in one read transaction (all its queries see the same
+    /// committed state), without waiting for a write in progress.
     pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store.lock()))
-            .await
-            .map_err(|e| Error::Internal(format!("read task: {e}")))?
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+        .await
+        .map_err(|e| Error::Internal(format!("read task: {e}")))?
+    }
+
+    fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut reader = self.readers.get();
+        let conn = reader
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::Internal("read connection already returned".into()))?;
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        // Nothing to keep: ending the read transaction releases its view of the WAL.
+        tx.finish()?;
+        Ok(out)
     }
 
     pub async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
@@ -325,15 +426,15 @@ impl Store {
     {
         let store = Arc::clone(self);
         tokio::task::spawn_blocking(move || store.write_blocking(f))
-            .await
-            .map_err(|e| Error::Internal(format!("write task: {e}")))?
+        .await
+        .map_err(|e| Error::Internal(format!("write task: {e}")))?
     }
 
     fn write_blocking<T>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Error>,
     ) -> Result<(T, u64), Error> {
-        let mut conn = self.lock();
+        let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut tx = Tx {
             tx,
@@ -362,12 +463,18 @@ impl Store {
         let (signed, full) = sign_snapshot(&tx, revision, self.page_keys)?;
         let signed = Arc::new(signed);
         tx.tx.commit()?;
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(full);
+        // The replaced catalogue and revisions are freed after their locks are released:
+        // freeing a large catalogue takes a while, and token checks take `latest`.
+        let _replaced = std::mem::replace(
+            &mut *self.latest.lock().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(full),
+        );
+        let mut _dropped = Vec::new();
         {
             let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
             retained.push_back(Arc::clone(&signed));
             while retained.len() > RETAINED_REVISIONS {
-                retained.pop_front();
+                _dropped.extend(retained.pop_front());
             }
         }
         self.published.send_replace(signed);
@@ -553,5 +660,27 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
+    }
+
+    fn store(dir: &Path) -> Arc<Store> {
+        Store::open(
+            &dir.join(DATABASE_FILE),
+            SnapshotSigningKey::from_base64(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap(),
+            DEFAULT_PAGE_KEYS,
+            |_| Ok(()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn read_connections_refuse_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let refused = store.read_blocking(|conn| {
+            conn.execute("UPDATE gateway_revision SET revision = 99", [])?;
+            Ok(())
+        });
+        assert!(refused.is_err());
+        assert_eq!(store.read_blocking(current_revision).unwrap(), 1);
     }
 }
