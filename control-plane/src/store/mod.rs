@@ -23,6 +23,7 @@ pub mod tokens;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +91,10 @@ const READ_CONNECTIONS: usize = 4;
 /// process such as a backup holding a lock).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `/healthz` fails when storage has not answered for this long: the once-a-second expiry check
+/// in `serve` reads it, so silence this long means reads hang.
+pub const STORAGE_SILENCE_LIMIT_SECONDS: Timestamp = 30;
+
 /// A fixed set of read-only connections handed out one at a time: the lock guards only the
 /// hand-over (a `Vec` push or pop), never a query. Chosen over a pool crate because the set is
 /// opened once, after migrations, and never grows, shrinks or re-opens a connection; what such
@@ -155,9 +160,60 @@ impl Drop for Reader<'_> {
     }
 }
 
+/// What `/healthz` answers from, kept in memory as storage answers reads and writes.
+#[derive(Default)]
+struct StorageHealth {
+    /// When a read or write last got an answer from SQLite (unix seconds).
+    answered_at: AtomicI64,
+    /// The latest failure of reads, cleared by the next read that gets an answer.
+    read_failure: Mutex<Option<String>>,
+    /// The latest failure of writes, cleared by the next write that commits (the expiry check
+    /// in `serve` tries an empty one each second while this is set, see [`Store::probe_write`]).
+    write_failure: Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    fn record_read<T>(&self, outcome: &Result<T, Error>) {
+        self.record(&self.read_failure, outcome, true);
+    }
+
+    /// Only a commit says writes work again: a refused write (404, 409…) may have failed
+    /// before it wrote anything.
+    fn record_write<T>(&self, outcome: &Result<T, Error>) {
+        self.record(&self.write_failure, outcome, false);
+    }
+
+    fn record<T>(
+        &self,
+        failure: &Mutex<Option<String>>,
+        outcome: &Result<T, Error>,
+        refusal_clears: bool,
+    ) {
+        let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Err(e) if e.is_storage_failure() => *failure = Some(e.to_string()),
+            Err(_) => {
+                // Storage answered, with a refusal.
+                self.answered_at.store(unix_now(), Ordering::Relaxed);
+                if refusal_clears {
+                    *failure = None;
+                }
+            }
+            Ok(_) => {
+                self.answered_at.store(unix_now(), Ordering::Relaxed);
+                *failure = None;
+            }
+        }
+    }
+}
+
+/// Why storage is not healthy, for `/healthz`'s 500.
+pub type StorageFailure = String;
+
 pub struct Store {
     conn: Mutex<Connection>,
     readers: ReadPool,
+    health: StorageHealth,
     signing_key: SnapshotSigningKey,
     page_keys: usize,
     published: watch::Sender<Arc<SignedSnapshot>>,
@@ -288,9 +344,12 @@ impl Store {
         let (published, _) = watch::channel(Arc::clone(&first));
         // After migrations: the read connections see the schema as it will stay.
         let readers = ReadPool::open(path, READ_CONNECTIONS)?;
+        let health = StorageHealth::default();
+        health.answered_at.store(unix_now(), Ordering::Relaxed);
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
             readers,
+            health,
             signing_key,
             page_keys,
             published,
@@ -388,7 +447,11 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
+        tokio::task::spawn_blocking(move || {
+            let outcome = store.read_blocking(f);
+            store.health.record_read(&outcome);
+            outcome
+        })
         .await
         .map_err(|e| Error::Internal(format!("read task: {e}")))?
     }
@@ -409,6 +472,45 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether storage answers, from memory: never waits for storage or for a write. `Ok` with
+    /// when storage last answered; `Err` with the latest failure of reads or writes, or when
+    /// storage has not answered for [`STORAGE_SILENCE_LIMIT_SECONDS`].
+    pub fn health(&self) -> Result<Timestamp, StorageFailure> {
+        for failure in [&self.health.read_failure, &self.health.write_failure] {
+            if let Some(failure) = &*failure.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(failure.clone());
+            }
+        }
+        let answered_at = self.health.answered_at.load(Ordering::Relaxed);
+        let silent = unix_now() - answered_at;
+        if silent > STORAGE_SILENCE_LIMIT_SECONDS {
+            return Err(format!("storage has not answered for {silent} s"));
+        }
+        Ok(answered_at)
+    }
+
+    /// Whether the latest write failed on storage (and no write committed since).
+    pub fn writes_failing(&self) -> bool {
+        self.health
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// An empty write (rewrites the revision row with its own value: a WAL frame and an fsync,
+    /// no revision change), to learn whether writes work again after one failed.
+    pub async fn probe_write(self: &Arc<Self>) -> Result<(), Error> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE gateway_revision SET revision = revision WHERE id = 1",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
@@ -425,7 +527,11 @@ impl Store {
         F: FnOnce(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.write_blocking(f))
+        tokio::task::spawn_blocking(move || {
+            let outcome = store.write_blocking(f);
+            store.health.record_write(&outcome);
+            outcome
+        })
         .await
         .map_err(|e| Error::Internal(format!("write task: {e}")))?
     }
@@ -662,6 +768,13 @@ mod tests {
         migrations().validate().unwrap();
     }
 
+    fn storage_failure() -> Result<(), Error> {
+        Err(Error::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        )))
+    }
+
     fn store(dir: &Path) -> Arc<Store> {
         Store::open(
             &dir.join(DATABASE_FILE),
@@ -670,6 +783,35 @@ mod tests {
             |_| Ok(()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_failed_write_is_unhealthy_until_a_write_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        assert!(store.health().is_ok());
+        store.health.record_write(&storage_failure());
+        assert!(store.health().unwrap_err().contains("full"));
+        // A refusal or a read that answers says nothing about writes.
+        store
+            .health
+            .record_write(&Err::<(), _>(Error::NotFound("x".into())));
+        store.health.record_read(&Ok(()));
+        assert!(store.writes_failing() && store.health().is_err());
+        store.health.record_write(&Ok(()));
+        assert!(store.health().is_ok());
+    }
+
+    #[test]
+    fn a_failed_read_is_unhealthy_until_a_read_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store.health.record_read(&storage_failure());
+        assert!(store.health().is_err());
+        store
+            .health
+            .record_read(&Err::<(), _>(Error::NotFound("x".into())));
+        assert!(store.health().is_ok());
     }
 
     #[test]
