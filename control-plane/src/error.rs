@@ -55,6 +55,11 @@ pub enum Error {
     /// A step of `apply`: the inner error decides the status, the path says where.
     #[error("{at}: {source}")]
     At { at: String, source: Box<Error> },
+    /// Storage itself failing (I/O, disk full, corruption, a lock held past the busy
+    /// timeout…), as opposed to a query the code got wrong: the store marks itself unhealthy
+    /// on it (`/healthz`). Answered like [`Error::Internal`].
+    #[error("storage failing: {0}")]
+    Storage(String),
     /// Storage or another internal failure; details are logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,6 +94,16 @@ impl Error {
         }
     }
 
+    /// Whether this error says storage is failing rather than that the request or the code is
+    /// wrong.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            Error::Storage(_) => true,
+            Error::At { source, .. } => source.is_storage_failure(),
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::InvalidBody(_) | Error::InvalidField { .. } => StatusCode::BAD_REQUEST,
@@ -104,7 +119,7 @@ impl Error {
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::At { source, .. } => source.status(),
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -124,7 +139,7 @@ impl Error {
             Error::RequestTimeout(_) => "request-timeout",
             Error::TooManyRequests { .. } => "too-many-requests",
             Error::At { source, .. } => source.kind(),
-            Error::Internal(_) => "internal",
+            Error::Storage(_) | Error::Internal(_) => "internal",
         }
     }
 
@@ -146,7 +161,7 @@ impl Error {
 
     pub fn problem(&self) -> Problem {
         let detail = match self {
-            Error::Internal(_) => {
+            Error::Storage(_) | Error::Internal(_) => {
                 "the control plane failed to handle the request; see its log".to_owned()
             }
             other => other.to_string(),
@@ -162,7 +177,25 @@ impl Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Internal(format!("storage: {e}"))
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(
+                SystemIoFailure
+                | DiskFull
+                | DatabaseCorrupt
+                | NotADatabase
+                | CannotOpen
+                | ReadOnly
+                | PermissionDenied
+                | DatabaseBusy
+                | DatabaseLocked
+                | OutOfMemory
+                | FileLockingProtocolFailed
+                | NoLargeFileSupport,
+            ) => Error::Storage(e.to_string()),
+            // A constraint, a type, a misused statement: the code is wrong, storage is fine.
+            _ => Error::Internal(format!("storage: {e}")),
+        }
     }
 }
 
@@ -179,7 +212,7 @@ pub struct Problem {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        if let Error::Internal(cause) = &self {
+        if let Error::Storage(cause) | Error::Internal(cause) = &self {
             tracing::error!(%cause, "request failed");
         }
         if let Error::OAuth { error, description } = &self {

@@ -23,19 +23,29 @@ pub struct Health {
     pub status: &'static str,
     /// The latest committed snapshot revision.
     pub revision: u64,
+    /// When storage last answered a read or a write (unix seconds); the control plane reads it
+    /// at least once a second.
+    pub storage_answered_at: i64,
 }
 
-/// 200 when the database answers.
+/// Answers from memory, never waiting for storage or for a write in progress (a write of a
+/// large catalogue takes seconds; a liveness probe must not time out behind it). 200 with the
+/// latest revision while storage is healthy as the store last saw it; 500 when the latest read
+/// or the latest write failed on storage (I/O error, disk full, corruption, a lock held past
+/// the busy timeout) and nothing has succeeded since on that side, or when storage has not
+/// answered a read for 30 s (reads hang). A failed write stays 500 until a write commits: the
+/// once-a-second expiry check tries an empty one while it is so.
 #[utoipa::path(get, path = "/healthz", tag = "service",
-    responses((status = 200, description = "OK", body = Health), (status = 500, description = "Storage unavailable")))]
+    responses((status = 200, description = "OK", body = Health), (status = 500, description = "Storage failing")))]
 async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Health>, Error> {
-    state
+    let storage_answered_at = state
         .store
-        .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-        .await?;
+        .health()
+        .map_err(|failure| Error::Storage(format!("health check: {failure}")))?;
     Ok(axum::Json(Health {
         status: "ok",
         revision: state.store.snapshot().revision,
+        storage_answered_at,
     }))
 }
 

@@ -5,6 +5,11 @@
 //! snapshot inside that same transaction, commits, and only then publishes the snapshot to
 //! long-polling gateways. So a revision always names exactly one snapshot (one page, or a few
 //! for a catalogue with very many keys), and reads or no-op writes never move it.
+//!
+//! Writes share one connection behind a lock; reads ([`Store::read`]) each take one of a few
+//! read-only connections ([`ReadPool`]) and run in their own read transaction, so in WAL mode a
+//! read sees the last committed state and never waits for a write in progress, however long it
+//! renders. Code inside a write reads through its [`Tx`], and so sees its own changes.
 
 pub mod apis;
 pub mod clients;
@@ -18,13 +23,14 @@ pub mod tokens;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
 use tollgate_core::distribution::compile;
@@ -77,8 +83,137 @@ const RETAINED_REVISIONS: usize = 8;
 /// under the 32 MiB Envoy accepts in a callout response.
 pub const DEFAULT_PAGE_KEYS: usize = 20_000;
 
+/// Read connections: enough for the management API's concurrent GETs and token checks on a
+/// small machine; a read beyond them waits for the first one returned, never for a write.
+const READ_CONNECTIONS: usize = 4;
+
+/// How long SQLite retries a locked database before answering busy (a checkpoint, or another
+/// process such as a backup holding a lock).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `/healthz` fails when storage has not answered for this long: the once-a-second expiry check
+/// in `serve` reads it, so silence this long means reads hang.
+pub const STORAGE_SILENCE_LIMIT_SECONDS: Timestamp = 30;
+
+/// A fixed set of read-only connections handed out one at a time: the lock guards only the
+/// hand-over (a `Vec` push or pop), never a query. Chosen over a pool crate because the set is
+/// opened once, after migrations, and never grows, shrinks or re-opens a connection; what such
+/// a crate adds (health checks, lazy opening, timeouts) is not needed here, and it would tie
+/// the rusqlite version to the adapter's.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+}
+
+/// A checked-out read connection, handed back when dropped (also on a panic's unwind).
+struct Reader<'p> {
+    pool: &'p ReadPool,
+    conn: Option<Connection>,
+}
+
+impl ReadPool {
+    fn open(path: &Path, size: usize) -> Result<ReadPool, Error> {
+        let conns = (0..size)
+            .map(|_| {
+                // Read-write at the OS level (WAL readers update the -shm index), refused any
+                // change by query_only. foreign_keys only matters to writes.
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                Ok(conn)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(ReadPool {
+            idle: Mutex::new(conns),
+            returned: Condvar::new(),
+        })
+    }
+
+    fn get(&self) -> Reader<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = idle.pop() {
+                return Reader {
+                    pool: self,
+                    conn: Some(conn),
+                };
+            }
+            idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+/// What `/healthz` answers from, kept in memory as storage answers reads and writes.
+#[derive(Default)]
+struct StorageHealth {
+    /// When a read or write last got an answer from SQLite (unix seconds).
+    answered_at: AtomicI64,
+    /// The latest failure of reads, cleared by the next read that gets an answer.
+    read_failure: Mutex<Option<String>>,
+    /// The latest failure of writes, cleared by the next write that commits (the expiry check
+    /// in `serve` tries an empty one each second while this is set, see [`Store::probe_write`]).
+    write_failure: Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    fn record_read<T>(&self, outcome: &Result<T, Error>) {
+        self.record(&self.read_failure, outcome, true);
+    }
+
+    /// Only a commit says writes work again: a refused write (404, 409…) may have failed
+    /// before it wrote anything.
+    fn record_write<T>(&self, outcome: &Result<T, Error>) {
+        self.record(&self.write_failure, outcome, false);
+    }
+
+    fn record<T>(
+        &self,
+        failure: &Mutex<Option<String>>,
+        outcome: &Result<T, Error>,
+        refusal_clears: bool,
+    ) {
+        let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Err(e) if e.is_storage_failure() => *failure = Some(e.to_string()),
+            Err(_) => {
+                // Storage answered, with a refusal.
+                self.answered_at.store(unix_now(), Ordering::Relaxed);
+                if refusal_clears {
+                    *failure = None;
+                }
+            }
+            Ok(_) => {
+                self.answered_at.store(unix_now(), Ordering::Relaxed);
+                *failure = None;
+            }
+        }
+    }
+}
+
+/// Why storage is not healthy, for `/healthz`'s 500.
+pub type StorageFailure = String;
+
 pub struct Store {
     conn: Mutex<Connection>,
+    readers: ReadPool,
+    health: StorageHealth,
     signing_key: SnapshotSigningKey,
     page_keys: usize,
     published: watch::Sender<Arc<SignedSnapshot>>,
@@ -173,7 +308,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
@@ -207,8 +342,14 @@ impl Store {
         };
         let first = Arc::new(first);
         let (published, _) = watch::channel(Arc::clone(&first));
+        // After migrations: the read connections see the schema as it will stay.
+        let readers = ReadPool::open(path, READ_CONNECTIONS)?;
+        let health = StorageHealth::default();
+        health.answered_at.store(unix_now(), Ordering::Relaxed);
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
+            readers,
+            health,
             signing_key,
             page_keys,
             published,
@@ -290,22 +431,84 @@ impl Store {
         self.published.subscribe()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// The one write connection.
+    fn writer(&self) -> MutexGuard<'_, Connection> {
         // A panic inside a closure rolled its transaction back on unwind; the connection is fine.
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on a read connection, in one read transaction (all its queries see the same
+    /// committed state), without waiting for a write in progress.
     pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&store.lock()))
-            .await
-            .map_err(|e| Error::Internal(format!("read task: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let outcome = store.read_blocking(f);
+            store.health.record_read(&outcome);
+            outcome
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task: {e}")))?
+    }
+
+    fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut reader = self.readers.get();
+        let conn = reader
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::Internal("read connection already returned".into()))?;
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        // Nothing to keep: ending the read transaction releases its view of the WAL.
+        tx.finish()?;
+        Ok(out)
+    }
+
+    /// Whether storage answers, from memory: never waits for storage or for a write. `Ok` with
+    /// when storage last answered; `Err` with the latest failure of reads or writes, or when
+    /// storage has not answered for [`STORAGE_SILENCE_LIMIT_SECONDS`].
+    pub fn health(&self) -> Result<Timestamp, StorageFailure> {
+        for failure in [&self.health.read_failure, &self.health.write_failure] {
+            if let Some(failure) = &*failure.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(failure.clone());
+            }
+        }
+        let answered_at = self.health.answered_at.load(Ordering::Relaxed);
+        let silent = unix_now() - answered_at;
+        if silent > STORAGE_SILENCE_LIMIT_SECONDS {
+            return Err(format!("storage has not answered for {silent} s"));
+        }
+        Ok(answered_at)
+    }
+
+    /// Whether the latest write failed on storage (and no write committed since).
+    pub fn writes_failing(&self) -> bool {
+        self.health
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// An empty write (rewrites the revision row with its own value: a WAL frame and an fsync,
+    /// no revision change), to learn whether writes work again after one failed.
+    pub async fn probe_write(self: &Arc<Self>) -> Result<(), Error> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE gateway_revision SET revision = revision WHERE id = 1",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
@@ -324,16 +527,20 @@ impl Store {
         F: FnOnce(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
     {
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.write_blocking(f))
-            .await
-            .map_err(|e| Error::Internal(format!("write task: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let outcome = store.write_blocking(f);
+            store.health.record_write(&outcome);
+            outcome
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("write task: {e}")))?
     }
 
     fn write_blocking<T>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Error>,
     ) -> Result<(T, u64), Error> {
-        let mut conn = self.lock();
+        let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut tx = Tx {
             tx,
@@ -362,12 +569,18 @@ impl Store {
         let (signed, full) = sign_snapshot(&tx, revision, self.page_keys)?;
         let signed = Arc::new(signed);
         tx.tx.commit()?;
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(full);
+        // The replaced catalogue and revisions are freed after their locks are released:
+        // freeing a large catalogue takes a while, and token checks take `latest`.
+        let _replaced = std::mem::replace(
+            &mut *self.latest.lock().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(full),
+        );
+        let mut _dropped = Vec::new();
         {
             let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
             retained.push_back(Arc::clone(&signed));
             while retained.len() > RETAINED_REVISIONS {
-                retained.pop_front();
+                _dropped.extend(retained.pop_front());
             }
         }
         self.published.send_replace(signed);
@@ -553,5 +766,63 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
+    }
+
+    fn storage_failure() -> Result<(), Error> {
+        Err(Error::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        )))
+    }
+
+    fn store(dir: &Path) -> Arc<Store> {
+        Store::open(
+            &dir.join(DATABASE_FILE),
+            SnapshotSigningKey::from_base64(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap(),
+            DEFAULT_PAGE_KEYS,
+            |_| Ok(()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_write_is_unhealthy_until_a_write_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        assert!(store.health().is_ok());
+        store.health.record_write(&storage_failure());
+        assert!(store.health().unwrap_err().contains("full"));
+        // A refusal or a read that answers says nothing about writes.
+        store
+            .health
+            .record_write(&Err::<(), _>(Error::NotFound("x".into())));
+        store.health.record_read(&Ok(()));
+        assert!(store.writes_failing() && store.health().is_err());
+        store.health.record_write(&Ok(()));
+        assert!(store.health().is_ok());
+    }
+
+    #[test]
+    fn a_failed_read_is_unhealthy_until_a_read_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store.health.record_read(&storage_failure());
+        assert!(store.health().is_err());
+        store
+            .health
+            .record_read(&Err::<(), _>(Error::NotFound("x".into())));
+        assert!(store.health().is_ok());
+    }
+
+    #[test]
+    fn read_connections_refuse_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let refused = store.read_blocking(|conn| {
+            conn.execute("UPDATE gateway_revision SET revision = 99", [])?;
+            Ok(())
+        });
+        assert!(refused.is_err());
+        assert_eq!(store.read_blocking(current_revision).unwrap(), 1);
     }
 }
