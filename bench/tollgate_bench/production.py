@@ -229,8 +229,9 @@ def paired_ratio(samples: dict[tuple[Cell, str], list[Sample]], a: Cell, b: Cell
 # core/src/gateway/tests.rs `host_calls_per_decision` over the traits the filter implements
 # with one host call each (plus the clock and the response's calls).
 HOST_CALLS = [
-    ("allow (x-ratelimit headers)", 10, "clock, all request headers, counter get + CAS set, x-tollgate-client, x-tollgate-plan, key removal, 3 × add response header"),
-    ("allow (rate_limit_headers: ietf)", 8, "the same with one `RateLimit` response header"),
+    ("allow from the worker's lease (x-ratelimit headers; what the measured gateway does between refills)", 8, "clock, all request headers, x-tollgate-client, x-tollgate-plan, key removal, 3 × add response header"),
+    ("allow that refills the lease, or claims exactly itself near the limit", 10, "the same plus counter get + CAS set"),
+    ("allow (rate_limit_headers: ietf)", "6 / 8", "the same with one `RateLimit` response header"),
     ("deny 401 (no key)", 3, "clock, all request headers, send_local_response"),
     ("deny 403 (no contract)", 3, "clock, all request headers, send_local_response"),
     ("deny 429 (exhausted)", 4, "clock, all request headers, counter get, send_local_response"),

@@ -491,6 +491,18 @@ fn host_calls_with(
     store: &mut MemoryStore,
     cache: Option<&mut BucketCache>,
 ) -> (Reason, usize) {
+    host_calls_leased(cfg, sent, store, cache, &mut request_by_request())
+}
+
+/// The same with the worker's lease book `book` (a fresh request-by-request book claims exactly
+/// the request: the counter is read and written each time).
+fn host_calls_leased(
+    cfg: &LoadedConfig,
+    sent: HeaderList,
+    store: &mut MemoryStore,
+    cache: Option<&mut BucketCache>,
+    book: &mut LeaseBook,
+) -> (Reason, usize) {
     let mut headers = Counted {
         inner: sent,
         calls: Vec::new(),
@@ -505,23 +517,9 @@ fn host_calls_with(
                 cache,
                 store: &mut shared,
             };
-            handle_request(
-                cfg,
-                &mut headers,
-                &mut cached,
-                &mut request_by_request(),
-                NOW,
-            )
-            .unwrap()
+            handle_request(cfg, &mut headers, &mut cached, book, NOW).unwrap()
         }
-        None => handle_request(
-            cfg,
-            &mut headers,
-            &mut shared,
-            &mut request_by_request(),
-            NOW,
-        )
-        .unwrap(),
+        None => handle_request(cfg, &mut headers, &mut shared, book, NOW).unwrap(),
     };
     let response = match &handled.outcome {
         Outcome::Forward { response_headers } => response_headers.len(),
@@ -605,4 +603,15 @@ fn host_calls_per_decision() {
         warm(&cfg, key(BRONZE_KEY), &mut store),
         (Reason::RateLimited, 4)
     );
+
+    // What a worker does in steady state: the bucket cached and a lease held on the contract's
+    // counter (one worker, so the chunk is the worker's whole share). The first request refills
+    // the lease (counter get + CAS); the next ones admit from it without touching the counter.
+    let mut cache = BucketCache::new(crate::keycache::DEFAULT_BUDGET_BYTES);
+    let mut book = LeaseBook::new();
+    book.set_workers(1);
+    host_calls_leased(&cfg, key(GOLD_KEY), &mut store, Some(&mut cache), &mut book);
+    let leased = host_calls_leased(&cfg, key(GOLD_KEY), &mut store, Some(&mut cache), &mut book);
+    println!("allow from a lease, bucket cached: {} host calls", leased.1);
+    assert_eq!(leased, (Reason::Allow, 8));
 }
