@@ -369,6 +369,9 @@ impl RouteIndex {
                             ))
                         }
                         (ApiStatus::Published, ApiStatus::Retired) => false,
+                        // Two retired versions on one slot: a private one keeps it (both answer
+                        // 410, but only a private one is what an unreadable host must get first).
+                        (ApiStatus::Retired, ApiStatus::Retired) => other.public || !api.public,
                         _ => true,
                     },
                 };
