@@ -46,7 +46,7 @@ def control_plane(live: LiveProcesses) -> ControlPlane:
     version(cp, "internal", "1", "/status/v1/internal", ["api.example.com"])
     # The rest of the reproduction: an any-host private API nested under the public
     # prefix, and an any-host API that takes bearer tokens only.
-    cp.api_version("acme", "status-admin", "1", "/status/v1/admin", plans=(("gold", "1"),))
+    cp.api_version("acme", "status-ops", "1", "/status/v1/ops", plans=(("gold", "1"),))
     create_draft(cp, "billing", "1", "/billing/v1", [], auth="jwt")
     cp.publish("acme", "billing", "1")
     return cp
@@ -134,8 +134,8 @@ def test_host_scoped_public_root_does_not_open_any_host_private_api(envoy: Envoy
     assert get_on(envoy, "/orders/v1/1", "status.example.com") == 401
     assert get_on(envoy, "/orders/v1/1", "status.example.com", key) == 200
     # Nor the nested private API under the public any-host prefix, nor the token-only API.
-    assert get_on(envoy, "/status/v1/admin/users", "status.example.com") == 401
-    assert get_on(envoy, "/status/v1/admin/users", "status.example.com", key) == 403
+    assert get_on(envoy, "/status/v1/ops/users", "status.example.com") == 401
+    assert get_on(envoy, "/status/v1/ops/users", "status.example.com", key) == 403
     billing = requests.get(f"{envoy.url}/billing/v1/invoices", headers={"host": "status.example.com"}, timeout=10)
     assert billing.status_code == 401
     assert billing.headers["www-authenticate"].startswith("Bearer"), billing.headers
