@@ -1,6 +1,6 @@
 //! Prometheus metrics of the control plane, served at `GET /metrics`.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,6 +8,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::store::StoreFigures;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -40,6 +42,10 @@ pub struct Metrics {
     pub token_refusals: Family<TokenRefusedLabels, Counter>,
     revision: Gauge<u64, AtomicU64>,
     snapshot_bytes: Gauge<u64, AtomicU64>,
+    buckets_rendered: Counter,
+    checks: Counter,
+    drift_repaired: Counter,
+    refused_parts: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -84,8 +90,32 @@ impl Metrics {
         let snapshot_bytes = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "snapshot_bytes",
-            "Size of the latest snapshot body",
+            "Bytes of the stored key-directory buckets the latest revision is assembled from",
             snapshot_bytes.clone(),
+        );
+        let buckets_rendered = Counter::default();
+        registry.register(
+            "snapshot_buckets_rendered",
+            "Key-directory buckets rendered from the catalogue by writes (a write renders those it touched)",
+            buckets_rendered.clone(),
+        );
+        let checks = Counter::default();
+        registry.register(
+            "snapshot_consistency_checks",
+            "Background comparisons of every stored bucket with the catalogue, finished",
+            checks.clone(),
+        );
+        let drift_repaired = Counter::default();
+        registry.register(
+            "snapshot_drift_repaired",
+            "Stored buckets a consistency check found differing from the catalogue, re-rendered",
+            drift_repaired.clone(),
+        );
+        let refused_parts = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "snapshot_refused_parts",
+            "Parts of the stored catalogue the latest check found gateways would refuse",
+            refused_parts.clone(),
         );
         Metrics {
             registry,
@@ -95,6 +125,10 @@ impl Metrics {
             token_refusals,
             revision,
             snapshot_bytes,
+            buckets_rendered,
+            checks,
+            drift_repaired,
+            refused_parts,
         }
     }
 
@@ -110,10 +144,22 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the snapshot gauges refreshed at scrape time.
-    pub fn render(&self, revision: u64, snapshot_bytes: usize) -> String {
+    /// The text exposition, with the snapshot figures refreshed at scrape time.
+    pub fn render(&self, revision: u64, store: &StoreFigures) -> String {
         self.revision.set(revision);
-        self.snapshot_bytes.set(snapshot_bytes as u64);
+        let bytes = store.stored_bytes.load(Ordering::Relaxed);
+        self.snapshot_bytes.set(bytes.max(0) as u64);
+        // The store counts; the counters here catch up with it (never backwards).
+        for (counter, total) in [
+            (&self.buckets_rendered, &store.buckets_rendered),
+            (&self.checks, &store.checks),
+            (&self.drift_repaired, &store.drift_repaired),
+        ] {
+            let total = total.load(Ordering::Relaxed);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.refused_parts
+            .set(store.refused_pages.load(Ordering::Relaxed));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

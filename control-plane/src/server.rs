@@ -14,7 +14,9 @@ use crate::http::{self, AppState};
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::secrets::{self, BearerToken, SecretKind, Source};
-use crate::store::{tokens, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS};
+use crate::store::{
+    tokens, SnapshotOptions, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS, DEFAULT_RETAIN_SECONDS,
+};
 use crate::tokens::{
     IssuerConfig, SigningKeys, DEFAULT_GATEWAY_AUDIENCE, DEFAULT_MANAGEMENT_AUDIENCE,
     DEFAULT_TOKEN_LIFETIME_SECONDS,
@@ -28,6 +30,16 @@ pub struct ServeArgs {
     /// Key hashes per snapshot page; a larger catalogue is served in pages (`next` cursors).
     #[arg(long, env = "TOLLGATE_SNAPSHOT_PAGE_KEYS", default_value_t = DEFAULT_PAGE_KEYS)]
     pub snapshot_page_keys: usize,
+    /// Seconds a superseded snapshot revision stays servable: a gateway fetching pages finishes
+    /// the revision it started on, and one that held it gets a delta from it.
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_RETAIN_SECONDS", default_value_t = DEFAULT_RETAIN_SECONDS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub snapshot_retain_seconds: u64,
+    /// Seconds between background checks of the stored snapshot against the catalogue (one also
+    /// runs at start); a bucket found differing is re-rendered and counted in `/metrics`.
+    #[arg(long, env = "TOLLGATE_CONSISTENCY_CHECK_INTERVAL", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub consistency_check_interval: u64,
     /// The `iss` of the tokens `/oauth/token` issues (default: http://<listen address>).
     #[arg(long, env = "TOLLGATE_ISSUER")]
     pub issuer: Option<String>,
@@ -144,7 +156,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let db_path = args.data_dir.join(DATABASE_FILE);
     let store = {
         let (config, keys) = (Arc::clone(&issuer), Arc::clone(&signing_keys));
-        Store::open(&db_path, signing_key, args.snapshot_page_keys, move |tx| {
+        let options = SnapshotOptions {
+            page_keys: args.snapshot_page_keys,
+            retain_seconds: args.snapshot_retain_seconds as i64,
+        };
+        Store::open(&db_path, signing_key, options, move |tx| {
             tokens::ensure_own_issuer(tx, &config, &keys)
         })?
     };
@@ -156,6 +172,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
 
     tracing::info!(issuer = %issuer.issuer, "token issuer ready");
     tokio::spawn(drop_expired_token_keys(Arc::clone(&store)));
+    tokio::spawn(check_consistency(
+        Arc::clone(&store),
+        Duration::from_secs(args.consistency_check_interval),
+    ));
 
     let (stop, shutdown) = watch::channel(false);
     let state = AppState {
@@ -239,6 +259,27 @@ async fn drop_expired_token_keys(store: Arc<Store>) {
                 Err(e) => tracing::warn!(error = %e, "deleting credentials past their grace"),
             }
         }
+    }
+}
+
+/// Compares the stored snapshot buckets with the catalogue at start and then every `interval`,
+/// in the background (the control plane serves meanwhile), repairing and counting any drift.
+async fn check_consistency(store: Arc<Store>, interval: Duration) {
+    loop {
+        let checking = Arc::clone(&store);
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || checking.check()).await {
+            Ok(Ok(outcome)) => tracing::info!(
+                revision = outcome.revision,
+                drifted = outcome.drifted.len(),
+                refused = outcome.refused.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "stored snapshot checked against the catalogue"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "checking the stored snapshot"),
+            Err(e) => tracing::warn!(error = %e, "checking the stored snapshot"),
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -731,8 +731,27 @@ fn upgrading_a_catalogue_moves_its_revision_to_the_credential_bound_snapshot() {
     let s = s.kill9_change_and_restart(|dir| {
         // Back to schema version 2, as the previous release left it.
         let db = rusqlite::Connection::open(dir.join("tollgate.db")).unwrap();
+        // Version 4 (stored snapshot buckets) undone first.
+        let triggers: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for trigger in triggers {
+            db.execute_batch(&format!("DROP TRIGGER {trigger}"))
+                .unwrap();
+        }
         db.execute_batch(
-            "ALTER TABLE issuers DROP COLUMN max_token_lifetime; PRAGMA user_version = 2;",
+            "DROP TABLE dirty_buckets; DROP TABLE snapshot_buckets; DROP TABLE snapshot_shells;
+             DROP TABLE snapshot_revisions; DROP TABLE snapshot_changes; DROP TABLE snapshot_state;
+             DROP INDEX api_keys_bucket; DROP INDEX api_keys_expiry;
+             DROP INDEX token_subjects_bucket; DROP INDEX oauth_credentials_bucket;
+             DROP INDEX oauth_credentials_expiry;
+             ALTER TABLE api_keys DROP COLUMN bucket; ALTER TABLE token_subjects DROP COLUMN bucket;
+             ALTER TABLE oauth_credentials DROP COLUMN bucket;
+             ALTER TABLE issuers DROP COLUMN max_token_lifetime; PRAGMA user_version = 2;",
         )
         .unwrap();
     });

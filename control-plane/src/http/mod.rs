@@ -140,8 +140,8 @@ async fn require_admin(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let access = verify_management(&state.store.catalogue(), &state.issuer, token, now_ms)
-        .map_err(|_| {
+    let access =
+        verify_management(&state.store.shell(), &state.issuer, token, now_ms).map_err(|_| {
             Error::Unauthorized(
                 "the bearer token is neither the admin token nor a valid management token",
             )

@@ -376,7 +376,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Er
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "tokens",
     responses((status = 200, description = "OK", content_type = "application/jwk-set+json", body = Object)))]
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
-    let catalogue = state.store.catalogue();
+    let catalogue = state.store.shell();
     let keys = catalogue
         .issuers
         .iter()

@@ -59,6 +59,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(snapshot.revision, snapshot.bytes()),
+        state
+            .metrics
+            .render(snapshot.revision, &state.store.figures),
     )
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/snapshot`: the signed catalogue gateways enforce, with revision-based caching and
-//! long polling. Served from the snapshot the store rendered at commit; no database access.
+//! long polling. Deltas to the latest revision come from memory (the write cut them); full pages
+//! are assembled from the stored buckets as of their revision, once, and cached.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use super::{AppState, QueryParams};
 use crate::error::Error;
 use crate::openapi::problems::{BadRequest, Unauthorized};
 use crate::openapi::SnapshotSchema;
-use crate::store::{parse_page_cursor, SignedPage, SignedSnapshot};
+use crate::store::{parse_page_cursor, PageAnswer, Revision, SignedPage};
 
 /// Longest a long poll is held; a larger `wait` is capped to this.
 pub const MAX_WAIT_SECONDS: u64 = 60;
@@ -69,17 +70,15 @@ async fn get_snapshot(
     if let Some(cursor) = &query.cursor {
         let (revision, page) = parse_page_cursor(cursor)
             .ok_or_else(|| Error::invalid_field("cursor", "not a snapshot page cursor"))?;
-        let response = match state.store.retained(revision) {
-            Some(snapshot) => {
-                let page = snapshot.pages.get(page).ok_or_else(|| {
-                    Error::invalid_field(
-                        "cursor",
-                        format!("revision {revision} has no page {page}"),
-                    )
-                })?;
-                signed(&state, snapshot.revision, page)
+        let response = match state.store.page(revision, page).await? {
+            PageAnswer::Page(body) => signed(&state, revision, &body),
+            PageAnswer::NoSuchPage => {
+                return Err(Error::invalid_field(
+                    "cursor",
+                    format!("revision {revision} has no page {page}"),
+                ))
             }
-            None => first_page(&state, &state.store.snapshot()),
+            PageAnswer::Gone => first_page(&state, &state.store.snapshot()).await?,
         };
         state.metrics.snapshot_served("page");
         return Ok(response);
@@ -88,7 +87,7 @@ async fn get_snapshot(
     let current = Arc::clone(&updates.borrow_and_update());
     let held = query.since.or_else(|| held_revision(&headers));
     let Some(held) = held.filter(|held| *held == current.revision) else {
-        return Ok(newer(&state, query.since, current, "full").await);
+        return newer(&state, query.since, current, "full").await;
     };
     let wait = query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
     if wait == 0 {
@@ -103,13 +102,13 @@ async fn get_snapshot(
         _ = shutdown.wait_for(|stopping| *stopping) => None,
     };
     state.metrics.long_polls_waiting.dec();
-    Ok(match newer_snapshot {
+    match newer_snapshot {
         Some(snapshot) => newer(&state, query.since, snapshot, "woken").await,
         None => {
             state.metrics.snapshot_served("not_modified");
-            not_modified(held)
+            Ok(not_modified(held))
         }
-    })
+    }
 }
 
 /// The answer for a gateway behind `snapshot`: a delta from `since` when one can be cut, else
@@ -117,24 +116,17 @@ async fn get_snapshot(
 async fn newer(
     state: &AppState,
     since: Option<u64>,
-    snapshot: Arc<SignedSnapshot>,
+    snapshot: Arc<Revision>,
     outcome: &'static str,
-) -> Response {
+) -> Result<Response, Error> {
     if let Some(since) = since {
-        let store = Arc::clone(&state.store);
-        let current = Arc::clone(&snapshot);
-        // Cutting a delta walks the catalogue: keep it off the async workers.
-        let delta = tokio::task::spawn_blocking(move || store.delta(since, &current))
-            .await
-            .ok()
-            .flatten();
-        if let Some(page) = delta {
+        if let Some(page) = state.store.delta(since, Arc::clone(&snapshot)).await? {
             state.metrics.snapshot_served("delta");
-            return signed(state, snapshot.revision, &page);
+            return Ok(signed(state, snapshot.revision, &page));
         }
     }
     state.metrics.snapshot_served(outcome);
-    first_page(state, &snapshot)
+    first_page(state, &snapshot).await
 }
 
 /// The revision named by `If-None-Match`: `"7"`, `W/"7"` or a bare `7`.
@@ -149,13 +141,21 @@ fn etag(revision: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn first_page(state: &AppState, snapshot: &SignedSnapshot) -> Response {
-    match snapshot.pages.first() {
-        Some(page) => signed(state, snapshot.revision, page),
-        None => {
-            Error::Internal(format!("revision {} has no pages", snapshot.revision)).into_response()
+/// The first page of `snapshot`'s revision; the current one's if that is no longer kept.
+async fn first_page(state: &AppState, snapshot: &Revision) -> Result<Response, Error> {
+    let mut revision = snapshot.revision;
+    // A write may commit (and prune) between the two; the third answer is always current.
+    for _ in 0..3 {
+        match state.store.page(revision, 0).await? {
+            PageAnswer::Page(page) => return Ok(signed(state, revision, &page)),
+            PageAnswer::Gone | PageAnswer::NoSuchPage => {
+                revision = state.store.snapshot().revision;
+            }
         }
     }
+    Err(Error::Internal(format!(
+        "revision {revision} has no first page"
+    )))
 }
 
 /// The page, signed now: a fresh issue time on every answer, so that a gateway can refuse a

@@ -1,17 +1,21 @@
 //! The catalogue in SQLite, and the signed snapshot that follows it.
 //!
 //! Every write runs in one immediate transaction. Operations that change what gateways see call
-//! [`Tx::gateway_changed`]; the store then bumps the revision, renders and signs the new
-//! snapshot inside that same transaction, commits, and only then publishes the snapshot to
-//! long-polling gateways. So a revision always names exactly one snapshot (one page, or a few
-//! for a catalogue with very many keys), and reads or no-op writes never move it.
+//! [`Tx::gateway_changed`] (and triggers note every key-directory bucket a write touched, so no
+//! call site can forget one); the store then bumps the revision, re-renders just the touched
+//! buckets and the small shell (plans, API versions, issuers), stores them, cuts the delta a
+//! gateway one revision behind needs and checks it with core — all inside that same transaction
+//! — commits, and only then publishes the revision to long-polling gateways. A write costs what
+//! it changes, not what the catalogue holds (`buckets`). Full pages and older deltas are
+//! assembled on demand from the stored buckets as of the revision asked for.
 //!
 //! Writes share one connection behind a lock; reads ([`Store::read`]) each take one of a few
 //! read-only connections ([`ReadPool`]) and run in their own read transaction, so in WAL mode a
-//! read sees the last committed state and never waits for a write in progress, however long it
-//! renders. Code inside a write reads through its [`Tx`], and so sees its own changes.
+//! read sees the last committed state and never waits for a write in progress. Code inside a
+//! write reads through its [`Tx`], and so sees its own changes.
 
 pub mod apis;
+mod buckets;
 pub mod clients;
 pub mod contracts;
 pub mod issuers;
@@ -20,17 +24,20 @@ pub mod plans;
 mod snapshot;
 pub mod tokens;
 
+use std::collections::BTreeSet;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
 use tollgate_core::distribution::compile;
@@ -59,25 +66,52 @@ impl SignedPage {
     }
 }
 
-/// A revision's snapshot, rendered, paginated and hashed once at commit.
+/// A committed revision, as published to long-polling gateways.
 #[derive(Debug)]
-pub struct SignedSnapshot {
+pub struct Revision {
     pub revision: u64,
-    /// One page unless the catalogue holds more keys than a page carries.
-    pub pages: Vec<SignedPage>,
-    /// What each key-directory bucket held at this revision, to compute deltas from it.
-    digests: snapshot::BucketDigests,
+    /// The delta from the revision before, cut and checked by the write that committed this
+    /// one. `None` when it holds more records than a page (gateways then fetch pages), and for
+    /// the revision a start opened (cut on demand from the change log).
+    delta: Option<Arc<SignedPage>>,
 }
 
-impl SignedSnapshot {
-    pub fn bytes(&self) -> usize {
-        self.pages.iter().map(|p| p.body.len()).sum()
+/// A page of a revision, as [`Store::page`] answers it.
+pub enum PageAnswer {
+    Page(Arc<SignedPage>),
+    /// The revision is older than what is kept (or not committed): start over on the current.
+    Gone,
+    /// The revision has fewer pages.
+    NoSuchPage,
+}
+
+/// How the store serves snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotOptions {
+    /// Directory records (keys, token subjects) per page; a larger catalogue comes in pages.
+    pub page_keys: usize,
+    /// How long a superseded revision stays servable, page by page and as a delta base: a
+    /// gateway fetching a large catalogue finishes the revision it started on, however many
+    /// writes commit meanwhile.
+    pub retain_seconds: Timestamp,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            page_keys: DEFAULT_PAGE_KEYS,
+            retain_seconds: DEFAULT_RETAIN_SECONDS,
+        }
     }
 }
 
-/// How many past revisions stay servable, so a gateway fetching a paged revision can finish
-/// it while newer revisions commit.
-const RETAINED_REVISIONS: usize = 8;
+pub const DEFAULT_RETAIN_SECONDS: Timestamp = 120;
+
+/// Recently assembled pages kept for the gateways that ask for the same one next.
+const CACHED_PAGES: usize = 8;
+
+/// The consistency check reads and compares this many buckets per read transaction.
+const CHECK_SPAN: u32 = 256;
 
 /// Roughly 250 bytes of JSON per key with its client and contracts: about 5 MB pages, well
 /// under the 32 MiB Envoy accepts in a callout response.
@@ -215,14 +249,50 @@ pub struct Store {
     readers: ReadPool,
     health: StorageHealth,
     signing_key: SnapshotSigningKey,
-    page_keys: usize,
-    published: watch::Sender<Arc<SignedSnapshot>>,
-    /// The latest revisions, newest last, for `?cursor=` and `?since=` requests.
-    retained: Mutex<VecDeque<Arc<SignedSnapshot>>>,
-    /// The latest revision's catalogue, from which deltas are cut.
-    latest: Mutex<Arc<Snapshot>>,
-    /// Deltas to the latest revision, by the revision they start from.
+    options: SnapshotOptions,
+    published: watch::Sender<Arc<Revision>>,
+    /// The latest revision's shell: plans, API versions and the issuers tokens are checked with.
+    shell: Mutex<Arc<Snapshot>>,
+    /// Recently assembled full pages, by (revision, page), newest last.
+    pages: Mutex<VecDeque<(PageId, Arc<SignedPage>)>>,
+    /// The oldest revision still servable, as of the latest commit.
+    oldest_servable: AtomicU64,
+    /// Deltas to the latest revision cut from the change log, by the revision they start from.
     deltas: Mutex<HashMap<u64, (u64, Arc<SignedPage>)>>,
+    /// Held while a page or a delta is assembled: gateways asking for the same one at once wait
+    /// for the first to finish and take it from the cache.
+    assembling: Mutex<()>,
+    pub figures: StoreFigures,
+}
+
+/// A page of a revision: (revision, page index).
+type PageId = (u64, usize);
+
+/// What the store has done, for `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct StoreFigures {
+    /// Key-directory buckets rendered from the tables by writes (a write touching one bucket
+    /// renders one).
+    pub buckets_rendered: AtomicU64,
+    /// Bytes of the stored buckets in force.
+    pub stored_bytes: AtomicI64,
+    /// Consistency checks finished, and the buckets they found differing from the tables (and
+    /// re-rendered).
+    pub checks: AtomicU64,
+    pub drift_repaired: AtomicU64,
+    /// Pages the latest check found gateways would refuse (nothing to repair: a catalogue
+    /// problem, logged).
+    pub refused_pages: AtomicU64,
+}
+
+/// What a consistency check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutcome {
+    pub revision: u64,
+    /// Buckets whose stored content differed from the tables; re-rendered by a write.
+    pub drifted: Vec<u16>,
+    /// Why gateways would refuse a part of the catalogue, if they would.
+    pub refused: Vec<String>,
 }
 
 /// A write in progress. Dereferences to the connection so read helpers work inside writes.
@@ -280,6 +350,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema.sql")),
         M::up(include_str!("schema_tokens.sql")),
         M::up(include_str!("schema_token_lifetime.sql")),
+        M::up(include_str!("schema_buckets.sql")),
     ])
 }
 
@@ -294,10 +365,16 @@ impl Store {
     /// Opens (and migrates) the catalogue. `prepare` runs first in its own transaction, to
     /// bring configuration-derived content (the own token issuer) in line; a change it makes
     /// moves the revision, except when it fills a brand-new catalogue that no gateway saw.
+    ///
+    /// Opening reads only what the stored buckets say of themselves: a catalogue of any size
+    /// opens in the time of a few queries. The stored buckets are built from the tables once,
+    /// when missing (an upgraded catalogue) or when the tables moved to a revision they do not
+    /// describe (changed behind the control plane's back). [`Store::check`] compares them with
+    /// the tables in the background.
     pub fn open(
         path: &Path,
         signing_key: SnapshotSigningKey,
-        page_keys: usize,
+        options: SnapshotOptions,
         prepare: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
     ) -> Result<Arc<Store>, Error> {
         private_database_files(path)?;
@@ -309,10 +386,12 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        buckets::register_functions(&conn)?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
-        {
+        let figures = StoreFigures::default();
+        let revision = {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut tx = Tx {
                 tx,
@@ -320,28 +399,67 @@ impl Store {
                 gateway_change: false,
             };
             let fresh = current_revision(&tx)? == 1 && tokens::own_issuer(&tx)?.is_none();
+            let described: Option<i64> = tx.query_row(
+                "SELECT revision FROM snapshot_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )?;
+            let built = described == Some(current_revision(&tx)? as i64);
             prepare(&mut tx)?;
-            if tx.gateway_change && !fresh {
+            let revision = if !built {
+                if tx.gateway_change && !fresh {
+                    tx.execute(
+                        "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1",
+                        [],
+                    )?;
+                }
+                let revision = current_revision(&tx)?;
+                let started = std::time::Instant::now();
+                let shell = snapshot::render_shell(&tx, revision)?;
+                buckets::rebuild(&tx, revision, &shell)?;
                 tx.execute(
-                    "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1",
-                    [],
+                    "INSERT INTO snapshot_revisions (revision, committed_at) VALUES (?1, ?2)",
+                    params![revision as i64, tx.now],
                 )?;
-            }
+                tx.execute(
+                    "UPDATE snapshot_state SET revision = ?1 WHERE id = 1",
+                    [revision as i64],
+                )?;
+                tracing::info!(
+                    revision,
+                    ms = started.elapsed().as_millis() as u64,
+                    "stored snapshot buckets built from the catalogue"
+                );
+                revision
+            } else if tx.gateway_change || has_dirty_buckets(&tx)? {
+                // Opening leaves the check to `check`: a catalogue gateways would refuse is
+                // still served (they keep their last good snapshot) and can be repaired
+                // through the API.
+                commit_revision(&tx, options, &figures, false)?.revision
+            } else {
+                current_revision(&tx)?
+            };
             tx.tx.commit()?;
-        }
-        let revision = current_revision(&conn)?;
-        let (first, full) = match sign_snapshot(&conn, revision, page_keys) {
-            Ok(signed) => signed,
-            // Serve it anyway: gateways keep their last good snapshot, and the operator can
-            // repair the catalogue through the API.
-            Err(Error::Conflict { detail, .. }) => {
-                tracing::error!(revision, %detail, "the stored catalogue renders a snapshot gateways refuse");
-                sign_unchecked(&conn, revision, page_keys)?
-            }
-            Err(e) => return Err(e),
+            revision
         };
-        let first = Arc::new(first);
-        let (published, _) = watch::channel(Arc::clone(&first));
+        let shell = buckets::shell_at(&conn, revision)?
+            .ok_or_else(|| Error::Internal(format!("no stored shell for revision {revision}")))?;
+        let stored: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(length(body)), 0) FROM snapshot_buckets WHERE superseded IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        figures.stored_bytes.store(stored, Ordering::Relaxed);
+        let oldest: i64 = conn.query_row(
+            "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
+            [revision as i64],
+            |r| r.get(0),
+        )?;
+        let oldest = oldest as u64;
+        let (published, _) = watch::channel(Arc::new(Revision {
+            revision,
+            delta: None,
+        }));
         // After migrations: the read connections see the schema as it will stay.
         let readers = ReadPool::open(path, READ_CONNECTIONS)?;
         let health = StorageHealth::default();
@@ -351,17 +469,20 @@ impl Store {
             readers,
             health,
             signing_key,
-            page_keys,
+            options,
             published,
-            retained: Mutex::new(VecDeque::from([first])),
-            latest: Mutex::new(Arc::new(full)),
+            shell: Mutex::new(Arc::new(shell)),
+            pages: Mutex::new(VecDeque::new()),
+            oldest_servable: AtomicU64::new(oldest),
             deltas: Mutex::new(HashMap::new()),
+            assembling: Mutex::new(()),
+            figures,
         }))
     }
 
-    /// The latest revision's whole catalogue, as gateways assemble it.
-    pub fn catalogue(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.latest.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The latest revision's plans, API versions and issuers (no clients, no contracts).
+    pub fn shell(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.shell.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The `x-tollgate-signature` of an answer carrying `page`, issued now.
@@ -375,60 +496,230 @@ impl Store {
         self.signing_key.public_key()
     }
 
-    /// The latest committed snapshot.
-    pub fn snapshot(&self) -> Arc<SignedSnapshot> {
+    /// The latest committed revision.
+    pub fn snapshot(&self) -> Arc<Revision> {
         self.published.borrow().clone()
     }
 
-    /// One page taking a gateway that holds revision `since` to `current`: only the
-    /// key-directory buckets that changed in between. `None` when `since` is not a retained
-    /// older revision, or the change is larger than a page; the gateway then gets the full
-    /// revision instead. Cut once per starting revision and reused by every gateway.
-    pub fn delta(&self, since: u64, current: &SignedSnapshot) -> Option<Arc<SignedPage>> {
-        if since >= current.revision {
-            return None;
-        }
-        let old = self.retained(since)?;
-        let full = Arc::clone(&self.latest.lock().unwrap_or_else(|p| p.into_inner()));
-        if full.revision != current.revision {
-            return None;
-        }
-        {
-            let deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((to, page)) = deltas.get(&since) {
-                if *to == current.revision {
-                    return Some(Arc::clone(page));
-                }
-            }
-        }
-        let changed = snapshot::changed_buckets(&old.digests, &current.digests);
-        if snapshot::keys_in(&full, &changed) > self.page_keys {
-            return None;
-        }
-        let mut delta = snapshot::page_of(&full, &changed);
-        // Signed with the body: a gateway applies it over exactly this revision.
-        delta.base_revision = Some(since);
-        let body = serde_json::to_vec(&delta).ok()?;
-        if let Err(rejected) = compile(&body) {
-            tracing::error!(since, revision = current.revision, %rejected, "delta refused by core; serving the full revision");
-            return None;
-        }
-        let page = Arc::new(SignedPage::new(body));
-        let mut deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
-        deltas.retain(|_, (to, _)| *to == current.revision);
-        deltas.insert(since, (current.revision, Arc::clone(&page)));
-        Some(page)
+    /// Page `index` of `revision`, assembled from the stored buckets as of that revision (a
+    /// gateway fetching pages gets every page of the one revision it started on).
+    pub async fn page(self: &Arc<Self>, revision: u64, index: usize) -> Result<PageAnswer, Error> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.page_blocking(revision, index))
+            .await
+            .map_err(|e| Error::Internal(format!("page task: {e}")))?
     }
 
-    /// A recent revision's snapshot, if still retained.
-    pub fn retained(&self, revision: u64) -> Option<Arc<SignedSnapshot>> {
-        let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
-        retained.iter().find(|s| s.revision == revision).cloned()
+    fn cached_page(&self, revision: u64, index: usize) -> Option<Arc<SignedPage>> {
+        if revision < self.oldest_servable.load(Ordering::Relaxed) {
+            return None;
+        }
+        let pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
+        pages
+            .iter()
+            .find(|(at, _)| *at == (revision, index))
+            .map(|(_, page)| Arc::clone(page))
+    }
+
+    fn page_blocking(&self, revision: u64, index: usize) -> Result<PageAnswer, Error> {
+        if let Some(page) = self.cached_page(revision, index) {
+            return Ok(PageAnswer::Page(page));
+        }
+        let _flight = self.assembling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(page) = self.cached_page(revision, index) {
+            return Ok(PageAnswer::Page(page));
+        }
+        let page_keys = self.options.page_keys;
+        let outcome = self.read_blocking(|conn| {
+            if !servable(conn, revision)? {
+                return Ok(None);
+            }
+            let plan = buckets::plan_at(conn, revision, page_keys)?;
+            let Some(&(lo, hi)) = plan.ranges.get(index) else {
+                return Ok(Some(None));
+            };
+            let shell = buckets::shell_at(conn, revision)?.ok_or_else(|| {
+                Error::Internal(format!("no stored shell for revision {revision}"))
+            })?;
+            let contents = buckets::contents_at(conn, revision, lo, hi)?;
+            let defines = (!plan.complete).then(|| (lo..=hi).collect());
+            let mut page = buckets::assemble(&shell, contents.into_iter().map(|(_, c)| c), defines);
+            page.next = (index + 1 < plan.ranges.len()).then(|| page_cursor(revision, index + 1));
+            let body = serde_json::to_vec(&page)
+                .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
+            Ok(Some(Some(Arc::new(SignedPage::new(body)))))
+        });
+        self.health.record_read(&outcome);
+        Ok(match outcome? {
+            None => PageAnswer::Gone,
+            Some(None) => PageAnswer::NoSuchPage,
+            Some(Some(page)) => {
+                let mut pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
+                pages.push_back(((revision, index), Arc::clone(&page)));
+                while pages.len() > CACHED_PAGES {
+                    pages.pop_front();
+                }
+                PageAnswer::Page(page)
+            }
+        })
+    }
+
+    /// One page taking a gateway that holds revision `since` to `current`: only the
+    /// key-directory buckets that changed in between, with the whole shell. `None` when
+    /// `since` is older than what is kept, or the change is larger than a page; the gateway
+    /// then gets the full revision instead. The delta from the revision just before was cut by
+    /// the write; older ones are cut from the change log once per starting revision and reused
+    /// by every gateway.
+    pub async fn delta(
+        self: &Arc<Self>,
+        since: u64,
+        current: Arc<Revision>,
+    ) -> Result<Option<Arc<SignedPage>>, Error> {
+        if since >= current.revision {
+            return Ok(None);
+        }
+        if since + 1 == current.revision {
+            if let Some(delta) = &current.delta {
+                return Ok(Some(Arc::clone(delta)));
+            }
+        }
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.delta_blocking(since, current.revision))
+            .await
+            .map_err(|e| Error::Internal(format!("delta task: {e}")))?
+    }
+
+    fn cached_delta(&self, since: u64, to: u64) -> Option<Arc<SignedPage>> {
+        let deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
+        match deltas.get(&since) {
+            Some((at, page)) if *at == to => Some(Arc::clone(page)),
+            _ => None,
+        }
+    }
+
+    fn delta_blocking(&self, since: u64, to: u64) -> Result<Option<Arc<SignedPage>>, Error> {
+        if let Some(page) = self.cached_delta(since, to) {
+            return Ok(Some(page));
+        }
+        let _flight = self.assembling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(page) = self.cached_delta(since, to) {
+            return Ok(Some(page));
+        }
+        let page_keys = self.options.page_keys;
+        let outcome = self.read_blocking(|conn| {
+            if !servable(conn, since)? || !servable(conn, to)? {
+                return Ok(None);
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT bucket FROM snapshot_changes WHERE revision > ?1 AND revision <= ?2",
+            )?;
+            let changed = stmt
+                .query_map(params![since as i64, to as i64], |r| {
+                    Ok(r.get::<_, i64>(0)? as u16)
+                })?
+                .collect::<Result<BTreeSet<u16>, _>>()?;
+            let contents = buckets::contents_of(conn, to, &changed)?;
+            if contents.iter().map(|(_, c)| c.records()).sum::<usize>() > page_keys {
+                return Ok(None);
+            }
+            let shell = buckets::shell_at(conn, to)?
+                .ok_or_else(|| Error::Internal(format!("no stored shell for revision {to}")))?;
+            let mut delta = buckets::assemble(
+                &shell,
+                contents.into_iter().map(|(_, c)| c),
+                Some(changed.into_iter().collect()),
+            );
+            // Signed with the body: a gateway applies it over exactly this revision.
+            delta.base_revision = Some(since);
+            let body = serde_json::to_vec(&delta)
+                .map_err(|e| Error::Internal(format!("encoding a delta: {e}")))?;
+            if let Err(rejected) = compile(&body) {
+                tracing::error!(since, revision = to, %rejected, "delta refused by core; serving the full revision");
+                return Ok(None);
+            }
+            Ok(Some(Arc::new(SignedPage::new(body))))
+        });
+        self.health.record_read(&outcome);
+        let Some(page) = outcome? else {
+            return Ok(None);
+        };
+        let mut deltas = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
+        deltas.retain(|_, (at, _)| *at == to);
+        deltas.insert(since, (to, Arc::clone(&page)));
+        Ok(Some(page))
     }
 
     /// Wakes on every newly committed revision.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<SignedSnapshot>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Revision>> {
         self.published.subscribe()
+    }
+
+    /// Compares every stored bucket with a fresh render of the tables, and every part of the
+    /// catalogue with what gateways accept (core's `compile`), a few hundred buckets per read
+    /// transaction so writes go on meanwhile. Buckets that differ are re-rendered by a write
+    /// (a new revision): drift, which no write should leave, counted in `/metrics`.
+    pub fn check(&self) -> Result<CheckOutcome, Error> {
+        let (mut drifted, mut refused) = (Vec::new(), Vec::new());
+        let mut revision = 0;
+        for start in (0..1u32 << 16).step_by(CHECK_SPAN as usize) {
+            let (lo, hi) = (start as u16, (start + CHECK_SPAN - 1) as u16);
+            let outcome = self.read_blocking(|conn| {
+                let at: i64 = conn.query_row(
+                    "SELECT revision FROM snapshot_state WHERE id = 1",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let at = at as u64;
+                let drift = buckets::drifted(conn, lo, hi)?;
+                let shell = buckets::shell_at(conn, at)?
+                    .ok_or_else(|| Error::Internal(format!("no stored shell for revision {at}")))?;
+                let contents = buckets::contents_at(conn, at, lo, hi)?;
+                let part = buckets::assemble(
+                    &shell,
+                    contents.into_iter().map(|(_, c)| c),
+                    Some((lo..=hi).collect()),
+                );
+                let body = serde_json::to_vec(&part)
+                    .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
+                Ok((at, drift, compile(&body).err().map(|e| e.to_string())))
+            });
+            self.health.record_read(&outcome);
+            let (at, drift, rejected) = outcome?;
+            revision = revision.max(at);
+            drifted.extend(drift);
+            refused.extend(rejected.map(|r| format!("buckets {lo}-{hi}: {r}")));
+        }
+        self.figures
+            .refused_pages
+            .store(refused.len() as u64, Ordering::Relaxed);
+        if !drifted.is_empty() {
+            tracing::error!(
+                buckets = drifted.len(),
+                "stored snapshot buckets differed from the catalogue; re-rendering them"
+            );
+            let repair = drifted.clone();
+            let (_, repaired) = self.write_blocking(move |tx| {
+                let mut mark =
+                    tx.prepare_cached("INSERT OR IGNORE INTO dirty_buckets (bucket) VALUES (?1)")?;
+                for bucket in repair {
+                    mark.execute([bucket])?;
+                }
+                Ok(())
+            })?;
+            revision = repaired;
+            self.figures
+                .drift_repaired
+                .fetch_add(drifted.len() as u64, Ordering::Relaxed);
+        }
+        for detail in &refused {
+            tracing::error!(%detail, "gateways would refuse part of the stored catalogue");
+        }
+        self.figures.checks.fetch_add(1, Ordering::Relaxed);
+        Ok(CheckOutcome {
+            revision,
+            drifted,
+            refused,
+        })
     }
 
     /// The one write connection.
@@ -549,41 +840,24 @@ impl Store {
         };
         // On error `tx` drops here and rolls back: nothing half-written.
         let out = f(&mut tx)?;
-        if !tx.gateway_change {
+        if !tx.gateway_change && !has_dirty_buckets(&tx)? {
             let revision = current_revision(&tx)?;
             tx.tx.commit()?;
             return Ok((out, revision));
         }
-        // Rotated-out keys past their grace ride along with this change: the snapshot changes
-        // anyway, and gateways already ignore them by `expires_at`.
-        tx.execute(
-            "DELETE FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= ?1",
-            [tx.now],
-        )?;
-        let revision: i64 = tx.query_row(
-            "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision",
-            [],
-            |row| row.get(0),
-        )?;
-        let revision = revision as u64;
-        let (signed, full) = sign_snapshot(&tx, revision, self.page_keys)?;
-        let signed = Arc::new(signed);
+        let committed = commit_revision(&tx, self.options, &self.figures, true)?;
         tx.tx.commit()?;
-        // The replaced catalogue and revisions are freed after their locks are released:
-        // freeing a large catalogue takes a while, and token checks take `latest`.
-        let _replaced = std::mem::replace(
-            &mut *self.latest.lock().unwrap_or_else(|p| p.into_inner()),
-            Arc::new(full),
-        );
-        let mut _dropped = Vec::new();
-        {
-            let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
-            retained.push_back(Arc::clone(&signed));
-            while retained.len() > RETAINED_REVISIONS {
-                _dropped.extend(retained.pop_front());
-            }
-        }
-        self.published.send_replace(signed);
+        let revision = committed.revision;
+        self.figures
+            .stored_bytes
+            .fetch_add(committed.grown, Ordering::Relaxed);
+        *self.shell.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(committed.shell);
+        self.oldest_servable
+            .store(committed.oldest_servable, Ordering::Relaxed);
+        self.published.send_replace(Arc::new(Revision {
+            revision,
+            delta: committed.delta,
+        }));
         tracing::info!(revision, "snapshot revision committed");
         Ok((out, revision))
     }
@@ -598,66 +872,141 @@ fn current_revision(conn: &Connection) -> Result<u64, Error> {
     Ok(revision as u64)
 }
 
-/// Renders, paginates and hashes a revision, then runs each page through the gateways' own
-/// acceptance check (`core`'s `compile`, what `verify_snapshot` runs after the signature): a
-/// change whose snapshot gateways would refuse, and so keep enforcing the previous one, is
-/// refused here instead (409).
-fn sign_snapshot(
-    conn: &Connection,
+fn has_dirty_buckets(conn: &Connection) -> Result<bool, Error> {
+    Ok(
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM dirty_buckets)", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// Whether pages and deltas of `revision` can still be assembled: it is the latest, or was in
+/// force within the last `retain_seconds` (what pruning keeps).
+fn servable(conn: &Connection, revision: u64) -> Result<bool, Error> {
+    let (oldest, latest): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT MIN(revision) FROM snapshot_revisions),
+                (SELECT revision FROM snapshot_state WHERE id = 1)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let revision = revision as i64;
+    Ok(oldest.is_some_and(|o| o <= revision) && latest.is_some_and(|l| revision <= l))
+}
+
+/// What a write that changed gateways' view left to publish.
+struct Committed {
     revision: u64,
-    page_keys: usize,
-) -> Result<(SignedSnapshot, Snapshot), Error> {
+    delta: Option<Arc<SignedPage>>,
+    shell: Snapshot,
+    /// How many bytes the stored buckets in force grew by.
+    grown: i64,
+    oldest_servable: u64,
+}
+
+/// The snapshot side of a gateway-visible write, inside its transaction: sweeps expired keys,
+/// bumps the revision, re-renders the buckets the write touched (`dirty_buckets`, filled by
+/// triggers) and the shell, stores what changed, cuts the delta from the previous revision and
+/// — when `verify` — runs it through the gateways' own acceptance check (`core`'s `compile`,
+/// what `verify_snapshot` runs after the signature): a change gateways would refuse, and so
+/// keep enforcing the previous revision, is refused here instead (409). Then prunes what no
+/// recent revision needs.
+fn commit_revision(
+    tx: &Tx<'_>,
+    options: SnapshotOptions,
+    figures: &StoreFigures,
+    verify: bool,
+) -> Result<Committed, Error> {
     let started = std::time::Instant::now();
-    let (signed, full) = sign_unchecked(conn, revision, page_keys)?;
-    let rendered = started.elapsed();
-    for page in &signed.pages {
-        if let Err(rejected) = compile(&page.body) {
+    // Rotated-out keys past their grace ride along with this change: the snapshot changes
+    // anyway, and gateways already ignore them by `expires_at`.
+    tx.execute(
+        "DELETE FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+        [tx.now],
+    )?;
+    let revision: i64 = tx.query_row(
+        "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+        [],
+        |row| row.get(0),
+    )?;
+    let revision = revision as u64;
+    let dirty = {
+        let mut stmt = tx.prepare_cached("SELECT bucket FROM dirty_buckets")?;
+        let dirty = stmt
+            .query_map([], |r| Ok(r.get::<_, i64>(0)? as u16))?
+            .collect::<Result<BTreeSet<u16>, _>>()?;
+        dirty
+    };
+    tx.execute("DELETE FROM dirty_buckets", [])?;
+    let rendered = buckets::render(tx, &dirty)?;
+    figures
+        .buckets_rendered
+        .fetch_add(rendered.len() as u64, Ordering::Relaxed);
+    let (changed, grown) = buckets::store(tx, revision, rendered)?;
+    let shell = snapshot::render_shell(tx, revision)?;
+    buckets::store_shell(tx, revision, &shell)?;
+    tx.execute(
+        "INSERT INTO snapshot_revisions (revision, committed_at) VALUES (?1, ?2)",
+        params![revision as i64, tx.now],
+    )?;
+
+    let records: usize = changed.values().map(buckets::Content::records).sum();
+    let defined: Vec<u16> = changed.keys().copied().collect();
+    let mut delta = buckets::assemble(&shell, changed.into_values(), Some(defined));
+    // Signed with the body: a gateway applies it over exactly the revision before.
+    delta.base_revision = Some(revision - 1);
+    let body = serde_json::to_vec(&delta)
+        .map_err(|e| Error::Internal(format!("encoding a delta: {e}")))?;
+    if verify {
+        if let Err(rejected) = compile(&body) {
             return Err(Error::conflict(
                 "gateway-would-reject",
                 format!("gateways would refuse the resulting snapshot: {rejected}"),
             ));
         }
     }
-    // Both grow with the catalogue (every gateway-visible write re-renders it): worth watching.
+    let delta = (records <= options.page_keys).then(|| Arc::new(SignedPage::new(body)));
+    let oldest_servable = prune(tx, revision, options.retain_seconds)?;
+    tx.execute(
+        "UPDATE snapshot_state SET revision = ?1 WHERE id = 1",
+        [revision as i64],
+    )?;
     tracing::debug!(
         revision,
-        pages = signed.pages.len(),
-        bytes = signed.bytes(),
-        render_ms = rendered.as_millis() as u64,
-        verify_ms = (started.elapsed() - rendered).as_millis() as u64,
-        "snapshot rendered"
+        buckets = dirty.len(),
+        records,
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot revision rendered"
     );
-    Ok((signed, full))
+    Ok(Committed {
+        revision,
+        delta,
+        shell,
+        grown,
+        oldest_servable,
+    })
 }
 
-fn sign_unchecked(
-    conn: &Connection,
-    revision: u64,
-    page_keys: usize,
-) -> Result<(SignedSnapshot, Snapshot), Error> {
-    let full = snapshot::render(conn, revision)?;
-    let mut pages = snapshot::paginate(&full, page_keys);
-    let count = pages.len();
-    for (i, page) in pages.iter_mut().enumerate() {
-        page.next = (i + 1 < count).then(|| page_cursor(revision, i + 1));
+/// Deletes the stored bucket versions, shells and change-log entries that no servable revision
+/// needs: a revision is servable while it is the latest or was in force within the last
+/// `retain_seconds`. Each write deletes about what writes before it superseded. Answers the
+/// oldest servable revision.
+fn prune(tx: &Tx<'_>, revision: u64, retain_seconds: Timestamp) -> Result<u64, Error> {
+    let oldest: i64 = tx.query_row(
+        "SELECT COALESCE(MIN(revision), ?2) - 1 FROM snapshot_revisions WHERE committed_at > ?1",
+        params![tx.now - retain_seconds, revision as i64],
+        |r| r.get(0),
+    )?;
+    for sql in [
+        "DELETE FROM snapshot_buckets WHERE superseded IS NOT NULL AND superseded <= ?1",
+        "DELETE FROM snapshot_buckets WHERE superseded IS NULL AND records = 0 AND revision <= ?1",
+        "DELETE FROM snapshot_changes WHERE revision <= ?1",
+        "DELETE FROM snapshot_revisions WHERE revision < ?1",
+        "DELETE FROM snapshot_shells WHERE revision < (
+             SELECT MAX(revision) FROM snapshot_shells WHERE revision <= ?1)",
+    ] {
+        tx.prepare_cached(sql)?.execute([oldest])?;
     }
-    let pages = pages
-        .iter()
-        .map(|page| {
-            let body = serde_json::to_vec(page)
-                .map_err(|e| Error::Internal(format!("encoding snapshot: {e}")))?;
-            Ok(SignedPage::new(body))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let digests = snapshot::bucket_digests(&full);
-    Ok((
-        SignedSnapshot {
-            revision,
-            pages,
-            digests,
-        },
-        full,
-    ))
+    Ok(oldest.max(0) as u64)
 }
 
 /// `<revision>.<page>`: pins the revision, so a gateway assembles pages of one revision only.
@@ -760,12 +1109,17 @@ pub fn query_opt<T, P: rusqlite::Params>(
 }
 
 #[cfg(test)]
+mod bucket_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn migrations_are_valid() {
-        migrations().validate().unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
+        buckets::register_functions(&conn).unwrap();
+        migrations().to_latest(&mut conn).unwrap();
     }
 
     fn storage_failure() -> Result<(), Error> {
@@ -779,7 +1133,7 @@ mod tests {
         Store::open(
             &dir.join(DATABASE_FILE),
             SnapshotSigningKey::from_base64(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap(),
-            DEFAULT_PAGE_KEYS,
+            SnapshotOptions::default(),
             |_| Ok(()),
         )
         .unwrap()
