@@ -13,7 +13,7 @@
 //! ([`IssuerSpec`], [`CreateServiceAccount`], [`CreateSubject`]), so an entry reads as the body
 //! its `POST` takes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::de::{self, Visitor};
@@ -234,7 +234,7 @@ pub fn check(catalogue: &Catalogue) -> Result<(), Error> {
         )?;
     }
     // One identity maps to one client version, across the whole document.
-    let mut subjects = std::collections::BTreeMap::new();
+    let mut subjects = BTreeMap::new();
     no_duplicates("orgs", catalogue.orgs.iter().map(|o| o.id.as_str()))?;
     for org in &catalogue.orgs {
         check_slug("orgs[].id", &org.id)?;
