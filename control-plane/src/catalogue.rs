@@ -3,12 +3,17 @@
 //! store towards it.
 //!
 //! `apply` is additive and idempotent: it creates what is missing, edits drafts that differ,
-//! moves lifecycles forward (lock, publish, retire) and never deletes anything. Everything
-//! runs in one transaction, so a catalogue applies whole or not at all and gateways see one new
-//! revision — or none, when the store already matches. Keys cannot be declared (they are
-//! generated): the report returns the keys of client versions it created, once.
+//! replaces an external issuer's settings that differ (as `PUT` does), moves lifecycles forward
+//! (lock, publish, retire) and never deletes anything. Everything runs in one transaction, so a
+//! catalogue applies whole or not at all and gateways see one new revision — or none, when the
+//! store already matches. Secrets cannot be declared (they are generated): the report returns
+//! the keys of client versions and the credentials of service accounts it created, once.
+//!
+//! Issuers, service accounts and subjects reuse the management API's request types
+//! ([`IssuerSpec`], [`CreateServiceAccount`], [`CreateSubject`]), so an entry reads as the body
+//! its `POST` takes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::de::{self, Visitor};
@@ -18,17 +23,29 @@ use utoipa::ToSchema;
 
 use crate::domain::{check_name, check_slug, check_version, normalize_limits, VersionRef};
 use crate::error::Error;
-use crate::model::{ApiVersionStatus, PlanChoice, PlanVersionStatus};
+use crate::model::{
+    ApiVersionStatus, CreateServiceAccount, CreateSubject, CreatedServiceAccount, IssuerSpec,
+    PlanChoice, PlanVersionStatus,
+};
 use crate::openapi::{RateLimitSchema, RoutingSchema};
 use crate::store::contracts::{self, ContractTerms};
 use crate::store::orgs::{self, OwnedKind};
-use crate::store::{apis, clients, plans, PageRequest, Tx};
+use crate::store::{apis, clients, issuers, plans, tokens, PageRequest, Tx};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Catalogue {
+    /// External token issuers gateways trust, as `POST /v1/issuers` takes them. An entry is
+    /// the issuer's whole settings: one that differs from the store replaces them, as `PUT`
+    /// does (an omitted `client_claim` or `max_token_lifetime_seconds` takes its default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerSpec>,
     #[serde(default)]
     pub orgs: Vec<OrgEntry>,
+    /// Service accounts (`{id, scopes}`); their credentials are issued on creation and
+    /// returned once in the report, never declared or exported. Scopes cannot change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<CreateServiceAccount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -123,6 +140,11 @@ pub struct ClientVersionEntry {
     pub version: String,
     #[serde(default)]
     pub contracts: Vec<ContractEntry>,
+    /// Its identities at external issuers (`{issuer, value}`): the issuer's tokens whose
+    /// client claim equals `value` act as this client version. The issuer is declared under
+    /// `issuers` or already trusted. Its own client credentials are issued, not declared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<CreateSubject>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -141,6 +163,9 @@ pub struct ApplyReport {
     pub changes: Vec<String>,
     /// Keys of the client versions this apply created, shown this once.
     pub issued_keys: Vec<IssuedKey>,
+    /// Credentials of the service accounts this apply created, shown this once.
+    #[serde(default)]
+    pub issued_credentials: Vec<CreatedServiceAccount>,
     /// The snapshot revision after the apply.
     pub revision: u64,
 }
@@ -188,8 +213,28 @@ fn no_duplicates<'a>(at: &str, ids: impl Iterator<Item = &'a str>) -> Result<(),
     Ok(())
 }
 
-/// Checks every id, version and reference for form before touching the store.
+/// Checks every id, version, setting and reference for form before touching the store.
 pub fn check(catalogue: &Catalogue) -> Result<(), Error> {
+    no_duplicates(
+        "issuers",
+        catalogue.issuers.iter().map(|i| i.issuer.as_str()),
+    )?;
+    for issuer in &catalogue.issuers {
+        issuers::to_core(issuer).map_err(|e| e.at(format!("issuers[{}]", issuer.issuer)))?;
+    }
+    no_duplicates(
+        "service_accounts",
+        catalogue.service_accounts.iter().map(|a| a.id.as_str()),
+    )?;
+    for account in &catalogue.service_accounts {
+        check_slug("service_accounts[].id", &account.id)?;
+        tokens::normalize_scopes(
+            &format!("service_accounts[{}].scopes", account.id),
+            &account.scopes,
+        )?;
+    }
+    // One identity maps to one client version, across the whole document.
+    let mut subjects = BTreeMap::new();
     no_duplicates("orgs", catalogue.orgs.iter().map(|o| o.id.as_str()))?;
     for org in &catalogue.orgs {
         check_slug("orgs[].id", &org.id)?;
@@ -244,16 +289,43 @@ pub fn check(catalogue: &Catalogue) -> Result<(), Error> {
             )?;
             for v in &client.versions {
                 check_version(&format!("{at}.versions[].version"), &v.version)?;
-                let at = format!("{at}.versions[{}].contracts", v.version);
+                let version_at = format!("{at}.versions[{}]", v.version);
+                let at = format!("{version_at}.contracts");
                 no_duplicates(&at, v.contracts.iter().map(|c| c.api.as_str()))?;
                 for c in &v.contracts {
                     VersionRef::parse(&format!("{at}[].api"), &c.api)?;
                     VersionRef::parse(&format!("{at}[].plan"), &c.plan)?;
                 }
+                for subject in &v.subjects {
+                    let at = format!("{version_at}.subjects[{}]", subject_id(subject));
+                    issuers::check_subject_value(&format!("{at}.value"), &subject.value)?;
+                    if subject.issuer.is_empty() {
+                        return Err(Error::invalid_field(
+                            format!("{at}.issuer"),
+                            "name an issuer",
+                        ));
+                    }
+                    let key = (subject.issuer.as_str(), subject.value.as_str());
+                    if let Some(first) = subjects.insert(key, version_at.clone()) {
+                        return Err(Error::unprocessable(
+                            "listed-twice",
+                            format!(
+                                "{at}: {} is listed twice (also under {first}); an identity \
+                                 acts as one client version",
+                                subject_id(subject)
+                            ),
+                        ));
+                    }
+                }
             }
         }
     }
     Ok(())
+}
+
+/// How a subject is named in error paths: `value@issuer`.
+fn subject_id(subject: &CreateSubject) -> String {
+    format!("{}@{}", subject.value, subject.issuer)
 }
 
 fn check_owned(at: &str, id: &str, name: Option<&str>) -> Result<(), Error> {
@@ -268,6 +340,11 @@ fn check_owned(at: &str, id: &str, name: Option<&str>) -> Result<(), Error> {
 pub fn apply(tx: &mut Tx<'_>, catalogue: &Catalogue) -> Result<ApplyReport, Error> {
     let mut report = ApplyReport::default();
     let mut deferred = Deferred::default();
+    // Issuers first: client versions' subjects name them.
+    for issuer in &catalogue.issuers {
+        apply_issuer(tx, issuer, &mut report)
+            .map_err(|e| e.at(format!("issuers[{}]", issuer.issuer)))?;
+    }
     for org in &catalogue.orgs {
         apply_org(tx, org, &mut report).map_err(|e| e.at(format!("orgs[{}]", org.id)))?;
     }
@@ -294,7 +371,64 @@ pub fn apply(tx: &mut Tx<'_>, catalogue: &Catalogue) -> Result<ApplyReport, Erro
         }
     }
     deferred.finish(tx, &mut report)?;
+    for account in &catalogue.service_accounts {
+        apply_service_account(tx, account, &mut report)
+            .map_err(|e| e.at(format!("service_accounts[{}]", account.id)))?;
+    }
     Ok(report)
+}
+
+/// Creates the issuer, or replaces its settings as `PUT /v1/issuers/{issuer}` does when they
+/// differ.
+fn apply_issuer(tx: &mut Tx<'_>, spec: &IssuerSpec, report: &mut ApplyReport) -> Result<(), Error> {
+    match issuers::find(tx, &spec.issuer)? {
+        None => {
+            issuers::create(tx, spec)?;
+            report
+                .changes
+                .push(format!("created issuer {}", spec.issuer));
+        }
+        Some(existing) if existing.spec() == *spec => {}
+        Some(_) => {
+            issuers::update(tx, spec)?;
+            report
+                .changes
+                .push(format!("updated issuer {}", spec.issuer));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the account (its credentials go into the report, once). The API cannot change an
+/// account's scopes, so neither does apply: other scopes are refused.
+fn apply_service_account(
+    tx: &mut Tx<'_>,
+    account: &CreateServiceAccount,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let scopes = tokens::normalize_scopes("scopes", &account.scopes)?;
+    match tokens::find_service_account(tx, &account.id)? {
+        None => {
+            let created = tokens::create_service_account(tx, &account.id, &scopes)?;
+            report
+                .changes
+                .push(format!("created service account {}", account.id));
+            report.issued_credentials.push(created);
+        }
+        Some(existing) if existing.scopes == scopes => {}
+        Some(existing) => {
+            return Err(Error::conflict(
+                "service-account-exists",
+                format!(
+                    "service account {} already exists with scopes {}; scopes cannot change: \
+                     delete the account and apply again (it gets new credentials)",
+                    account.id,
+                    existing.scopes.join(", ")
+                ),
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Lifecycle steps held back so that any export applies to an empty store too: contracts are
@@ -607,6 +741,34 @@ fn apply_client(
             create_contract(tx, &client_version, &api, &plan, report)
                 .map_err(|e| e.at(at_contract.clone()))?;
         }
+        let held = issuers::list_subjects(tx, org, &client.id, &entry.version)?;
+        for subject in &entry.subjects {
+            if held
+                .iter()
+                .any(|h| h.issuer == subject.issuer && h.value == subject.value)
+            {
+                continue;
+            }
+            issuers::add_subject(
+                tx,
+                org,
+                &client.id,
+                &entry.version,
+                &subject.issuer,
+                &subject.value,
+            )
+            .map_err(|e| {
+                e.at(format!(
+                    "versions[{}].subjects[{}]",
+                    entry.version,
+                    subject_id(subject)
+                ))
+            })?;
+            report.changes.push(format!(
+                "added subject {} to client version {name}",
+                subject_id(subject)
+            ));
+        }
     }
     Ok(())
 }
@@ -652,7 +814,17 @@ fn create_contract(
 /// The whole store as a catalogue: applying it to the same store changes nothing.
 pub fn export(conn: &rusqlite::Connection) -> Result<Catalogue, Error> {
     let all = PageRequest::all();
-    let mut catalogue = Catalogue::default();
+    let mut catalogue = Catalogue {
+        issuers: issuers::list(conn)?.iter().map(|i| i.spec()).collect(),
+        service_accounts: tokens::list_service_accounts(conn)?
+            .into_iter()
+            .map(|a| CreateServiceAccount {
+                id: a.id,
+                scopes: a.scopes,
+            })
+            .collect(),
+        ..Catalogue::default()
+    };
     for org in orgs::list_orgs(conn, &all)?.items {
         let mut entry = OrgEntry {
             id: org.id.clone(),
@@ -712,9 +884,17 @@ pub fn export(conn: &rusqlite::Connection) -> Result<Catalogue, Error> {
                         plan: format!("{}/{}/{}", c.plan_org, c.plan, c.plan_version),
                     })
                     .collect();
+                let subjects = issuers::list_subjects(conn, &org.id, &client.id, &v.version)?
+                    .into_iter()
+                    .map(|s| CreateSubject {
+                        issuer: s.issuer,
+                        value: s.value,
+                    })
+                    .collect();
                 versions.push(ClientVersionEntry {
                     version: v.version,
                     contracts,
+                    subjects,
                 });
             }
             entry.clients.push(ClientEntry {
@@ -744,6 +924,8 @@ mod tests {
     #[test]
     fn duplicates_are_named() {
         let c = Catalogue {
+            issuers: vec![],
+            service_accounts: vec![],
             orgs: vec![
                 OrgEntry {
                     id: "acme".into(),

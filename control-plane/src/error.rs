@@ -52,8 +52,9 @@ pub enum Error {
     /// The path exists, the method does not; the `Allow` header lists the ones that do.
     #[error("{0} is not a method of this path")]
     MethodNotAllowed(String),
-    /// A step of `apply`: the inner error decides the status, the path says where.
-    #[error("{at}: {source}")]
+    /// A step of `apply`: the inner error decides the status, the path says where. Nested
+    /// steps and a field read as one path (`orgs[acme].clients[mobile].versions[1]: …`).
+    #[error("{at}{}{source}", at_separator(source))]
     At { at: String, source: Box<Error> },
     /// Storage itself failing (I/O, disk full, corruption, a lock held past the busy
     /// timeout…), as opposed to a query the code got wrong: the store marks itself unhealthy
@@ -63,6 +64,14 @@ pub enum Error {
     /// Storage or another internal failure; details are logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// `.` when the inner error continues the path, `: ` before what went wrong.
+fn at_separator(source: &Error) -> &'static str {
+    match source {
+        Error::At { .. } | Error::InvalidField { .. } => ".",
+        _ => ": ",
+    }
 }
 
 impl Error {

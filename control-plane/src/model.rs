@@ -416,7 +416,9 @@ pub struct CredentialsInfo {
     pub expires_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// Also a service account's entry in `apply`/`export` (no secret: credentials are issued,
+/// never declared).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateServiceAccount {
     /// A slug.
@@ -442,8 +444,9 @@ pub struct CreatedServiceAccount {
     pub client_secret: String,
 }
 
-/// An external token issuer (Keycloak, Entra ID, Auth0…) whose JWTs gateways accept.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// An external token issuer (Keycloak, Entra ID, Auth0…) whose JWTs gateways accept. Also its
+/// entry in `apply`/`export`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSpec {
     /// The `iss` its tokens carry.
@@ -513,8 +516,9 @@ impl ExternalIssuer {
 }
 
 /// A client version's identity at an external issuer: its tokens whose client claim equals
-/// `value` act as the client version.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// `value` act as the client version. Also a client version's `subjects` entry in
+/// `apply`/`export`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubject {
     pub issuer: String,

@@ -173,3 +173,368 @@ fn an_export_applies_to_an_empty_store_even_with_retired_routes_and_their_contra
     assert_eq!(snapshot["contracts"].as_array().unwrap().len(), 2);
     assert_eq!(Server::ok(apply(&target, exported))["changes"], json!([]));
 }
+
+// ---- issuers, token subjects and service accounts ----
+
+const IDP: &str = "https://idp.example.test/realms/acme";
+const IDP_PATH: &str = "/v1/issuers/https%3A%2F%2Fidp.example.test%2Frealms%2Facme";
+
+/// A JWKS with one Ed25519 public key, as an identity provider publishes it.
+fn jwks() -> Value {
+    use base64::Engine;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes());
+    json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]})
+}
+
+/// A catalogue with an external issuer, a client version mapped to an identity at it, and a
+/// service account.
+fn identities() -> Value {
+    let mut document = catalogue(50, true, "published");
+    document["issuers"] = json!([{"issuer": IDP, "audiences": ["orders"], "jwks": jwks(),
+                                   "max_token_lifetime_seconds": 600}]);
+    document["orgs"][0]["clients"] = json!([{"id": "mobile", "versions": [{"version": "1",
+        "contracts": [{"api": "acme/orders/1", "plan": "acme/gold/1"}],
+        "subjects": [{"issuer": IDP, "value": "svc-mobile"}]}]}]);
+    document["service_accounts"] = json!([{"id": "ci", "scopes": ["tollgate:read"]}]);
+    document
+}
+
+fn changes(report: &Value) -> Vec<String> {
+    report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn detail(answer: &common::Answer) -> String {
+    answer.json()["detail"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn issuers_subjects_and_service_accounts_apply_and_round_trip_through_export() {
+    let source = Server::start();
+    let report = Server::ok(apply(&source, identities()));
+    let made = changes(&report);
+    // Issuers come first: the subject names one.
+    assert_eq!(made[0], format!("created issuer {IDP}"), "{made:?}");
+    assert!(
+        made.contains(&format!(
+            "added subject svc-mobile@{IDP} to client version acme/mobile/1"
+        )),
+        "{made:?}"
+    );
+    assert!(
+        made.contains(&"created service account ci".to_owned()),
+        "{made:?}"
+    );
+    // The account's credentials are issued once, in the report, and they are its own.
+    let issued = &report["issued_credentials"][0];
+    assert_eq!(issued["id"], "ci");
+    assert!(issued["client_secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("tgs_"));
+    let account = Server::ok(source.get("/v1/service-accounts/ci"));
+    assert_eq!(account["scopes"], json!(["tollgate:read"]));
+    assert_eq!(account["credentials"][0]["client_id"], issued["client_id"]);
+    // Gateways see the issuer and the mapping.
+    let snapshot = source.snapshot().json();
+    let external: Vec<&Value> = snapshot["issuers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["issuer"] == IDP)
+        .collect();
+    assert_eq!(external.len(), 1, "{snapshot}");
+    assert_eq!(
+        snapshot["clients"][0]["subjects"],
+        json!([{"issuer": IDP, "value": "svc-mobile"}])
+    );
+
+    // The export declares them, with no secret of any kind.
+    let exported = Server::ok(source.get("/v1/export"));
+    assert_eq!(
+        exported["issuers"],
+        json!([{"issuer": IDP, "audiences": ["orders"], "jwks": jwks(), "client_claim": "sub",
+                "max_token_lifetime_seconds": 600}])
+    );
+    assert_eq!(
+        exported["orgs"][0]["clients"][0]["versions"][0]["subjects"],
+        json!([{"issuer": IDP, "value": "svc-mobile"}])
+    );
+    assert_eq!(
+        exported["service_accounts"],
+        json!([{"id": "ci", "scopes": ["tollgate:read"]}])
+    );
+    let text = exported.to_string();
+    for secret in [
+        "\"client_secret\"",
+        "\"client_id\"",
+        "\"api_key\"",
+        "tgs_",
+        "tga_",
+    ] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+
+    // Applied to an empty store, the export rebuilds the same catalogue …
+    let target = Server::start();
+    let report = Server::ok(apply(&target, exported.clone()));
+    assert_eq!(report["issued_credentials"].as_array().unwrap().len(), 1);
+    assert_eq!(Server::ok(target.get("/v1/export")), exported);
+    // … and applying it again changes nothing, issues nothing, moves no revision.
+    let revision = target.revision();
+    let again = Server::ok(apply(&target, exported));
+    assert_eq!(again["changes"], json!([]));
+    assert_eq!(again["issued_keys"], json!([]));
+    assert_eq!(again["issued_credentials"], json!([]));
+    assert_eq!(again["revision"], revision);
+    assert_eq!(target.revision(), revision);
+}
+
+#[test]
+fn an_issuer_whose_settings_differ_is_replaced_as_put_does() {
+    let s = Server::start();
+    Server::ok(apply(&s, identities()));
+    let created_at = Server::ok(s.get(IDP_PATH))["created_at"].clone();
+    let revision = s.revision();
+    let mut document = identities();
+    // Audiences changed and the lifetime cap left out: it goes back to the default, as PUT.
+    document["issuers"] = json!([{"issuer": IDP, "audiences": ["orders", "billing"],
+                                   "jwks": jwks()}]);
+    let report = Server::ok(apply(&s, document.clone()));
+    assert_eq!(report["changes"], json!([format!("updated issuer {IDP}")]));
+    assert_eq!(s.revision(), revision + 1);
+    let issuer = Server::ok(s.get(IDP_PATH));
+    assert_eq!(issuer["audiences"], json!(["orders", "billing"]));
+    assert!(
+        issuer.get("max_token_lifetime_seconds").is_none(),
+        "{issuer}"
+    );
+    assert_eq!(issuer["created_at"], created_at);
+    assert_eq!(Server::ok(apply(&s, document))["changes"], json!([]));
+}
+
+#[test]
+fn a_subject_already_mapped_elsewhere_or_left_out_is_not_moved_or_removed() {
+    let s = Server::start();
+    Server::ok(apply(&s, identities()));
+    // Leaving the subject out deletes nothing, as everywhere in apply.
+    let mut document = identities();
+    document["orgs"][0]["clients"][0]["versions"][0]["subjects"] = json!([]);
+    assert_eq!(
+        Server::ok(apply(&s, document.clone()))["changes"],
+        json!([])
+    );
+    // The same identity declared on another client version is refused: one identity acts as
+    // one client version.
+    document["orgs"][0]["clients"][0]["versions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"version": "2", "subjects": [{"issuer": IDP, "value": "svc-mobile"}]}));
+    let revision = s.revision();
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(answer.problem_type(), "urn:tollgate:problem:already-exists");
+    let detail = detail(&answer);
+    assert!(
+        detail.starts_with(&format!(
+            "orgs[acme].clients[mobile].versions[2].subjects[svc-mobile@{IDP}]"
+        )),
+        "{detail}"
+    );
+    assert!(detail.contains("acme/mobile/1"), "{detail}");
+    assert_eq!(s.revision(), revision);
+    assert_eq!(s.get("/v1/orgs/acme/clients/mobile/versions/2").status, 404);
+}
+
+#[test]
+fn a_service_account_with_other_scopes_is_refused_not_changed() {
+    let s = Server::start();
+    Server::ok(apply(&s, identities()));
+    let mut document = identities();
+    // Order and repetition do not matter: scopes are a set.
+    document["service_accounts"] =
+        json!([{"id": "ci", "scopes": ["tollgate:read", "tollgate:read"]}]);
+    assert_eq!(
+        Server::ok(apply(&s, document.clone()))["changes"],
+        json!([])
+    );
+    document["service_accounts"] = json!([{"id": "ci", "scopes": ["tollgate:admin"]}]);
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(
+        answer.problem_type(),
+        "urn:tollgate:problem:service-account-exists"
+    );
+    assert!(
+        detail(&answer).starts_with("service_accounts[ci]: "),
+        "{}",
+        answer.body
+    );
+    let account = Server::ok(s.get("/v1/service-accounts/ci"));
+    assert_eq!(account["scopes"], json!(["tollgate:read"]));
+}
+
+#[test]
+fn a_subject_of_an_unknown_issuer_is_refused_and_nothing_is_written() {
+    let s = Server::start();
+    let revision = s.revision();
+    let mut document = identities();
+    document["orgs"][0]["clients"][0]["versions"][0]["subjects"] =
+        json!([{"issuer": "https://nowhere.test", "value": "svc-mobile"}]);
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    let detail = detail(&answer);
+    assert!(
+        detail.starts_with(
+            "orgs[acme].clients[mobile].versions[1].subjects[svc-mobile@https://nowhere.test]: \
+             issuer https://nowhere.test does not exist"
+        ),
+        "{detail}"
+    );
+    // The issuer, the org and the account declared before it were rolled back with it.
+    assert_eq!(s.get(IDP_PATH).status, 404);
+    assert_eq!(s.get("/v1/orgs/acme").status, 404);
+    assert_eq!(s.get("/v1/service-accounts/ci").status, 404);
+    assert_eq!(s.revision(), revision);
+}
+
+#[test]
+fn identities_listed_twice_are_refused_naming_where() {
+    let s = Server::start();
+    let revision = s.revision();
+    let issuer = json!({"issuer": IDP, "audiences": ["orders"], "jwks": jwks()});
+
+    let mut document = identities();
+    document["issuers"] = json!([issuer, issuer]);
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(answer.problem_type(), "urn:tollgate:problem:listed-twice");
+    assert_eq!(detail(&answer), format!("issuers: {IDP} is listed twice"));
+
+    let mut document = identities();
+    document["service_accounts"] = json!([{"id": "ci", "scopes": ["tollgate:read"]},
+                                          {"id": "ci", "scopes": ["tollgate:admin"]}]);
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(detail(&answer), "service_accounts: ci is listed twice");
+
+    let mut document = identities();
+    document["orgs"][0]["clients"][0]["versions"][0]["subjects"] =
+        json!([{"issuer": IDP, "value": "svc-mobile"}, {"issuer": IDP, "value": "svc-mobile"}]);
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        detail(&answer).starts_with("orgs[acme].clients[mobile].versions[1].subjects[svc-mobile@"),
+        "{}",
+        answer.body
+    );
+
+    // One identity on two client versions of the same document.
+    let mut document = identities();
+    document["orgs"][0]["clients"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "web", "versions": [{"version": "1",
+            "subjects": [{"issuer": IDP, "value": "svc-mobile"}]}]}));
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let detail = detail(&answer);
+    assert!(
+        detail.starts_with("orgs[acme].clients[web].versions[1].subjects[svc-mobile@"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("also under orgs[acme].clients[mobile].versions[1]"),
+        "{detail}"
+    );
+    assert_eq!(s.revision(), revision);
+    assert_eq!(s.get("/v1/orgs/acme").status, 404);
+}
+
+#[test]
+fn invalid_scopes_issuers_and_subjects_are_refused_naming_the_field() {
+    let s = Server::start();
+    let revision = s.revision();
+    let refused = |document: Value, status: u16, kind: &str, starts: &str| {
+        let answer = apply(&s, document);
+        assert_eq!(answer.status, status, "{}", answer.body);
+        assert_eq!(
+            answer.problem_type(),
+            format!("urn:tollgate:problem:{kind}")
+        );
+        let detail = detail(&answer);
+        assert!(detail.starts_with(starts), "{detail}");
+    };
+
+    let mut document = identities();
+    document["service_accounts"] = json!([{"id": "ci", "scopes": ["tollgate:root"]}]);
+    refused(
+        document,
+        400,
+        "invalid-field",
+        "service_accounts[ci].scopes: unknown scope \"tollgate:root\"",
+    );
+    let mut document = identities();
+    document["service_accounts"] = json!([{"id": "ci", "scopes": []}]);
+    refused(
+        document,
+        400,
+        "invalid-field",
+        "service_accounts[ci].scopes: name at least one scope",
+    );
+    let mut document = identities();
+    document["service_accounts"] = json!([{"id": "CI!", "scopes": ["tollgate:read"]}]);
+    refused(document, 400, "invalid-field", "service_accounts[].id");
+
+    // A shared secret is not a key gateways can verify with.
+    let mut document = identities();
+    document["issuers"][0]["jwks"] =
+        json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]});
+    refused(
+        document,
+        422,
+        "invalid-issuer",
+        &format!("issuers[{IDP}]: jwks.keys[0]"),
+    );
+    let mut document = identities();
+    document["issuers"][0]["max_token_lifetime_seconds"] = json!(0);
+    refused(
+        document,
+        400,
+        "invalid-field",
+        &format!("issuers[{IDP}].max_token_lifetime_seconds: 1 to"),
+    );
+
+    let mut document = identities();
+    document["orgs"][0]["clients"][0]["versions"][0]["subjects"] =
+        json!([{"issuer": IDP, "value": ""}]);
+    refused(
+        document,
+        400,
+        "invalid-field",
+        &format!("orgs[acme].clients[mobile].versions[1].subjects[@{IDP}].value"),
+    );
+    assert_eq!(s.revision(), revision);
+}
+
+#[test]
+fn secrets_cannot_be_declared() {
+    let s = Server::start();
+    let mut document = identities();
+    document["service_accounts"] = json!([{"id": "ci", "scopes": ["tollgate:read"],
+                                           "client_secret": "tgs_chosen"}]);
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("client_secret"), "{}", answer.body);
+    let mut document = identities();
+    document["orgs"][0]["clients"][0]["versions"][0]["api_key"] = json!("tg_chosen");
+    let answer = apply(&s, document);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("api_key"), "{}", answer.body);
+    assert_eq!(s.get("/v1/orgs/acme").status, 404);
+}

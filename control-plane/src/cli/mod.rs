@@ -940,6 +940,13 @@ fn apply(api: &ApiClient, out: &Output, file: &PathBuf) -> Result<String, Client
             key.client_version, key.api_key
         ));
     }
+    for account in &report.issued_credentials {
+        lines.push(format!(
+            "client credentials for service account {} (the secret is shown once, store it \
+             now):\nclient_id:     {}\nclient_secret: {}",
+            account.id, account.client_id, account.client_secret
+        ));
+    }
     lines.push(format!(
         "{} change(s) applied; revision {}",
         report.changes.len(),

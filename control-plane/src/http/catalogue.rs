@@ -19,11 +19,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Converges the catalogue towards the document in one transaction: creates what is missing,
-/// edits drafts, moves lifecycles forward, deletes nothing. Applying the same document twice
-/// changes nothing the second time and leaves the revision alone. Errors name the entry
+/// edits drafts, replaces issuers' settings that differ (as PUT does), moves lifecycles
+/// forward, deletes nothing. Applying the same document twice changes nothing the second time
+/// and leaves the revision alone. Secrets are never declared: the report carries the API keys
+/// and service-account credentials this apply created, once. Errors name the entry
 /// (`orgs[acme].apis[orders]: …`) and carry the kind of the rule that refused it
 /// (plan-version-locked, api-version-not-draft, routing-collision, contract-exists,
-/// plan-not-offered, listed-twice, …); nothing is written then.
+/// plan-not-offered, listed-twice, invalid-issuer, own-issuer, service-account-exists, …);
+/// nothing is written then.
 #[utoipa::path(post, path = "/v1/apply", tag = "catalogue", request_body = Catalogue,
     responses((status = 200, description = "OK", body = ApplyReport), BadRequest, Unauthorized, NotFound, Conflict,
         TooLarge, Unprocessable))]
@@ -47,7 +50,8 @@ async fn apply(
     Ok(axum::Json(report))
 }
 
-/// The whole catalogue (without keys, which are never stored); applying it back is a no-op.
+/// The whole catalogue without secrets (keys and credentials are never stored in the clear);
+/// applying it back is a no-op.
 #[utoipa::path(get, path = "/v1/export", tag = "catalogue",
     responses((status = 200, description = "OK", body = Catalogue), Unauthorized))]
 async fn export(State(state): State<AppState>) -> Result<axum::Json<Catalogue>, Error> {

@@ -196,6 +196,14 @@ pub fn all_core(conn: &Connection) -> Result<Vec<Issuer>, Error> {
         .collect()
 }
 
+/// A subject's value is the issuer's client claim: 1 to 512 characters.
+pub fn check_subject_value(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() || value.len() > 512 {
+        return Err(Error::invalid_field(field, "1 to 512 characters"));
+    }
+    Ok(())
+}
+
 pub fn add_subject(
     tx: &mut Tx<'_>,
     org: &str,
@@ -212,9 +220,7 @@ pub fn add_subject(
         )
     })?;
     get(tx, issuer)?;
-    if value.is_empty() || value.len() > 512 {
-        return Err(Error::invalid_field("value", "1 to 512 characters"));
-    }
+    check_subject_value("value", value)?;
     let taken = query_opt(
         tx,
         "SELECT org || '/' || client || '/' || version FROM token_subjects

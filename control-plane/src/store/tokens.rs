@@ -321,30 +321,36 @@ pub fn delete_client_credentials(
     Ok(())
 }
 
-pub fn create_service_account(
-    tx: &mut Tx<'_>,
-    id: &str,
-    scopes: &[String],
-) -> Result<CreatedServiceAccount, Error> {
-    check_slug("id", id)?;
+/// A service account's scopes as stored: sorted, each once, at least one, all known.
+pub fn normalize_scopes(field: &str, scopes: &[String]) -> Result<Vec<String>, Error> {
     let mut scopes = scopes.to_vec();
     scopes.sort();
     scopes.dedup();
     if scopes.is_empty() {
-        return Err(Error::invalid_field("scopes", "name at least one scope"));
+        return Err(Error::invalid_field(field, "name at least one scope"));
     }
     if let Some(bad) = scopes
         .iter()
         .find(|s| !MANAGEMENT_SCOPES.contains(&s.as_str()))
     {
         return Err(Error::invalid_field(
-            "scopes",
+            field,
             format!(
                 "unknown scope {bad:?}; known: {}",
                 MANAGEMENT_SCOPES.join(", ")
             ),
         ));
     }
+    Ok(scopes)
+}
+
+pub fn create_service_account(
+    tx: &mut Tx<'_>,
+    id: &str,
+    scopes: &[String],
+) -> Result<CreatedServiceAccount, Error> {
+    check_slug("id", id)?;
+    let scopes = normalize_scopes("scopes", scopes)?;
     if find_service_account(tx, id)?.is_some() {
         return Err(Error::AlreadyExists(format!("service account {id}")));
     }
