@@ -4,11 +4,14 @@ Catalogues of N client versions, each with one key and one contract (1k, 100k an
 1k and 10k), all on one private API through one plan with two limits. For each N:
 
 - control plane: the real `tollgate serve` on a SQLite file the bench filled in bulk
-  (bulk.py), at every N: seconds to open it (it renders, paginates, verifies and signs the
-  snapshot before it listens), seconds for one gateway-visible change through the HTTP API
-  (a contract created: the same work per write), its own render/verify milliseconds from its
-  debug log, the delta a gateway holding the previous revision gets for that change, and the
-  snapshot's pages and bytes as a gateway fetches them;
+  (bulk.py), at every N: seconds to first open it (it builds its stored snapshot buckets from
+  the tables once) and to open it again (what every later start costs), seconds for one
+  gateway-visible change through the HTTP API (a contract created) with its own milliseconds
+  from its debug log, the delta a gateway holding the previous revision gets for that change,
+  the snapshot's pages and bytes as a gateway fetches them, and the process's RSS;
+- writes at the largest N (issue 12): contracts created and deleted one at a time (request to
+  2xx, and 2xx to both workers of a loaded gateway enforcing), 8 writers at once (writes per
+  second) while a reader times `/healthz` and a management GET;
 - gateway: an Envoy with 2 workers from `tollgate envoy-config`: seconds from its exec to the
   first request enforced with a catalogue key (200), and its RSS once loaded, against the same
   gateway with an empty catalogue: (RSS − RSS empty) / N bytes per key;
@@ -47,9 +50,18 @@ PATH = "/orders/item"
 WORKERS = 2
 LOAD_DEADLINE_S = 900.0
 # Bulk clients with a key but no contract (bulk.SPARE): n, n+1, n+2 get one as the timed
-# change, the swap's change and the full-reload change.
-SPARE = 3
-RENDERED = re.compile(r"snapshot rendered revision=(\d+) pages=(\d+) bytes=(\d+) render_ms=(\d+) verify_ms=(\d+)")
+# change, the swap's change and the full-reload change; n+3 the sequential writes; n+4… one per
+# concurrent writer.
+WRITERS = 8
+SPARE = 4 + WRITERS
+RENDERED = re.compile(r"snapshot revision rendered revision=(\d+) buckets=(\d+) records=(\d+) ms=(\d+)")
+BUILT = re.compile(r"stored snapshot buckets built from the catalogue revision=(\d+) ms=(\d+)")
+GOAL_WRITE_P99_MS = 20.0
+GOAL_WRITES_PER_S = 200.0
+GOAL_PROPAGATION_P99_MS = 200.0
+GOAL_OPEN_S = 3.0
+GOAL_RSS_MIB = 500.0
+GOAL_READ_P99_MS = 10.0
 COST_CONNECTIONS = 32
 GOAL_BYTES_PER_KEY = 300
 GOAL_COST_RATIO = 1.10
@@ -63,13 +75,13 @@ QUIET_WINDOWS = 6
 
 @dataclass
 class Timing:
-    """The control plane's own debug line for one revision (store/mod.rs `sign_snapshot`):
-    render_ms is render + paginate + serialise + sign + bucket digests, verify_ms is core's
-    acceptance check of every page."""
+    """The control plane's own debug line for one revision (store/mod.rs `commit_revision`):
+    the buckets the write re-rendered and the milliseconds of the snapshot side of the write
+    (render, store, cut and check the delta, prune), or the one-off build at a first open."""
 
     revision: int
-    render_ms: int
-    verify_ms: int
+    buckets: int
+    ms: int
 
 
 @dataclass
@@ -82,6 +94,7 @@ class Source:
     bytes: int
     insert_s: float = 0.0
     open_s: float = 0.0
+    reopen_s: float = 0.0
     change_s: float = 0.0
     fetch_s: float = 0.0
     delta_bytes: int = 0
@@ -130,8 +143,12 @@ def rss_bytes(pid: int) -> int:
 
 
 def timings(cp: live.ControlPlane) -> dict[int, Timing]:
-    """Every `snapshot rendered` debug line the control plane logged, by revision."""
-    return {int(m[1]): Timing(int(m[1]), int(m[4]), int(m[5])) for m in RENDERED.finditer(cp.log_path.read_text(errors="replace"))}
+    """Every `snapshot revision rendered` debug line (and a first open's build) the control
+    plane logged, by revision."""
+    log = cp.log_path.read_text(errors="replace")
+    found = {int(m[1]): Timing(int(m[1]), 65_536, int(m[2])) for m in BUILT.finditer(log)}
+    found.update({int(m[1]): Timing(int(m[1]), int(m[2]), int(m[4])) for m in RENDERED.finditer(log)})
+    return found
 
 
 def real_source(bench: Bench, n: int) -> Source:
@@ -147,6 +164,10 @@ def real_source(bench: Bench, n: int) -> Source:
     source.open_timing = timings(cp).get(held)
     if not n:
         return source
+    # Every later start: the stored buckets are there.
+    cp.stop()
+    cp.start(deadline_s=LOAD_DEADLINE_S)
+    source.reopen_s = cp.start_seconds
     # One gateway-visible change: a contract for spare client n (renders the snapshot again).
     started = time.monotonic()
     cp.contract(ORG, bulk.client_id(n), API, PLAN)
@@ -355,6 +376,120 @@ def swaps(bench: Bench, loaded: Loaded) -> list[Swap]:
     return [quiet, delta, full]
 
 
+@dataclass
+class Writes:
+    """Writes through the real HTTP API at the largest N."""
+
+    n: int
+    write_ms: list[float]  # one at a time: request sent to 2xx
+    propagation_ms: list[float]  # one at a time: 2xx to both workers enforcing
+    storm_writes: int
+    storm_s: float
+    storm_write_ms: list[float]
+    read_ms: dict[str, list[float]]
+    rss: int
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def writes(bench: Bench, loaded: Loaded) -> Writes:
+    """Contracts created and deleted through the HTTP API on the loaded control plane: one at
+    a time, each followed until both workers of the loaded gateway enforce it; then WRITERS at
+    once, each on its own spare client, while a reader times what probes and dashboards ask."""
+    cp, n = loaded.source.cp, loaded.n
+    changes = 10 if bench.quick else 60
+    connections = live.worker_connections(loaded.gateway, WORKERS)
+    path = PATH
+
+    def wait_all(key: str, expected: int, since: float) -> float:
+        seen: set[int] = set()
+        while len(seen) < len(connections):
+            for worker, connection in enumerate(connections):
+                if worker not in seen and live.status_of(connection, path, key) == expected:
+                    seen.add(worker)
+            if time.monotonic() - since > 30:
+                raise RuntimeError(f"scale writes: not every worker answers {expected} 30 s after the change")
+        return (time.monotonic() - since) * 1000
+
+    key = bulk.api_key(n + 3)
+    write_ms: list[float] = []
+    propagation_ms: list[float] = []
+    contract_id = 0
+    for change in range(changes):
+        creating = change % 2 == 0
+        sent = time.monotonic()
+        if creating:
+            contract_id = cp.contract(ORG, bulk.client_id(n + 3), API, PLAN)
+        else:
+            cp.delete_contract(ORG, bulk.client_id(n + 3), contract_id)
+        acknowledged = time.monotonic()
+        write_ms.append((acknowledged - sent) * 1000)
+        propagation_ms.append(wait_all(key, 200 if creating else 403, acknowledged))
+    for connection in connections:
+        connection.close()
+
+    storm_s = 2.0 if bench.quick else 10.0
+    stop = threading.Event()
+    lock = threading.Lock()
+    storm_write_ms: list[float] = []
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        client = bulk.client_id(n + 4 + w)
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                made = cp.contract(ORG, client, API, PLAN)
+                middle = time.monotonic()
+                cp.delete_contract(ORG, client, made)
+                ended = time.monotonic()
+                with lock:
+                    storm_write_ms.extend([(middle - started) * 1000, (ended - middle) * 1000])
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    admin = {"authorization": f"Bearer {live.SECRETS['TOLLGATE_ADMIN_TOKEN']}"}
+    reads = {"GET /healthz": "/healthz", f"GET /v1/orgs/{ORG}": f"/v1/orgs/{ORG}"}
+    read_ms: dict[str, list[float]] = {what: [] for what in reads}
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for what, path in reads.items():
+                    started = time.monotonic()
+                    status, _ = e.http_get(f"{cp.url}{path}", admin, timeout_s=30)
+                    if status != 200:
+                        raise RuntimeError(f"{what} answered {status} during the write storm")
+                    read_ms[what].append((time.monotonic() - started) * 1000)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)] + [threading.Thread(target=reader)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(storm_s)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    elapsed = time.monotonic() - started
+    if errors:
+        raise errors[0]
+    assert cp.process is not None
+    result = Writes(n, write_ms, propagation_ms, len(storm_write_ms), elapsed, storm_write_ms, read_ms, rss_bytes(cp.process.pid))
+    bench.log(
+        f"scale writes at {n:,}: one at a time p99 {percentile(write_ms, 99):.1f} ms, enforced p99 "
+        f"{percentile(propagation_ms, 99):.1f} ms; {WRITERS} writers {result.storm_writes / elapsed:.0f} writes/s; "
+        + ", ".join(f"{what} p99 {percentile(ms, 99):.1f} ms" for what, ms in read_ms.items())
+    )
+    return result
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.1f}"
 
@@ -381,8 +516,10 @@ def run(bench: Bench) -> SectionReport:
             if n != sizes[0]:
                 source.stop()
 
-    # Request cost, largest against smallest catalogue: 1-worker gateways on the measured core.
     small, large = loaded[0], loaded[-1]
+    written = writes(bench, large)
+
+    # Request cost, largest against smallest catalogue: 1-worker gateways on the measured core.
     cost_gateways = [load_gateway(bench, x.n, x.source, port, 1, bench.cpus.envoy).gateway for x in (small, large)]
     warm = 1.0
     for g in cost_gateways:
@@ -410,11 +547,11 @@ def run(bench: Bench) -> SectionReport:
     rss_after_swap = rss_bytes(large.gateway.pid)
     large.source.stop()
 
-    return report(bench, baseline, loaded, costs, rps, cost_ratio, runs, rss_after_swap)
+    return report(bench, baseline, loaded, costs, rps, cost_ratio, runs, rss_after_swap, written)
 
 
 def ms(t: Timing | None) -> str:
-    return "–" if t is None else f"{t.render_ms:,} / {t.verify_ms:,}"
+    return "–" if t is None else f"{t.ms:,} ({t.buckets:,})"
 
 
 def report(
@@ -426,6 +563,7 @@ def report(
     cost_ratio: float,
     runs: list[Swap],
     rss_after_swap: int,
+    written: Writes,
 ) -> SectionReport:
     binary = live.tollgate_binary(bench)
     build = "debug" if bench.quick else "release"
@@ -436,7 +574,7 @@ def report(
         s = x.source
         rows_cp.append(
             [
-                f"{x.n:,}", f"{s.insert_s:.1f}", f"{s.open_s:.2f}", ms(s.open_timing), f"{s.change_s:.2f}", ms(s.change_timing),
+                f"{x.n:,}", f"{s.insert_s:.1f}", f"{s.open_s:.2f}", ms(s.open_timing), f"{s.reopen_s:.2f}", f"{s.change_s * 1000:.1f}", ms(s.change_timing),
                 f"{s.pages}", mib(s.bytes), f"{s.fetch_s:.2f}", f"{s.delta_bytes:,}", f"{s.delta_buckets} / {s.delta_records}", f"{s.delta_s:.2f}", mib(s.rss),
             ]
         )
@@ -461,10 +599,23 @@ def report(
         return verdict(ok, by)
 
     lc = large.source
+    w = written
+    write_p99, propagation_p99 = percentile(w.write_ms, 99), percentile(w.propagation_ms, 99)
+    rate = w.storm_writes / w.storm_s
+    read_p99 = max(percentile(v, 99) for v in w.read_ms.values())
+    rss_mib = lc.rss / 2**20
     headlines = [
-        f"Scale, control plane (real `tollgate serve`) at {large.n:,} keys+contracts: opens in {lc.open_s:.1f} s, one contract "
-        f"created in {lc.change_s:.1f} s (render / verify {ms(lc.change_timing)} ms), a {lc.delta_bytes:,}-byte delta to gateways; "
-        f"{lc.pages} pages, {mib(lc.bytes)} MiB.",
+        f"Scale, control plane (real `tollgate serve`) at {large.n:,} keys+contracts: a contract created or deleted in "
+        f"{percentile(w.write_ms, 50):.1f} ms p50 / {write_p99:.1f} ms p99 (goal ≤ {GOAL_WRITE_P99_MS:.0f}: "
+        f"{verdict(write_p99 <= GOAL_WRITE_P99_MS, f'{write_p99 - GOAL_WRITE_P99_MS:.1f} ms')}); {WRITERS} writers at once "
+        f"{rate:.0f} writes/s (goal ≥ {GOAL_WRITES_PER_S:.0f}: {verdict(rate >= GOAL_WRITES_PER_S, f'{GOAL_WRITES_PER_S - rate:.0f}/s')}); "
+        f"2xx to both workers enforcing {percentile(w.propagation_ms, 50):.0f} ms p50 / {propagation_p99:.0f} ms p99 (goal ≤ "
+        f"{GOAL_PROPAGATION_P99_MS:.0f}: {verdict(propagation_p99 <= GOAL_PROPAGATION_P99_MS, f'{propagation_p99 - GOAL_PROPAGATION_P99_MS:.0f} ms')}); "
+        f"reads during the writes p99 {read_p99:.1f} ms (goal ≤ {GOAL_READ_P99_MS:.0f}: {verdict(read_p99 <= GOAL_READ_P99_MS, f'{read_p99 - GOAL_READ_P99_MS:.1f} ms')}); "
+        f"opens in {lc.reopen_s:.2f} s (goal ≤ {GOAL_OPEN_S:.0f}: {verdict(lc.reopen_s <= GOAL_OPEN_S, f'{lc.reopen_s - GOAL_OPEN_S:.2f} s')}; "
+        f"the first open after a bulk import builds the stored buckets: {lc.open_s:.1f} s) and holds it in {rss_mib:.0f} MiB RSS "
+        f"(goal ≤ {GOAL_RSS_MIB:.0f}: {verdict(rss_mib <= GOAL_RSS_MIB, f'{rss_mib - GOAL_RSS_MIB:.0f} MiB')}); "
+        f"{lc.pages} pages, {mib(lc.bytes)} MiB, fetched whole in {lc.fetch_s:.1f} s.",
         f"Scale, memory: {large.n:,} keys+contracts grow the 2-worker Envoy by {per_key:,.0f} bytes per key "
         f"(goal ≤ {GOAL_BYTES_PER_KEY}: {verdict(per_key <= GOAL_BYTES_PER_KEY, f'{per_key - GOAL_BYTES_PER_KEY:,.0f} bytes')}).",
         f"Scale, request cost: {median(costs[1]):.1f} µs CPU per allowed request at {large.n:,} keys vs {median(costs[0]):.1f} µs at "
@@ -503,21 +654,47 @@ def report(
         "",
         table(
             [
-                "keys", "bulk insert s", "open s", "open: render / verify ms", "one contract s", "its render / verify ms",
+                "keys", "bulk insert s", "first open s", "its build ms", "open s", "one contract ms", "its snapshot ms (buckets)",
                 "pages", "snapshot MiB", "fetch all pages s", "delta bytes", "delta buckets / records", "delta s", "RSS MiB",
             ],
             rows_cp,
         ),
         "",
-        "*open* is `tollgate serve`'s exec to `/healthz` (it reads the catalogue, renders, paginates, signs and verifies the "
-        "snapshot before it listens); *one contract* is one contract created through the HTTP API, request to 2xx (every "
-        "gateway-visible write renders, signs and verifies the whole snapshot inside its write transaction). *render / "
-        "verify ms* are the control plane's own `snapshot rendered` debug line for that revision "
-        "(`control-plane/src/store/mod.rs` `sign_snapshot`: *render* is reading the catalogue, `paginate`, serialising, "
-        "signing and the bucket digests; *verify* is core's acceptance check of every page). *delta* is the answer to "
-        "`GET /v1/snapshot?since=<the revision before the contract>`, what a gateway holding that revision fetches: the "
-        "changed key-directory buckets with their records; *delta s* is that request to its answer (the first ask cuts the delta, later ones get it cached). *RSS* is the control plane's after the change and the full fetch "
-        "(it retains recent revisions' pages).",
+        "*first open* is `tollgate serve`'s exec to `/healthz` on the file just filled in bulk: the stored snapshot buckets "
+        "do not describe it yet, so it builds them from the tables once (*its build ms*, from its log); *open* is the next "
+        "start, what every start of a catalogue the control plane wrote costs (it reads only what the stored buckets say of "
+        "themselves; the background consistency check runs after it listens). *one contract* is one contract created "
+        "through the HTTP API, request to 2xx; *its snapshot ms (buckets)* is the snapshot side of that write from the "
+        "control plane's `snapshot revision rendered` debug line (`control-plane/src/store/mod.rs` `commit_revision`: "
+        "re-render the key-directory buckets the write touched, store them, cut the delta and run it through core's "
+        "acceptance check, prune). *delta* is the answer to `GET /v1/snapshot?since=<the revision before the contract>`, "
+        "what a gateway holding that revision fetches: the changed buckets with their records (cut by the write). *fetch "
+        "all pages* is a new gateway's full fetch, each page assembled from the stored buckets as of its revision. *RSS* "
+        "is the control plane's after the change and the full fetch.",
+        "",
+        f"### Writes at {w.n:,} keys, through the HTTP API",
+        "",
+        table(
+            ["what", "samples", "p50 ms", "p99 ms", "max ms"],
+            [
+                ["a contract created or deleted, one at a time: request to 2xx", f"{len(w.write_ms)}",
+                 f"{percentile(w.write_ms, 50):.1f}", f"{write_p99:.1f}", f"{max(w.write_ms):.1f}"],
+                [f"the same: 2xx to both workers of the {WORKERS}-worker gateway enforcing", f"{len(w.propagation_ms)}",
+                 f"{percentile(w.propagation_ms, 50):.1f}", f"{propagation_p99:.1f}", f"{max(w.propagation_ms):.1f}"],
+                [f"{WRITERS} writers at once for {w.storm_s:.0f} s: request to 2xx ({rate:.0f} writes/s)", f"{w.storm_writes}",
+                 f"{percentile(w.storm_write_ms, 50):.1f}", f"{percentile(w.storm_write_ms, 99):.1f}", f"{max(w.storm_write_ms):.1f}"],
+            ]
+            + [
+                [f"{what} during those writes (admin token)", f"{len(v)}", f"{percentile(v, 50):.1f}", f"{percentile(v, 99):.1f}", f"{max(v):.1f}"]
+                for what, v in w.read_ms.items()
+            ],
+        ),
+        "",
+        f"One client version with a key (spare client {w.n + 3:,}) gets a contract, which is then deleted, "
+        f"{len(w.write_ms)} times one after the other; after each 2xx the bench polls the gateway over one kept-alive "
+        f"connection per worker until both answer the new way (200, then 403). Then {WRITERS} threads each create and "
+        "delete a contract of their own spare client back to back while one more thread asks `/healthz` and the org in "
+        f"turn. The control plane's RSS after all this: {mib(w.rss)} MiB. Nearest-rank percentiles.",
         "",
         f"### Gateway: load time and memory (Envoy `--concurrency {WORKERS}`)",
         "",
