@@ -9,6 +9,7 @@ Envoy, wrk, target/tollgate.wasm and the no-op filter.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shlex
 import shutil
 import sys
@@ -43,6 +44,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-build", action="store_true", help="bench/run did not rebuild target/tollgate.wasm")
     parser.add_argument("--wasm", type=Path, default=TOLLGATE_WASM, help="the tollgate module to measure (default target/tollgate.wasm; bench/run then builds nothing of tollgate)")
     parser.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, quick: a temp file)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --sections: replace only those sections (and their summary lines) in the report at --output "
+        "(default BENCHMARKS.md), keeping the rest of the last full run; the header names both runs",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
@@ -54,6 +61,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 60:
         parser.error("--rounds must be 1..50 and --seconds 1..60")
     return args
+
+
+def merge(previous: str, reports: list, command: str, machine: list[str]) -> str:
+    """`previous` with the sections of `reports` (and their summary lines, told apart by the
+    words before their first comma) replaced by this run's, and a header line naming this run."""
+    lines = previous.rstrip("\n").split("\n")
+    for report in reports:
+        heading = f"## {report.title}"
+        if heading not in lines:
+            raise SystemExit(f"--merge: no section {report.title!r} in the previous report")
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = [heading, "", report.markdown.strip(), ""]
+        kinds = {h.split(",")[0] for h in report.headlines}
+        summary = [i for i, line in enumerate(lines) if line.startswith("- ") and line[2:].split(",")[0] in kinds]
+        at = summary[0] if summary else lines.index("## Summary") + 2
+        for i in reversed(summary):
+            del lines[i]
+        lines[at:at] = [f"- {h}" for h in report.headlines]
+    header = lines.index("## Summary") if "## Summary" in lines else len(lines)
+    commit = next((m for m in machine if m.startswith("- tollgate commit:")), "")
+    load = next((m for m in machine if m.startswith("- Load average")), "")
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    note = f"- Re-measured since: `{command}` on {now}, {commit[2:]}; {load[2:]}"
+    lines.insert(header - 1 if lines[header - 1] == "" else header, note)
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
@@ -92,10 +125,12 @@ def main(argv: list[str]) -> int:
     print(markdown)
     if args.output is not None:
         output = args.output
-    elif args.quick:
+    elif args.quick and not args.merge:
         output = Path(tempfile.mkstemp(prefix="tollgate-bench-quick-", suffix=".md")[1])
     else:
         output = REPO / "BENCHMARKS.md"
+    if args.merge:
+        markdown = merge(output.read_text(), reports, command, machine)
     output.write_text(markdown + "\n")
     print(f"\nwrote {output}", file=sys.stderr)
     return 0

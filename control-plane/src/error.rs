@@ -103,6 +103,20 @@ impl Error {
         }
     }
 
+    /// The same failure for another write of a group commit that it failed too: storage
+    /// failures and conflicts keep their kind; anything else is internal.
+    pub fn shared(&self) -> Error {
+        match self {
+            Error::Storage(detail) => Error::Storage(detail.clone()),
+            Error::Conflict { kind, detail } => Error::Conflict {
+                kind,
+                detail: detail.clone(),
+            },
+            Error::At { source, .. } => source.shared(),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+
     /// Whether this error says storage is failing rather than that the request or the code is
     /// wrong.
     pub fn is_storage_failure(&self) -> bool {

@@ -385,3 +385,68 @@ fn reopening_reads_the_stored_buckets_and_builds_them_only_when_missing() {
     let rebuilt = open(dir.path(), PAGE_KEYS);
     assert_eq!(stored_pages(&rebuilt, revision), pages);
 }
+
+#[test]
+fn concurrent_writes_commit_together_and_a_refused_one_rolls_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), PAGE_KEYS);
+    seed(&store);
+    let before = store.snapshot().revision;
+    let outcomes: Vec<Result<u64, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..24)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                scope.spawn(move || {
+                    store
+                        .write_blocking(move |tx| {
+                            tx.execute(
+                                "INSERT INTO api_keys (org, client, version, sha256, created_at)
+                                 VALUES ('acme', ?1, '1', ?2, 0)",
+                                params![
+                                    format!("c{}", i % CLIENTS),
+                                    key_hash_hex(&format!("group-{i}"))
+                                ],
+                            )?;
+                            tx.gateway_changed();
+                            if i % 7 == 3 {
+                                return Err(Error::conflict("refused-for-the-test", "no"));
+                            }
+                            Ok(i)
+                        })
+                        .map(|(_, revision)| revision)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused = outcomes.iter().filter(|o| o.is_err()).count();
+    assert_eq!(
+        refused,
+        (0..24).filter(|i| i % 7 == 3).count(),
+        "{outcomes:?}"
+    );
+    let revisions: BTreeSet<u64> = outcomes.iter().filter_map(|o| o.clone().ok()).collect();
+    println!(
+        "24 concurrent writes committed as {} revision(s) after {before}",
+        revisions.len()
+    );
+    let keys: i64 = store
+        .read_blocking(
+            |conn| Ok(conn.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?),
+        )
+        .unwrap();
+    assert_eq!(
+        keys as usize,
+        24 - refused,
+        "a refused write leaves nothing behind"
+    );
+    let revision = store.snapshot().revision;
+    assert_eq!(Some(&revision), revisions.iter().max());
+    let full = store.read_blocking(|conn| render(conn, revision)).unwrap();
+    assert_eq!(
+        stored_pages(&store, revision),
+        reference_pages(&full, PAGE_KEYS)
+    );
+    assert!(store.check().unwrap().drifted.is_empty());
+}

@@ -263,6 +263,9 @@ pub struct Store {
     /// for the first to finish and take it from the cache.
     assembling: Mutex<()>,
     pub figures: StoreFigures,
+    /// Writes waiting for the next group commit, oldest first.
+    queue: Mutex<VecDeque<Job>>,
+    next_job: AtomicU64,
 }
 
 /// A page of a revision: (revision, page index).
@@ -477,6 +480,8 @@ impl Store {
             deltas: Mutex::new(HashMap::new()),
             assembling: Mutex::new(()),
             figures,
+            queue: Mutex::new(VecDeque::new()),
+            next_job: AtomicU64::new(0),
         }))
     }
 
@@ -827,40 +832,259 @@ impl Store {
         .map_err(|e| Error::Internal(format!("write task: {e}")))?
     }
 
-    fn write_blocking<T>(
-        &self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Error>,
-    ) -> Result<(T, u64), Error> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut tx = Tx {
-            tx,
-            now: unix_now(),
-            gateway_change: false,
+    /// Runs `f` in the next group commit: writes that arrive while one commits wait for the
+    /// write connection together, and the first of them to get it runs them all in one
+    /// transaction, each in a savepoint of its own (a refused write rolls back only itself),
+    /// then renders, checks, commits and fsyncs once for all. Each caller gets its own answer
+    /// and the revision its write is in.
+    fn write_blocking<T, F>(&self, f: F) -> Result<(T, u64), Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
+    {
+        let slot: Arc<Mutex<WriteSlot<T>>> = Arc::new(Mutex::new(WriteSlot::Queued));
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let job = {
+            let (run_slot, finish_slot) = (Arc::clone(&slot), Arc::clone(&slot));
+            Job {
+                id,
+                run: Box::new(move |tx| {
+                    let (outcome, ok) = match f(tx) {
+                        Ok(out) => (WriteSlot::Ran(out), true),
+                        Err(e) => (WriteSlot::Done(Err(e)), false),
+                    };
+                    *run_slot.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
+                    ok
+                }),
+                finish: Box::new(move |committed| {
+                    let mut slot = finish_slot.lock().unwrap_or_else(|p| p.into_inner());
+                    let ran = std::mem::replace(&mut *slot, WriteSlot::Queued);
+                    *slot = match (ran, committed) {
+                        (WriteSlot::Ran(out), Ok(revision)) => WriteSlot::Done(Ok((out, revision))),
+                        (WriteSlot::Ran(_), Err(e)) => WriteSlot::Done(Err(e)),
+                        (WriteSlot::Done(done), _) => WriteSlot::Done(done),
+                        // The group failed before this write ran.
+                        (WriteSlot::Queued, Err(e)) => WriteSlot::Done(Err(e)),
+                        (WriteSlot::Queued, Ok(_)) => WriteSlot::Done(Err(Error::Internal(
+                            "a write was finished without running".into(),
+                        ))),
+                    };
+                }),
+            }
         };
-        // On error `tx` drops here and rolls back: nothing half-written.
-        let out = f(&mut tx)?;
-        if !tx.gateway_change && !has_dirty_buckets(&tx)? {
-            let revision = current_revision(&tx)?;
-            tx.tx.commit()?;
-            return Ok((out, revision));
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(job);
+        let done = |slot: &Mutex<WriteSlot<T>>| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::replace(&mut *slot, WriteSlot::Queued) {
+                WriteSlot::Done(outcome) => Some(outcome),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        let mut conn = self.writer();
+        if let Some(outcome) = done(&slot) {
+            return outcome;
         }
-        let committed = commit_revision(&tx, self.options, &self.figures, true)?;
-        tx.tx.commit()?;
-        let revision = committed.revision;
-        self.figures
-            .stored_bytes
-            .fetch_add(committed.grown, Ordering::Relaxed);
-        *self.shell.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(committed.shell);
-        self.oldest_servable
-            .store(committed.oldest_servable, Ordering::Relaxed);
-        self.published.send_replace(Arc::new(Revision {
-            revision,
-            delta: committed.delta,
-        }));
-        tracing::info!(revision, "snapshot revision committed");
-        Ok((out, revision))
+        let batch: Vec<Job> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !queue.iter().any(|job| job.id == id) {
+                // Taken by a group whose leader panicked: its transaction rolled back.
+                return Err(Error::Internal("the write's group commit failed".into()));
+            }
+            let take = queue.len().min(MAX_GROUP);
+            queue.drain(..take).collect()
+        };
+        self.commit_group(&mut conn, batch);
+        drop(conn);
+        done(&slot).unwrap_or_else(|| {
+            // Ours was beyond MAX_GROUP in the queue: run again as the next group's leader.
+            self.write_again(&slot, id)
+        })
     }
+
+    /// A write left in the queue by a full group: waits for the connection again, and leads
+    /// the next group if no one else took it.
+    fn write_again<T>(&self, slot: &Mutex<WriteSlot<T>>, id: u64) -> Result<(T, u64), Error> {
+        loop {
+            let mut conn = self.writer();
+            {
+                let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if let WriteSlot::Done(_) = &*slot {
+                    if let WriteSlot::Done(outcome) =
+                        std::mem::replace(&mut *slot, WriteSlot::Queued)
+                    {
+                        return outcome;
+                    }
+                }
+            }
+            let batch: Vec<Job> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if !queue.iter().any(|job| job.id == id) {
+                    return Err(Error::Internal("the write's group commit failed".into()));
+                }
+                let take = queue.len().min(MAX_GROUP);
+                queue.drain(..take).collect()
+            };
+            self.commit_group(&mut conn, batch);
+        }
+    }
+
+    /// One transaction for `jobs`, each in its own savepoint; then the snapshot side once and
+    /// one commit. Every job is finished, with its revision or the group's failure.
+    fn commit_group(&self, conn: &mut Connection, jobs: Vec<Job>) {
+        let grouped = jobs.len() > 1;
+        let mut finishes = Vec::with_capacity(jobs.len());
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = Error::from(e);
+                jobs.into_iter()
+                    .for_each(|job| (job.finish)(Err(e.shared())));
+                return;
+            }
+        };
+        let outcome = (|| -> Result<GroupEnd, Error> {
+            let mut tx = Tx {
+                tx,
+                now: unix_now(),
+                gateway_change: false,
+            };
+            let mut jobs = jobs.into_iter();
+            while let Some(Job { run, finish, .. }) = jobs.next() {
+                match run_in_savepoint(&mut tx, run, grouped) {
+                    Ok(None) => finishes.push(finish),
+                    Ok(Some(refused)) => finish(Err(refused)),
+                    Err(e) => {
+                        // Storage failed: the group rolls back; every write is told why.
+                        finishes.push(finish);
+                        finishes.extend(jobs.map(|job| job.finish));
+                        return Err(e);
+                    }
+                }
+            }
+            if !tx.gateway_change && !has_dirty_buckets(&tx)? {
+                let revision = current_revision(&tx)?;
+                tx.tx.commit()?;
+                return Ok(GroupEnd::Unchanged(revision));
+            }
+            // In a group every write was checked in its savepoint: the last check covered
+            // exactly what commits.
+            let committed = commit_revision(&tx, self.options, &self.figures, !grouped)?;
+            tx.tx.commit()?;
+            Ok(GroupEnd::Committed(Box::new(committed)))
+        })();
+        match outcome {
+            Ok(GroupEnd::Unchanged(revision)) => {
+                finishes.into_iter().for_each(|finish| finish(Ok(revision)));
+            }
+            Ok(GroupEnd::Committed(committed)) => {
+                let revision = committed.revision;
+                self.figures
+                    .stored_bytes
+                    .fetch_add(committed.grown, Ordering::Relaxed);
+                self.oldest_servable
+                    .store(committed.oldest_servable, Ordering::Relaxed);
+                let Committed { shell, delta, .. } = *committed;
+                *self.shell.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(shell);
+                self.published
+                    .send_replace(Arc::new(Revision { revision, delta }));
+                tracing::info!(
+                    revision,
+                    writes = finishes.len(),
+                    "snapshot revision committed"
+                );
+                finishes.into_iter().for_each(|finish| finish(Ok(revision)));
+            }
+            Err(e) => {
+                // Nothing of the group committed (the transaction rolled back when dropped).
+                for finish in finishes {
+                    finish(Err(e.shared()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one write of a group in a savepoint of its own: kept when it succeeds, rolled back
+/// (its caller already holds its error) when it fails. In a group, a write that succeeded is
+/// also checked as gateways will check the result so far, so that one write gateways would
+/// refuse is refused alone; `Some` with that refusal. Alone, the commit checks it.
+fn run_in_savepoint(
+    tx: &mut Tx<'_>,
+    run: Box<dyn FnOnce(&mut Tx<'_>) -> bool + Send>,
+    grouped: bool,
+) -> Result<Option<Error>, Error> {
+    let before = tx.gateway_change;
+    tx.execute_batch("SAVEPOINT tollgate_write")?;
+    let mut refused = None;
+    let kept = run(tx) && {
+        if grouped && (tx.gateway_change || has_dirty_buckets(tx)?) {
+            refused = check_pending(tx).err();
+        }
+        refused.is_none()
+    };
+    if kept {
+        tx.execute_batch("RELEASE tollgate_write")?;
+    } else {
+        tx.execute_batch("ROLLBACK TO tollgate_write; RELEASE tollgate_write")?;
+        tx.gateway_change = before;
+    }
+    Ok(refused)
+}
+
+/// How a group commit ended: nothing gateways see changed (the revision in force), or a new
+/// revision.
+enum GroupEnd {
+    Unchanged(u64),
+    Committed(Box<Committed>),
+}
+
+/// The most writes one group commit takes.
+const MAX_GROUP: usize = 64;
+
+/// A queued write: `run` applies it (answering whether it succeeded), `finish` hands the caller
+/// its outcome once the group committed or failed.
+struct Job {
+    id: u64,
+    run: Box<dyn FnOnce(&mut Tx<'_>) -> bool + Send>,
+    finish: Box<dyn FnOnce(Result<u64, Error>) + Send>,
+}
+
+enum WriteSlot<T> {
+    Queued,
+    /// Ran in a group not yet committed.
+    Ran(T),
+    Done(Result<(T, u64), Error>),
+}
+
+/// What gateways would make of the pending change so far (the buckets dirty in this
+/// transaction and the shell): `Err` with 409 `gateway-would-reject` when they would refuse it.
+fn check_pending(tx: &Tx<'_>) -> Result<(), Error> {
+    let dirty = {
+        let mut stmt = tx.prepare_cached("SELECT bucket FROM dirty_buckets")?;
+        let dirty = stmt
+            .query_map([], |r| Ok(r.get::<_, i64>(0)? as u16))?
+            .collect::<Result<BTreeSet<u16>, _>>()?;
+        dirty
+    };
+    let rendered = buckets::render(tx, &dirty)?;
+    let shell = snapshot::render_shell(tx, current_revision(tx)? + 1)?;
+    let defined: Vec<u16> = rendered.keys().copied().collect();
+    let part = buckets::assemble(&shell, rendered.into_values(), Some(defined));
+    let body =
+        serde_json::to_vec(&part).map_err(|e| Error::Internal(format!("encoding a delta: {e}")))?;
+    compile(&body).map_err(|rejected| {
+        Error::conflict(
+            "gateway-would-reject",
+            format!("gateways would refuse the resulting snapshot: {rejected}"),
+        )
+    })?;
+    Ok(())
 }
 
 fn current_revision(conn: &Connection) -> Result<u64, Error> {
