@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 /// (the gateway keeps its last good snapshot) rather than half-understood.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The body of the control plane's `GET /v1/snapshot` (a full revision, one of its pages, or a
+/// delta) and of a static-mode snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
+    /// [`SCHEMA_VERSION`]; a gateway refuses any other.
     pub schema: u32,
     /// Bumped by every committed change that affects gateways.
     pub revision: u64,
@@ -45,6 +49,8 @@ pub struct Snapshot {
 
 /// A locked plan version: the limits every contract through it gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotPlanVersion))]
 #[serde(deny_unknown_fields)]
 pub struct PlanVersion {
     /// `org/plan/version`
@@ -53,14 +59,17 @@ pub struct PlanVersion {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
+    /// At least 1.
     pub requests: u64,
     pub per: Period,
 }
 
 /// Fixed windows aligned to UTC calendar boundaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
     Second,
@@ -106,6 +115,8 @@ impl Period {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotApiVersion))]
 #[serde(deny_unknown_fields)]
 pub struct ApiVersion {
     /// `org/api/version`
@@ -115,16 +126,17 @@ pub struct ApiVersion {
     pub routing: Routing,
     #[serde(default)]
     pub forward_api_key: bool,
-    /// How callers of a private API identify themselves.
+    /// How callers of a private API identify themselves; absent means `api_key`.
     #[serde(default, skip_serializing_if = "AuthMode::is_default")]
     pub auth: AuthMode,
 }
 
 /// How a private API's callers identify themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
-    /// An API key (header or query parameter).
+    /// An API key (header or query parameter); the default.
     #[default]
     ApiKey,
     /// A JWT bearer token from a trusted issuer.
@@ -149,6 +161,8 @@ impl AuthMode {
 
 /// A JWT issuer the gateway trusts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotIssuer))]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
     /// The `iss` value its tokens carry.
@@ -157,6 +171,7 @@ pub struct Issuer {
     pub audiences: Vec<String>,
     /// Its public keys. Each key's algorithm comes from the key (`alg`, else its type), never
     /// from a token.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub jwks: jsonwebtoken::jwk::JwkSet,
     /// The claim whose value names the client (matched against client versions' `subjects`).
     #[serde(default = "default_client_claim")]
@@ -173,6 +188,8 @@ fn default_client_claim() -> String {
 
 /// Only published and retired versions reach gateways; drafts stay in the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotApiStatus))]
 #[serde(rename_all = "lowercase")]
 pub enum ApiStatus {
     Published,
@@ -180,15 +197,21 @@ pub enum ApiStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Routing {
+    /// An absolute path without a trailing slash; matched on segment boundaries.
+    #[cfg_attr(feature = "openapi", schema(example = "/orders/v1"))]
     pub path_prefix: String,
-    /// Empty: any host.
+    /// DNS names or IP literals, no port (a request's port is ignored) and no wildcard; stored
+    /// lowercase without a trailing dot, Unicode names as punycode. Empty matches any host.
     #[serde(default)]
     pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotClientVersion))]
 #[serde(deny_unknown_fields)]
 pub struct ClientVersion {
     /// `org/client/version`
@@ -202,6 +225,8 @@ pub struct ClientVersion {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotTokenSubject))]
 #[serde(deny_unknown_fields)]
 pub struct TokenSubject {
     pub issuer: String,
@@ -209,6 +234,8 @@ pub struct TokenSubject {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotApiKeyHash))]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyHash {
     /// Lowercase hex SHA-256 of the key; the key itself never leaves the client.
@@ -219,6 +246,8 @@ pub struct ApiKeyHash {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SnapshotContract))]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
     /// Never reused by the control plane; names the contract's counter.
