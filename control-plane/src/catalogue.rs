@@ -27,7 +27,6 @@ use crate::model::{
     ApiVersionStatus, CreateServiceAccount, CreateSubject, CreatedServiceAccount, IssuerSpec,
     PlanChoice, PlanVersionStatus,
 };
-use crate::openapi::{RateLimitSchema, RoutingSchema};
 use crate::store::contracts::{self, ContractTerms};
 use crate::store::orgs::{self, OwnedKind};
 use crate::store::{apis, clients, issuers, plans, tokens, PageRequest, Tx};
@@ -79,7 +78,6 @@ pub struct PlanVersionEntry {
     #[serde(deserialize_with = "version_name")]
     pub version: String,
     #[serde(default)]
-    #[schema(value_type = Vec<RateLimitSchema>)]
     pub limits: Vec<RateLimit>,
     /// Locking is one-way: `true` locks a draft; `false` on a locked version is refused.
     #[serde(default)]
@@ -110,7 +108,6 @@ pub struct ApiVersionEntry {
     pub status: ApiVersionStatus,
     #[serde(default)]
     pub public: bool,
-    #[schema(value_type = RoutingSchema)]
     pub routing: Routing,
     /// Offered plan versions as `org/plan/version`.
     #[serde(default)]
@@ -119,7 +116,6 @@ pub struct ApiVersionEntry {
     pub forward_api_key: bool,
     /// `api_key` (default), `jwt` or `api_key_or_jwt`.
     #[serde(default, skip_serializing_if = "AuthMode::is_default")]
-    #[schema(value_type = crate::openapi::AuthModeSchema)]
     pub auth: AuthMode,
 }
 

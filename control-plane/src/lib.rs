@@ -10,7 +10,6 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod model;
-pub mod openapi;
 pub mod secrets;
 pub mod server;
 pub mod store;

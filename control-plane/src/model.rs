@@ -1,7 +1,7 @@
 //! The management API's resources and request bodies, as they travel in JSON.
 //!
 //! Rate limits and routings reuse `core`'s snapshot types so that what an operator writes is
-//! exactly what a gateway receives; `crate::openapi` documents their shape.
+//! exactly what a gateway receives; they document their own shape (core's `openapi` feature).
 //!
 //! A resource that can be replaced (`PUT`) takes the representation its `GET` returns: its
 //! [`Representation::READ_ONLY`] fields may be left out (they deserialize to a default the
@@ -12,8 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tollgate_core::snapshot::{AuthMode, RateLimit, Routing};
 use utoipa::{IntoParams, ToSchema};
-
-use crate::openapi::{AuthModeSchema, RateLimitSchema, RoutingSchema};
 
 /// Unix seconds. (Resource fields spell out `i64` so the OpenAPI schema inlines an integer.)
 pub type Timestamp = i64;
@@ -87,7 +85,6 @@ pub struct PlanVersion {
     #[serde(default)]
     #[schema(read_only, required = true)]
     pub status: PlanVersionStatus,
-    #[schema(value_type = Vec<RateLimitSchema>)]
     pub limits: Vec<RateLimit>,
     #[serde(default)]
     #[schema(read_only, required = true)]
@@ -168,7 +165,6 @@ pub struct ApiVersion {
     pub status: ApiVersionStatus,
     #[serde(default)]
     pub public: bool,
-    #[schema(value_type = RoutingSchema)]
     pub routing: Routing,
     /// Locked plan versions this API version is offered through; private versions need one.
     #[serde(default)]
@@ -178,7 +174,6 @@ pub struct ApiVersion {
     pub forward_api_key: bool,
     /// How callers of a private version identify themselves (default `api_key`).
     #[serde(default)]
-    #[schema(value_type = AuthModeSchema)]
     pub auth: AuthMode,
     #[serde(default)]
     #[schema(read_only, required = true)]
@@ -286,7 +281,6 @@ pub struct CreateOwned {
 pub struct CreatePlanVersion {
     pub version: String,
     /// Required unless `copy_from` is given.
-    #[schema(value_type = Option<Vec<RateLimitSchema>>)]
     pub limits: Option<Vec<RateLimit>>,
     /// An existing version of the same plan whose limits the new draft starts with.
     pub copy_from: Option<String>,
@@ -307,7 +301,6 @@ pub struct CreateApiVersion {
     pub version: String,
     #[serde(default)]
     pub public: bool,
-    #[schema(value_type = RoutingSchema)]
     pub routing: Routing,
     /// Locked plan versions this API version is offered through; private versions need one.
     #[serde(default)]
@@ -317,7 +310,6 @@ pub struct CreateApiVersion {
     pub forward_api_key: bool,
     /// How callers of a private version identify themselves (default `api_key`).
     #[serde(default)]
-    #[schema(value_type = AuthModeSchema)]
     pub auth: AuthMode,
 }
 

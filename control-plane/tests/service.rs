@@ -7,6 +7,8 @@
 mod common;
 
 use common::Server;
+use serde_json::{json, Value};
+use tollgate_core::snapshot;
 
 #[test]
 fn openapi_documents_every_path_with_its_token() {
@@ -71,6 +73,133 @@ fn openapi_documents_every_path_with_its_token() {
             }
         }
     }
+}
+
+/// A snapshot with every field core can write set (a struct literal, so a new field fails to
+/// compile here until it is documented).
+fn snapshot_with_every_field() -> snapshot::Snapshot {
+    use snapshot::*;
+    let jwks = serde_json::from_value(json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k1",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    }]}))
+    .unwrap();
+    Snapshot {
+        schema: SCHEMA_VERSION,
+        revision: 7,
+        plans: vec![PlanVersion {
+            id: "acme/gold/1".into(),
+            limits: vec![RateLimit {
+                requests: 10,
+                per: Period::Minute,
+            }],
+        }],
+        apis: vec![ApiVersion {
+            id: "acme/orders/1".into(),
+            status: ApiStatus::Published,
+            public: false,
+            routing: Routing {
+                path_prefix: "/orders/v1".into(),
+                hosts: vec!["api.test".into()],
+            },
+            forward_api_key: true,
+            auth: AuthMode::ApiKeyOrJwt,
+        }],
+        clients: vec![ClientVersion {
+            id: "acme/mobile/1".into(),
+            keys: vec![ApiKeyHash {
+                sha256: "ab".repeat(32),
+                expires_at: Some(1_900_000_000),
+            }],
+            subjects: vec![TokenSubject {
+                issuer: "https://idp.test".into(),
+                value: "svc".into(),
+            }],
+        }],
+        contracts: vec![Contract {
+            id: 1,
+            client: "acme/mobile/1".into(),
+            api: "acme/orders/1".into(),
+            plan: "acme/gold/1".into(),
+        }],
+        issuers: vec![Issuer {
+            issuer: "https://idp.test".into(),
+            audiences: vec!["orders".into()],
+            jwks,
+            client_claim: "azp".into(),
+            max_token_lifetime_seconds: Some(3600),
+        }],
+        buckets: Some(vec![3]),
+        next: Some("cursor".into()),
+        base_revision: Some(6),
+    }
+}
+
+/// The schema `schema` stands for: `$ref`s followed, and of a `oneOf`/`anyOf` (an `Option`)
+/// the alternative that is not `null`.
+fn resolve<'a>(doc: &'a Value, mut schema: &'a Value) -> &'a Value {
+    loop {
+        if let Some(reference) = schema["$ref"].as_str() {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            schema = &doc["components"]["schemas"][name];
+            assert!(
+                schema.is_object(),
+                "{reference} is not in components.schemas"
+            );
+        } else if let Some(options) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+            schema = options
+                .iter()
+                .find(|o| o["type"] != "null")
+                .unwrap_or_else(|| panic!("no non-null alternative in {schema}"));
+        } else {
+            return schema;
+        }
+    }
+}
+
+/// Every key of `value` is a property of `schema`, recursively; returns the paths where the
+/// schema is a free-form object.
+fn undocumented(doc: &Value, schema: &Value, value: &Value, at: &str, free: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    match value {
+        Value::Object(fields) => {
+            let Some(properties) = schema["properties"].as_object() else {
+                free.push(at.to_owned());
+                return;
+            };
+            for (key, field) in fields {
+                let property = properties
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{at}.{key} is served but not documented"));
+                undocumented(doc, property, field, &format!("{at}.{key}"), free);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                undocumented(doc, &schema["items"], item, &format!("{at}[]"), free);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn openapi_snapshot_schema_is_cores() {
+    let s = Server::start();
+    let doc = s.request("GET", "/openapi.json", None, None, &[]).json();
+    let body = &doc["paths"]["/v1/snapshot"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    let schema = resolve(&doc, body);
+    let properties = schema["properties"].as_object().unwrap();
+    assert!(properties.contains_key("issuers"), "{schema}");
+    let client = resolve(&doc, &properties["clients"]["items"]);
+    assert!(client["properties"]["subjects"].is_object(), "{client}");
+
+    let served = serde_json::to_value(snapshot_with_every_field()).unwrap();
+    let mut free = Vec::new();
+    undocumented(&doc, body, &served, "snapshot", &mut free);
+    // A key set's JWK fields are RFC 7517's, documented there.
+    assert_eq!(free, ["snapshot.issuers[].jwks"]);
 }
 
 #[test]

@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::owned::{self, check_version_path};
 use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::error::Error;
 use crate::model::{
     ApiVersion, CreateApiVersion, CreateOwned, OfferedPlan, Owned, Page, PageQuery,
-};
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
 };
 use crate::store::apis::{self, ApiVersionSpec};
 use crate::store::orgs::OwnedKind;

@@ -4,12 +4,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::{AppState, Json, MAX_APPLY_BODY_BYTES};
 use crate::catalogue::{self, ApplyReport, Catalogue};
 use crate::error::Error;
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
-};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -5,15 +5,15 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::owned::{self, check_version_path};
 use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::error::Error;
 use crate::model::{
     ApiKeyInfo, ClientVersion, CreateClientVersion, CreateOwned, CreatedClientVersion, Owned, Page,
     PageQuery, RotateKey, RotatedKey,
-};
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
 };
 use crate::store::orgs::OwnedKind;
 use crate::store::{clients, PageRequest};

@@ -6,14 +6,14 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::owned::check_version_path;
 use super::{AppState, Json, PathParams, QueryParams};
 use crate::domain::check_slug;
 use crate::error::Error;
 use crate::model::{Contract, CreateContract, Page, PageQuery};
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
-};
 use crate::store::contracts::{self, ContractTerms};
 use crate::store::orgs::OwnedKind;
 use crate::store::PageRequest;

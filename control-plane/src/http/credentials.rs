@@ -8,13 +8,13 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::owned::check_version_path;
 use super::{AppState, Json, PathParams, QueryParams};
 use crate::error::Error;
 use crate::model::{CreateCredentials, CreateSubject, CredentialsInfo, IssuedCredentials, Subject};
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
-};
 use crate::store::orgs::OwnedKind;
 use crate::store::{issuers, tokens};
 

@@ -6,12 +6,12 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::{AppState, Json, PathParams, Replacement};
 use crate::error::Error;
 use crate::model::{ExternalIssuer, IssuerSpec};
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
-};
 use crate::store::issuers;
 
 pub fn routes() -> OpenApiRouter<AppState> {

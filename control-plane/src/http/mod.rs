@@ -8,6 +8,7 @@ mod contracts;
 mod credentials;
 mod issuers;
 mod oauth;
+pub mod openapi;
 mod orgs;
 mod owned;
 mod plans;
@@ -36,10 +37,10 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::error::Error;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::model::Representation;
-use crate::openapi::{add_security, ApiDoc};
 use crate::secrets::BearerToken;
 use crate::store::Store;
 use crate::tokens::{verify_management, IssuerConfig, SigningKeys, SERVICE_ACCOUNT_SUBJECT_PREFIX};
+use openapi::{add_security, mark_optional_bodies, ApiDoc};
 
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
 pub const APPLY_PATH: &str = "/v1/apply";
@@ -90,7 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::public_routes())
         .split_for_parts();
     add_security(&mut doc);
-    crate::openapi::mark_optional_bodies(&mut doc);
+    mark_optional_bodies(&mut doc);
     let doc = Arc::new(doc);
     router
         .route(

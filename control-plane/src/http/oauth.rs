@@ -20,11 +20,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::Unauthorized;
 use super::throttle::{Throttled, TokenThrottle};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{RotatedTokenKey, TokenKey};
-use crate::openapi::problems::Unauthorized;
 use crate::secrets::random_token;
 use crate::store::tokens::{self, CredentialOwner};
 use crate::tokens::{SCOPE_GATEWAY, SERVICE_ACCOUNT_SUBJECT_PREFIX};

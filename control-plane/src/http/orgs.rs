@@ -5,11 +5,11 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized};
 use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::domain::{check_name, check_slug};
 use crate::error::Error;
 use crate::model::{CreateOrg, Org, Page, PageQuery};
-use crate::openapi::problems::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized};
 use crate::store::{orgs, PageRequest};
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{
+    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
+};
 use super::owned::{self, check_version_path};
 use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::domain::{check_version, normalize_limits};
 use crate::error::Error;
 use crate::model::{CreateOwned, CreatePlanVersion, Owned, Page, PageQuery, PlanVersion};
-use crate::openapi::problems::{
-    BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unprocessable,
-};
 use crate::store::orgs::OwnedKind;
 use crate::store::{plans, PageRequest};
 

@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized};
 use super::{AppState, Json, PathParams};
 use crate::error::Error;
 use crate::model::{CreateServiceAccount, CreatedServiceAccount, ServiceAccount};
-use crate::openapi::problems::{BadRequest, Conflict, NotFound, TooLarge, Unauthorized};
 use crate::store::tokens;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -11,14 +11,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tollgate_core::signing::SIGNATURE_HEADER;
+use tollgate_core::snapshot::Snapshot;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::problems::{BadRequest, Unauthorized};
 use super::{AppState, QueryParams};
 use crate::error::Error;
-use crate::openapi::problems::{BadRequest, Unauthorized};
-use crate::openapi::SnapshotSchema;
 use crate::store::{parse_page_cursor, PageAnswer, Revision, SignedPage};
 
 /// Longest a long poll is held; a larger `wait` is capped to this.
@@ -57,7 +57,7 @@ pub struct SnapshotQuery {
 #[utoipa::path(get, path = "/v1/snapshot", tag = "gateway", params(SnapshotQuery,
         ("If-None-Match" = Option<String>, Header, description = "\"<revision>\" already held")),
     responses(
-        (status = 200, description = "OK", body = SnapshotSchema, headers(
+        (status = 200, description = "OK", body = Snapshot, headers(
             ("ETag" = String, description = "\"<revision>\""),
             ("x-tollgate-signature" = String, description = "t=<issued at>,ed25519=<base64 signature of the issue time and the body's SHA-256>"))),
         (status = 304, description = "The revision in If-None-Match is still current"),

@@ -1,125 +1,15 @@
 //! The OpenAPI document. Paths and bodies come from the handlers' annotations as the router is
-//! built (utoipa-axum), so the document lists exactly the routes that exist. This module adds
-//! what the annotations cannot see: schemas for `core`'s types, and which token each path takes.
+//! built (utoipa-axum), so the document lists exactly the routes that exist; `core`'s snapshot
+//! types and problem body document themselves (its `openapi` feature), so `/v1/snapshot` is
+//! described by the very types the server serialises. This module adds what the annotations
+//! cannot see: which token each path takes, and which bodies are optional.
 
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDoc;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
-/// Shape of `core`'s `RateLimit` (documentation only; `core` has no OpenAPI dependency).
-#[derive(Serialize, ToSchema)]
-#[schema(as = RateLimit)]
-pub struct RateLimitSchema {
-    /// At least 1.
-    pub requests: u64,
-    pub per: PeriodSchema,
-}
-
-/// Fixed windows aligned to UTC calendar boundaries.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Period)]
-#[serde(rename_all = "lowercase")]
-pub enum PeriodSchema {
-    Second,
-    Minute,
-    Hour,
-    Day,
-    Month,
-}
-
-/// Shape of `core`'s `AuthMode`: how a private API version's callers identify themselves.
-#[derive(Serialize, ToSchema)]
-#[schema(as = AuthMode)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthModeSchema {
-    /// An API key (header or query parameter); the default.
-    ApiKey,
-    /// A JWT bearer token from a trusted issuer.
-    Jwt,
-    /// Either; a bearer token is used when one is sent.
-    ApiKeyOrJwt,
-}
-
-/// Shape of `core`'s `Routing`.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Routing)]
-pub struct RoutingSchema {
-    /// An absolute path without a trailing slash; matched on segment boundaries.
-    #[schema(example = "/orders/v1")]
-    pub path_prefix: String,
-    /// DNS names or IP literals, no port (a request's port is ignored) and no wildcard; stored
-    /// lowercase without a trailing dot, Unicode names as punycode. Empty matches any host.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-}
-
-/// Shape of `core`'s `Snapshot`, the body of `GET /v1/snapshot`.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Snapshot)]
-pub struct SnapshotSchema {
-    pub schema: u32,
-    pub revision: u64,
-    pub plans: Vec<SnapshotPlanSchema>,
-    pub apis: Vec<SnapshotApiSchema>,
-    pub clients: Vec<SnapshotClientSchema>,
-    pub contracts: Vec<SnapshotContractSchema>,
-    /// On a page of a paged revision: the key-directory buckets it defines in full.
-    pub buckets: Option<Vec<u16>>,
-    /// On a page of a paged revision but the last: pass as `?cursor=` for the next page.
-    pub next: Option<String>,
-    /// On a delta (`?since=`): the revision it applies to; gateways apply it over exactly that
-    /// revision.
-    pub base_revision: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(as = SnapshotPlanVersion)]
-pub struct SnapshotPlanSchema {
-    /// `org/plan/version`
-    pub id: String,
-    pub limits: Vec<RateLimitSchema>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(as = SnapshotApiVersion)]
-pub struct SnapshotApiSchema {
-    /// `org/api/version`
-    pub id: String,
-    /// `published` or `retired`
-    pub status: String,
-    pub public: bool,
-    pub routing: RoutingSchema,
-    pub forward_api_key: bool,
-    /// Absent means `api_key`.
-    pub auth: Option<AuthModeSchema>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(as = SnapshotClientVersion)]
-pub struct SnapshotClientSchema {
-    /// `org/client/version`
-    pub id: String,
-    pub keys: Vec<SnapshotKeySchema>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(as = SnapshotApiKeyHash)]
-pub struct SnapshotKeySchema {
-    /// Lowercase hex SHA-256 of the key.
-    pub sha256: String,
-    /// Unix seconds after which the key no longer works; absent on the current key.
-    pub expires_at: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[schema(as = SnapshotContract)]
-pub struct SnapshotContractSchema {
-    pub id: u64,
-    pub client: String,
-    pub api: String,
-    pub plan: String,
-}
+use super::SNAPSHOT_PATH;
+use crate::error::Problem;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -131,7 +21,7 @@ pub struct SnapshotContractSchema {
                        `application/problem+json` with a stable `type` \
                        `urn:tollgate:problem:<kind>`."
     ),
-    components(schemas(crate::error::Problem))
+    components(schemas(Problem))
 )]
 pub struct ApiDoc;
 
@@ -166,7 +56,7 @@ pub fn add_security(doc: &mut OpenApiDoc) {
         );
     }
     for (path, item) in doc.paths.paths.iter_mut() {
-        let scheme = if path == crate::http::SNAPSHOT_PATH {
+        let scheme = if path == SNAPSHOT_PATH {
             GATEWAY_TOKEN
         } else if path.starts_with("/v1/") {
             ADMIN_TOKEN
