@@ -1,14 +1,9 @@
 //! The one error type of the control plane and the only place that decides HTTP status codes.
-//! Every error answers `application/problem+json` (RFC 9457) with a stable `type`
-//! `urn:tollgate:problem:<kind>` that clients may match on.
+//! Every error answers core's RFC 9457 [`Problem`] (`application/problem+json`) with a stable
+//! `type` `urn:tollgate:problem:<kind>` that clients may match on. The catalogue raises it
+//! without knowing the web stack: `crate::http::error` turns it into a response.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-pub const PROBLEM_TYPE_PREFIX: &str = "urn:tollgate:problem:";
-pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+pub use tollgate_core::problem::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -127,22 +122,23 @@ impl Error {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    /// The HTTP status this error answers.
+    pub fn status(&self) -> u16 {
         match self {
-            Error::InvalidBody(_) | Error::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::OAuth { error, .. } if *error == "invalid_client" => StatusCode::UNAUTHORIZED,
-            Error::OAuth { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::AlreadyExists(_) | Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::InvalidBody(_) | Error::InvalidField { .. } => 400,
+            Error::Unauthorized(_) => 401,
+            Error::Forbidden(_) => 403,
+            Error::OAuth { error, .. } if *error == "invalid_client" => 401,
+            Error::OAuth { .. } => 400,
+            Error::NotFound(_) => 404,
+            Error::AlreadyExists(_) | Error::Conflict { .. } => 409,
+            Error::PayloadTooLarge => 413,
+            Error::MethodNotAllowed(_) => 405,
+            Error::RequestTimeout(_) => 408,
+            Error::TooManyRequests { .. } => 429,
+            Error::Unprocessable { .. } => 422,
             Error::At { source, .. } => source.status(),
-            Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Storage(_) | Error::Internal(_) => 500,
         }
     }
 
@@ -168,16 +164,16 @@ impl Error {
 
     fn title(&self) -> &'static str {
         match self.status() {
-            StatusCode::BAD_REQUEST => "Invalid request",
-            StatusCode::UNAUTHORIZED => "Unauthorized",
-            StatusCode::FORBIDDEN => "Forbidden",
-            StatusCode::NOT_FOUND => "Not found",
-            StatusCode::CONFLICT => "Conflict",
-            StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
-            StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
-            StatusCode::REQUEST_TIMEOUT => "Request timeout",
-            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
-            StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable request",
+            400 => "Invalid request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not found",
+            409 => "Conflict",
+            413 => "Payload too large",
+            405 => "Method not allowed",
+            408 => "Request timeout",
+            429 => "Too many requests",
+            422 => "Unprocessable request",
             _ => "Internal error",
         }
     }
@@ -189,12 +185,7 @@ impl Error {
             }
             other => other.to_string(),
         };
-        Problem {
-            r#type: format!("{PROBLEM_TYPE_PREFIX}{}", self.kind()),
-            title: self.title().to_owned(),
-            status: self.status().as_u16(),
-            detail,
-        }
+        Problem::new(self.kind(), self.title(), self.status(), detail)
     }
 }
 
@@ -220,70 +211,4 @@ impl From<rusqlite::Error> for Error {
             _ => Error::Internal(format!("storage: {e}")),
         }
     }
-}
-
-/// RFC 9457 problem details.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// `urn:tollgate:problem:<kind>`, stable across releases.
-    #[schema(example = "urn:tollgate:problem:plan-version-locked")]
-    pub r#type: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        if let Error::Storage(cause) | Error::Internal(cause) = &self {
-            tracing::error!(%cause, "request failed");
-        }
-        if let Error::OAuth { error, description } = &self {
-            return oauth_response(self.status(), error, description);
-        }
-        let status = self.status();
-        let unauthorized = matches!(self, Error::Unauthorized(_));
-        let retry_after = match &self {
-            Error::TooManyRequests { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        };
-        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-        );
-        if unauthorized {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tollgate\""),
-            );
-        }
-        if let Some(seconds) = retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
-}
-
-/// RFC 6749 §5.2: `{"error", "error_description"}`, never cached; `invalid_client` names the
-/// Basic scheme the token endpoint takes (§2.3.1).
-fn oauth_response(status: StatusCode, error: &str, description: &str) -> Response {
-    let body = serde_json::json!({"error": error, "error_description": description});
-    let mut response = (status, body.to_string()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    if status == StatusCode::UNAUTHORIZED {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"tollgate\""),
-        );
-    }
-    response
 }

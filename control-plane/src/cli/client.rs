@@ -16,7 +16,7 @@ const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with a problem document.
-    #[error("{} ({}, HTTP {})", .0.detail, .0.r#type, .0.status)]
+    #[error("{} ({}, HTTP {})", .0.detail, .0.type_uri, .0.status)]
     Problem(Problem),
     #[error("{0}")]
     Other(String),

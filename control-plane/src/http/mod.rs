@@ -6,6 +6,7 @@ mod catalogue;
 mod clients;
 mod contracts;
 mod credentials;
+pub mod error;
 mod issuers;
 mod oauth;
 pub mod openapi;
