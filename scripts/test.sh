@@ -13,6 +13,9 @@ scripts/setup.sh
 section "cargo fmt --check"
 cargo fmt --all -- --check
 
+section "control-plane layers run one way (scripts/check-layers.py)"
+.venv/bin/python scripts/check-layers.py
+
 section "cargo clippy (native, all targets)"
 cargo clippy --workspace --all-targets -- -D warnings
 
