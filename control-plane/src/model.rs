@@ -287,7 +287,7 @@ pub struct CreatePlanVersion {
 }
 
 /// A plan version to offer; `org` defaults to the API's org.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanChoice {
     pub org: Option<String>,
@@ -295,7 +295,7 @@ pub struct PlanChoice {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiVersion {
     pub version: String,

@@ -12,12 +12,14 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use tollgate_core::signing::SnapshotSigningKey;
+use tollgate_core::snapshot::{AuthMode, Routing};
 
 use self::client::{ApiClient, ClientError};
 use self::tokens::{IssuerCommand, ServiceAccountCommand, SubjectCommand, TokenKeyCommand};
 use crate::catalogue::{ApplyReport, Catalogue};
 use crate::domain::{parse_pair, period_from_str, VersionRef};
 use crate::http::MAX_APPLY_BODY_BYTES;
+use crate::model::{ApiVersion, CreateApiVersion, OfferedPlan, PlanChoice};
 use crate::secrets::{read_secret, SecretKind};
 use crate::server::{self, ServeArgs};
 
@@ -674,22 +676,64 @@ fn plan_version(
     }
 }
 
-fn api_settings(settings: &ApiVersionSettings) -> Result<Value, ClientError> {
-    let plans = settings
-        .plans
-        .iter()
-        .map(|p| {
-            let r = version_ref("--plan", p)?;
-            Ok(json!({"org": r.org, "plan": r.name, "version": r.version}))
+impl ApiVersionSettings {
+    fn routing(&self) -> Routing {
+        Routing {
+            path_prefix: self.path_prefix.clone(),
+            hosts: self.hosts.clone(),
+        }
+    }
+
+    fn plans(&self) -> Result<Vec<VersionRef>, ClientError> {
+        self.plans
+            .iter()
+            .map(|p| version_ref("--plan", p))
+            .collect()
+    }
+
+    fn auth(&self) -> Result<AuthMode, ClientError> {
+        serde_json::from_value(json!(self.auth))
+            .map_err(|e| ClientError::Other(format!("--auth: {e}")))
+    }
+
+    /// The body of `POST …/versions`.
+    fn create(&self, version: String) -> Result<CreateApiVersion, ClientError> {
+        Ok(CreateApiVersion {
+            version,
+            public: self.public,
+            routing: self.routing(),
+            plans: self
+                .plans()?
+                .into_iter()
+                .map(|r| PlanChoice {
+                    org: Some(r.org),
+                    plan: r.name,
+                    version: r.version,
+                })
+                .collect(),
+            forward_api_key: self.forward_api_key,
+            auth: self.auth()?,
         })
-        .collect::<Result<Vec<_>, ClientError>>()?;
-    Ok(json!({
-        "public": settings.public,
-        "routing": {"path_prefix": settings.path_prefix, "hosts": settings.hosts},
-        "plans": plans,
-        "forward_api_key": settings.forward_api_key,
-        "auth": settings.auth,
-    }))
+    }
+
+    /// Replaces every setting of `current` (a flag left out takes its default, as on create),
+    /// keeping what `PUT` takes as read-only.
+    fn replace(&self, current: &mut ApiVersion) -> Result<(), ClientError> {
+        current.public = self.public;
+        current.routing = self.routing();
+        current.plans = self
+            .plans()?
+            .into_iter()
+            .map(|r| OfferedPlan {
+                org: r.org,
+                plan: r.name,
+                version: r.version,
+            })
+            .collect();
+        current.forward_api_key = self.forward_api_key;
+        current.auth = self.auth()?;
+        Ok(())
+    }
 }
 
 fn api_version(
@@ -710,8 +754,7 @@ fn api_version(
     match command {
         ApiVersionCommand::Create { name, settings } => {
             let r = version_ref("name", &name)?;
-            let mut body = api_settings(&settings)?;
-            body["version"] = json!(r.version);
+            let body = settings.create(r.version.clone())?;
             let created: Value = api.post(
                 &format!("/v1/orgs/{}/apis/{}/versions", r.org, r.name),
                 &body,
@@ -720,7 +763,10 @@ fn api_version(
         }
         ApiVersionCommand::Update { name, settings } => {
             let r = version_ref("name", &name)?;
-            let updated: Value = api.put(&path(&r), &api_settings(&settings)?)?;
+            // PUT takes the version as GET returns it.
+            let mut version: ApiVersion = api.get(&path(&r))?;
+            settings.replace(&mut version)?;
+            let updated: Value = api.put(&path(&r), &version)?;
             Ok(out.item(&updated))
         }
         ApiVersionCommand::Publish { name } => {
