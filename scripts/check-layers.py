@@ -11,7 +11,8 @@ resolves each to the deepest module it names, and fails on:
   takes `super::AppState`;
 - a top-level module that uses one in a higher layer, or is in no layer (place a new module
   in LAYERS on purpose);
-- a module of the catalogue layer that uses the web stack (EXTERNAL_FORBIDDEN).
+- a module of the catalogue layer that uses the web stack (EXTERNAL_FORBIDDEN), or utoipa
+  outside the JSON types' schema derives (SCHEMA_DERIVES_ALLOWED).
 
 Exits 0 when the graph runs one way, 1 naming each cycle or edge that does not.
 Python 3.11 standard library only.
@@ -38,6 +39,10 @@ LAYERS: list[tuple[str, set[str]]] = [
 
 # External crates the catalogue layer must not name.
 EXTERNAL_FORBIDDEN = {"axum", "utoipa_axum", "hyper", "hyper_util", "tower", "tower_http"}
+# The catalogue modules whose JSON types still derive their OpenAPI schema (utoipa derives and
+# attributes only, no document); no other catalogue module may name utoipa. Split into a crate,
+# these derives become a feature, as core's `openapi` is.
+SCHEMA_DERIVES_ALLOWED = {"model", "catalogue"}
 
 PATH_RE = re.compile(r"\b(crate|super|self)((?:\s*::\s*[A-Za-z_][A-Za-z0-9_]*)+)")
 MOD_DECL_RE = re.compile(r"^(\s*)(?:pub(?:\([^)]*\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*\{")
@@ -236,6 +241,8 @@ def main() -> int:
         if rank[src[0]] == 0:
             for ext in sorted(externals.get(src, set()) & EXTERNAL_FORBIDDEN):
                 failures.append(f"{name(src)} (catalogue layer) uses the web stack: {ext}")
+            if "utoipa" in externals.get(src, set()) and src[0] not in SCHEMA_DERIVES_ALLOWED:
+                failures.append(f"{name(src)} (catalogue layer) uses utoipa")
 
     if failures:
         print("control-plane layers do not run one way:", file=sys.stderr)

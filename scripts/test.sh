@@ -14,6 +14,7 @@ section "cargo fmt --check"
 cargo fmt --all -- --check
 
 section "control-plane layers run one way (scripts/check-layers.py)"
+.venv/bin/python scripts/check_layers_test.py
 .venv/bin/python scripts/check-layers.py
 
 section "cargo clippy (native, all targets)"
