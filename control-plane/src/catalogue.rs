@@ -24,8 +24,8 @@ use utoipa::ToSchema;
 use crate::domain::{check_name, check_slug, check_version, normalize_limits, VersionRef};
 use crate::error::Error;
 use crate::model::{
-    ApiVersionStatus, CreateServiceAccount, CreateSubject, CreatedServiceAccount, IssuerSpec,
-    PlanChoice, PlanVersionStatus,
+    ApiVersionStatus, CreateApiVersion, CreateServiceAccount, CreateSubject, CreatedServiceAccount,
+    IssuerSpec, PlanChoice, PlanVersionStatus,
 };
 use crate::store::contracts::{self, ContractTerms};
 use crate::store::orgs::{self, OwnedKind};
@@ -92,6 +92,33 @@ pub struct ApiEntry {
     pub name: Option<String>,
     #[serde(default)]
     pub versions: Vec<ApiVersionEntry>,
+}
+
+impl ApiVersionEntry {
+    /// What this entry asks for, in the one shape every path validates
+    /// ([`CreateApiVersion`]); its plans are named `org/plan/version`.
+    fn settings(&self) -> Result<CreateApiVersion, Error> {
+        let plans = self
+            .plans
+            .iter()
+            .map(|p| {
+                let r = VersionRef::parse("plans", p)?;
+                Ok(PlanChoice {
+                    org: Some(r.org),
+                    plan: r.name,
+                    version: r.version,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(CreateApiVersion {
+            version: self.version.clone(),
+            public: self.public,
+            routing: self.routing.clone(),
+            plans,
+            forward_api_key: self.forward_api_key,
+            auth: self.auth,
+        })
+    }
 }
 
 fn draft() -> ApiVersionStatus {
@@ -589,28 +616,8 @@ fn apply_api(
     )?;
     for entry in &api.versions {
         let name = format!("{org}/{}/{}", api.id, entry.version);
-        let choices = entry
-            .plans
-            .iter()
-            .map(|p| {
-                let r = VersionRef::parse("plans", p)?;
-                Ok(PlanChoice {
-                    org: Some(r.org),
-                    plan: r.name,
-                    version: r.version,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        let spec = apis::ApiVersionSpec::resolve(
-            tx,
-            org,
-            entry.public,
-            &entry.routing,
-            &choices,
-            entry.forward_api_key,
-            entry.auth,
-        )
-        .map_err(|e| e.at(format!("versions[{}]", entry.version)))?;
+        let spec = apis::ApiVersionSpec::resolve(tx, org, &entry.settings()?)
+            .map_err(|e| e.at(format!("versions[{}]", entry.version)))?;
         let current = match apis::find_version(tx, org, &api.id, &entry.version)? {
             None => {
                 report.changes.push(format!("created api version {name}"));

@@ -186,6 +186,21 @@ pub struct ApiVersion {
     pub retired_at: Option<i64>,
 }
 
+impl ApiVersion {
+    /// What this representation asks for, in the one shape every path validates
+    /// ([`CreateApiVersion`]); an offered plan without an org is the API's.
+    pub fn settings(&self) -> CreateApiVersion {
+        CreateApiVersion {
+            version: self.version.clone(),
+            public: self.public,
+            routing: self.routing.clone(),
+            plans: self.plans.iter().map(OfferedPlan::as_choice).collect(),
+            forward_api_key: self.forward_api_key,
+            auth: self.auth,
+        }
+    }
+}
+
 impl Representation for ApiVersion {
     const READ_ONLY: &'static [&'static str] = &[
         "org",

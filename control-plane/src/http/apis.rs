@@ -11,9 +11,7 @@ use super::openapi::problems::{
 use super::owned::{self, check_version_path};
 use super::{AppState, Json, PathParams, QueryParams, Replacement};
 use crate::error::Error;
-use crate::model::{
-    ApiVersion, CreateApiVersion, CreateOwned, OfferedPlan, Owned, Page, PageQuery,
-};
+use crate::model::{ApiVersion, CreateApiVersion, CreateOwned, Owned, Page, PageQuery};
 use crate::store::apis::{self, ApiVersionSpec};
 use crate::store::orgs::OwnedKind;
 use crate::store::PageRequest;
@@ -90,15 +88,7 @@ async fn create_api_version(
     let created = state
         .store
         .write(move |tx| {
-            let spec = ApiVersionSpec::resolve(
-                tx,
-                &org,
-                body.public,
-                &body.routing,
-                &body.plans,
-                body.forward_api_key,
-                body.auth,
-            )?;
+            let spec = ApiVersionSpec::resolve(tx, &org, &body)?;
             apis::create_version(tx, &org, &api, &body.version, &spec)
         })
         .await?;
@@ -159,17 +149,7 @@ async fn update_api_version(
             let stored = apis::get_version(tx, &org, &api, &version)?;
             apis::check_editable(&stored)?;
             body.check_read_only(&stored)?;
-            let edit = &body.body;
-            let plans: Vec<_> = edit.plans.iter().map(OfferedPlan::as_choice).collect();
-            let spec = ApiVersionSpec::resolve(
-                tx,
-                &org,
-                edit.public,
-                &edit.routing,
-                &plans,
-                edit.forward_api_key,
-                edit.auth,
-            )?;
+            let spec = ApiVersionSpec::resolve(tx, &org, &body.body.settings())?;
             apis::update_version(tx, &org, &api, &version, &spec)
         })
         .await?;

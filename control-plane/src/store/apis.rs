@@ -11,7 +11,7 @@ use super::plans::get_locked;
 use super::{query_opt, required, PageRequest, Tx};
 use crate::domain::{normalize_routing, VersionRef};
 use crate::error::Error;
-use crate::model::{ApiVersion, ApiVersionStatus, OfferedPlan, Page, PlanChoice};
+use crate::model::{ApiVersion, ApiVersionStatus, CreateApiVersion, OfferedPlan, Page};
 
 /// A validated, canonical API version configuration: equal specs mean equal behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,19 +25,16 @@ pub struct ApiVersionSpec {
 }
 
 impl ApiVersionSpec {
-    /// Validates and canonicalizes; needs the connection to check the plans are locked.
+    /// Validates and canonicalizes the settings every path takes (`POST`, `PUT`, `apply`) in the
+    /// one shape of a create body; needs the connection to check the plans are locked.
     pub fn resolve(
         conn: &Connection,
         api_org: &str,
-        public: bool,
-        routing: &Routing,
-        plans: &[PlanChoice],
-        forward_api_key: bool,
-        auth: AuthMode,
+        settings: &CreateApiVersion,
     ) -> Result<Self, Error> {
-        let routing = normalize_routing("routing", routing)?;
-        let mut offered = Vec::with_capacity(plans.len());
-        for (i, choice) in plans.iter().enumerate() {
+        let routing = normalize_routing("routing", &settings.routing)?;
+        let mut offered = Vec::with_capacity(settings.plans.len());
+        for (i, choice) in settings.plans.iter().enumerate() {
             let field = format!("plans[{i}]");
             let org = choice.org.as_deref().unwrap_or(api_org);
             crate::domain::check_slug(&format!("{field}.org"), org)?;
@@ -64,18 +61,18 @@ impl ApiVersionSpec {
                 ),
             ));
         }
-        if !public && offered.is_empty() {
+        if !settings.public && offered.is_empty() {
             return Err(Error::unprocessable(
                 "private-api-without-plans",
                 "plans: a private API version must be offered through at least one locked plan version",
             ));
         }
         Ok(ApiVersionSpec {
-            public,
+            public: settings.public,
             routing,
             plans: offered,
-            forward_api_key,
-            auth,
+            forward_api_key: settings.forward_api_key,
+            auth: settings.auth,
         })
     }
 
