@@ -31,10 +31,10 @@ fn acknowledged_writes_survive_kill_9_and_restart() {
     let after = s.snapshot();
     assert_eq!(after.body, before.body);
     assert_eq!(after.header("etag"), before.header("etag"));
-    assert_eq!(
-        after.header("x-tollgate-signature"),
-        before.header("x-tollgate-signature")
-    );
+    // Each answer is signed when sent (its own issue time): what must hold is that the kept
+    // signing key still signs it, so gateways that trusted it before accept it after.
+    s.verify_snapshot(&after)
+        .expect("the restarted control plane signs with the kept key");
     assert!(after
         .body
         .contains(&tollgate_core::keys::key_hash_hex(&key)));
