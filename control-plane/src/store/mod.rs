@@ -876,45 +876,14 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(job);
-        let done = |slot: &Mutex<WriteSlot<T>>| {
-            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            match std::mem::replace(&mut *slot, WriteSlot::Queued) {
-                WriteSlot::Done(outcome) => Some(outcome),
-                other => {
-                    *slot = other;
-                    None
-                }
-            }
-        };
-        let mut conn = self.writer();
-        if let Some(outcome) = done(&slot) {
-            return outcome;
-        }
-        let batch: Vec<Job> = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if !queue.iter().any(|job| job.id == id) {
-                // Taken by a group whose leader panicked: its transaction rolled back.
-                return Err(Error::Internal("the write's group commit failed".into()));
-            }
-            let take = queue.len().min(MAX_GROUP);
-            queue.drain(..take).collect()
-        };
-        self.commit_group(&mut conn, batch);
-        drop(conn);
-        done(&slot).unwrap_or_else(|| {
-            // Ours was beyond MAX_GROUP in the queue: run again as the next group's leader.
-            self.write_again(&slot, id)
-        })
-    }
-
-    /// A write left in the queue by a full group: waits for the connection again, and leads
-    /// the next group if no one else took it.
-    fn write_again<T>(&self, slot: &Mutex<WriteSlot<T>>, id: u64) -> Result<(T, u64), Error> {
+        // Each turn on the write connection either finds this write done by the group before
+        // (whose leader held the connection) or leads the next group from the queue's head; a
+        // write beyond a full group's MAX_GROUP waits for another turn.
         loop {
             let mut conn = self.writer();
             {
                 let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-                if let WriteSlot::Done(_) = &*slot {
+                if matches!(&*slot, WriteSlot::Done(_)) {
                     if let WriteSlot::Done(outcome) =
                         std::mem::replace(&mut *slot, WriteSlot::Queued)
                     {
@@ -925,6 +894,7 @@ impl Store {
             let batch: Vec<Job> = {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 if !queue.iter().any(|job| job.id == id) {
+                    // Taken by a group whose leader panicked: its transaction rolled back.
                     return Err(Error::Internal("the write's group commit failed".into()));
                 }
                 let take = queue.len().min(MAX_GROUP);
