@@ -445,6 +445,10 @@ impl Store {
             tx.tx.commit()?;
             revision
         };
+        // Whatever the WAL holds (a first build writes every bucket; a process that did not
+        // close its connections leaves its frames) is copied into the database now, before
+        // any reader holds it back: otherwise the first write's commit pays for it.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         let shell = buckets::shell_at(&conn, revision)?
             .ok_or_else(|| Error::Internal(format!("no stored shell for revision {revision}")))?;
         let stored: i64 = conn.query_row(
