@@ -8,6 +8,7 @@ mod common;
 
 use common::Server;
 use serde_json::{json, Value};
+use tollgate_core::fleet::{Fallback, FleetSettings};
 use tollgate_core::snapshot;
 
 #[test]
@@ -132,6 +133,9 @@ fn snapshot_with_every_field() -> snapshot::Snapshot {
         buckets: Some(vec![3]),
         next: Some("cursor".into()),
         base_revision: Some(6),
+        fleet: Some(FleetSettings {
+            fallback: Fallback::Closed,
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::FleetSettings;
 use crate::index::{
     compile as compile_snapshot, Compiled, Coverage, Directory, IndexError, RouteIndex,
 };
@@ -42,13 +43,17 @@ pub struct RoutesDocument {
     pub apis: Vec<ApiVersion>,
     #[serde(default)]
     pub issuers: Vec<Issuer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
 }
 
 impl RoutesDocument {
     pub fn compile(bytes: &[u8]) -> Result<RouteIndex, SnapshotRejected> {
         let doc: RoutesDocument =
             serde_json::from_slice(bytes).map_err(|e| SnapshotRejected::BadJson(e.to_string()))?;
-        RouteIndex::build(doc.revision, &doc.apis, &doc.issuers).map_err(SnapshotRejected::Invalid)
+        RouteIndex::build(doc.revision, &doc.apis, &doc.issuers)
+            .map(|index| index.with_fleet(doc.fleet))
+            .map_err(SnapshotRejected::Invalid)
     }
 }
 
@@ -213,6 +218,7 @@ pub fn publish_routes<S: SharedStore + ?Sized>(
         revision,
         apis: snapshot.apis.clone(),
         issuers: snapshot.issuers.clone(),
+        fleet: snapshot.fleet,
     };
     let body = serde_json::to_vec(&doc).map_err(|e| StoreError(e.to_string()))?;
     store.set(ROUTES_KEY, &body, 0)?;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use crate::fleet::FleetSettings;
 use crate::host::{catalogue_host, request_host};
 use crate::keydir::{bucket_of, encode_buckets, Grant, KeyRecord};
 use crate::keys::parse_digest_hex;
@@ -74,6 +75,8 @@ pub struct RouteIndex {
     hosts: HashMap<String, u32>,
     /// The issuers whose bearer tokens are accepted.
     issuers: TrustedIssuers,
+    /// Counts are fleet-wide, against grants from the control plane's broker.
+    fleet: Option<FleetSettings>,
 }
 
 /// The versions claiming one path prefix.
@@ -137,7 +140,8 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, IndexError> {
             ),
         ));
     }
-    let routes = RouteIndex::build(snapshot.revision, &snapshot.apis, &snapshot.issuers)?;
+    let routes = RouteIndex::build(snapshot.revision, &snapshot.apis, &snapshot.issuers)?
+        .with_fleet(snapshot.fleet);
 
     let mut plans: HashMap<&str, &[crate::snapshot::RateLimit]> = HashMap::new();
     for (i, plan) in snapshot.plans.iter().enumerate() {
@@ -433,6 +437,7 @@ impl RouteIndex {
             prefix_lengths,
             hosts: host_numbers,
             issuers,
+            fleet: None,
         })
     }
 
@@ -442,6 +447,17 @@ impl RouteIndex {
 
     pub fn issuers(&self) -> &TrustedIssuers {
         &self.issuers
+    }
+
+    /// This index with counts fleet-wide (`Some`) or per gateway (`None`).
+    pub fn with_fleet(mut self, fleet: Option<FleetSettings>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// Whether counts are fleet-wide, and how a gateway falls back when the broker is away.
+    pub fn fleet(&self) -> Option<FleetSettings> {
+        self.fleet
     }
 
     /// Whether any API version names hosts; if none does, routing ignores `:authority`.

@@ -11,6 +11,7 @@
 //! - [`distribution`]: verifying fetched snapshots and handing them to every worker;
 //! - [`time`], [`limits`]: calendar windows and the one admission algorithm;
 //! - [`lease`]: worker-local quota leases claimed from the shared counter;
+//! - [`fleet`]: fleet-wide counting: grants from the control plane's Redis-backed broker;
 //! - [`shared`]: the shared-data contract (Envoy's semantics) and an in-memory mirror;
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
 //! - [`token`]: JWT bearer tokens verified against the snapshot's trusted issuers;
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod decision;
 pub mod distribution;
+pub mod fleet;
 pub mod gateway;
 pub mod header_map;
 pub mod host;

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::FleetSettings;
+
 /// The schema version this build reads and writes. A snapshot with another value is refused
 /// (the gateway keeps its last good snapshot) rather than half-understood.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,6 +47,11 @@ pub struct Snapshot {
     /// that revision (signed with the body, so a delta cannot be replayed onto another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_revision: Option<u64>,
+    /// Present when counts are fleet-wide (`tollgate serve --redis`): gateways count against
+    /// grants from the control plane's lease broker instead of alone. Every page and delta of
+    /// a revision carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
 }
 
 /// A locked plan version: the limits every contract through it gets.
@@ -273,6 +280,7 @@ impl Snapshot {
             buckets: None,
             next: None,
             base_revision: None,
+            fleet: None,
         }
     }
 }

@@ -158,5 +158,6 @@ pub fn acme() -> Snapshot {
         buckets: None,
         next: None,
         base_revision: None,
+        fleet: None,
     }
 }
