@@ -1,6 +1,7 @@
 //! The gateway's decision for one request to a matched API version.
 
 use crate::config::RateLimitHeaders;
+use crate::fleet::GrantWanted;
 use crate::index::{ApiRef, RouteIndex};
 use crate::keydir::{bucket_key, bucket_of, find};
 use crate::keys::key_digest;
@@ -92,6 +93,9 @@ pub enum Verdict {
         cas_retries: u32,
     },
     Deny(Denial),
+    /// Counting fleet-wide, this gateway's grant for the contract is spent: ask the broker,
+    /// then decide again (nothing was counted).
+    Wait(GrantWanted),
 }
 
 /// What the caller presented, as the API version's `auth` mode reads the request.
@@ -253,6 +257,12 @@ pub fn decide<S: SharedStore + ?Sized>(
                 rate,
                 cas_retries: counted.cas_retries,
             },
+            Admission::Starved { want, held } => Verdict::Wait(GrantWanted {
+                contract: grant.contract,
+                held: held[..limits.len()].to_vec(),
+                limits,
+                want,
+            }),
             Admission::Rejected {
                 status,
                 retry_after,

@@ -15,7 +15,20 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{
+    decode, encode, insert_token, CountError, Counting, Grant, Slot, MAX_CAS_ATTEMPTS, MAX_LIMITS,
+};
+use crate::shared::{SetOutcome, SharedStore};
 use crate::snapshot::{Period, RateLimit};
+use crate::time::window;
+
+/// Where an Envoy process keeps its fleet identity and what it last heard from the broker.
+pub const FLEET_STATE_KEY: &str = "tollgate.fleet";
+
+/// How long a gateway that could not reach the broker applies its fallback before asking again.
+pub const AWAY_RETRY_MS: u64 = 1_000;
+
+const STATE_LEN: usize = 8 + 8 + 4 + 8;
 
 /// Where gateways ask for grants: `POST`, with the gateway token as for snapshots.
 pub const LEASE_PATH: &str = "/gateway/v1/leases";
@@ -69,6 +82,17 @@ pub struct FleetSettings {
     pub fallback: Fallback,
 }
 
+/// A request found this gateway's grant for its contract spent: the grant to ask for before
+/// deciding it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantWanted {
+    pub contract: u64,
+    pub limits: Vec<RateLimit>,
+    pub want: u64,
+    /// Per limit, what this gateway holds unused in the limit's current window.
+    pub held: Vec<u64>,
+}
+
 /// A gateway's request for units of a contract's current windows (`POST` [`LEASE_PATH`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -80,8 +104,15 @@ pub struct LeaseRequest {
     pub contract: u64,
     /// The plan's limits, in the plan's order; the grant is the same in every one.
     pub limits: Vec<RateLimit>,
-    /// How many units the gateway would like (at least 1); the broker may grant fewer.
+    /// How many more requests the gateway would like to admit (at least 1); the broker may
+    /// allow fewer.
     pub want: u64,
+    /// Per limit (absent: none), what the gateway holds unused in the limit's current window:
+    /// the broker grants in each limit only what, with that, lets the gateway admit the
+    /// requests it allows. (Limits of different periods do not run out together: the units
+    /// of a day limit granted beside a second's that ended unused are still the gateway's.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<u64>,
 }
 
 /// One limit's window as the broker counted it.
@@ -93,17 +124,22 @@ pub struct LeaseWindow {
     pub start: u64,
     /// Unix seconds, exclusive.
     pub end: u64,
+    /// Granted to this gateway in this window by this answer.
+    pub granted: u64,
     /// What is left in this window for the whole fleet after this grant.
     pub remaining: u64,
 }
 
-/// The broker's answer: `granted` units in every window of `windows` (one per limit, in the
-/// request's order). `granted` is 0 when some window has no room left (its `remaining` is 0).
+/// The broker's answer, one window per limit in the request's order. With `held_i` what the
+/// gateway said it holds in limit i, the broker allows `a = min(want, min_i(held_i + room_i))`
+/// more requests (possibly fewer, sized down as the room runs out) and grants
+/// `max(0, a − held_i)` in each window, never more than its room. `allowed` is `a`: 0 when some
+/// window has no room left for this gateway (its `remaining` is 0 and nothing is held there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseAnswer {
-    pub granted: u64,
+    pub allowed: u64,
     /// The broker's clock (Redis `TIME`) when it granted, in Unix milliseconds.
     pub now_ms: u64,
     /// Gateways that asked for grants in the last minute (this one included): the N of the
@@ -118,8 +154,10 @@ impl LeaseRequest {
         if self.gateway.len() != 16 || !self.gateway.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("gateway must be 16 hex digits".into());
         }
-        if self.limits.is_empty() || self.limits.len() > 8 {
-            return Err("limits must list between 1 and 8 limits".into());
+        if self.limits.is_empty() || self.limits.len() > MAX_LIMITS {
+            return Err(format!(
+                "limits must list between 1 and {MAX_LIMITS} limits"
+            ));
         }
         if self.limits.iter().any(|l| l.requests == 0) {
             return Err("every limit allows at least 1 request".into());
@@ -132,6 +170,9 @@ impl LeaseRequest {
         }
         if self.want == 0 {
             return Err("want must be at least 1".into());
+        }
+        if !self.held.is_empty() && self.held.len() != self.limits.len() {
+            return Err("held must list one number per limit, or be absent".into());
         }
         Ok(())
     }
@@ -147,54 +188,187 @@ pub fn clock_offset_ms(sent_ms: u64, broker_now_ms: u64) -> i64 {
     diff.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request() -> LeaseRequest {
-        LeaseRequest {
-            gateway: "0123456789abcdef".into(),
-            contract: 7,
-            limits: vec![RateLimit {
-                requests: 10,
-                per: Period::Second,
-            }],
-            want: 4,
+impl LeaseAnswer {
+    /// Whether this answers `request` in windows this gateway's calendar agrees with: one
+    /// window per limit, each the one its period has at the broker's clock.
+    pub fn check(&self, request: &LeaseRequest) -> Result<(), String> {
+        if self.windows.len() != request.limits.len() {
+            return Err(format!(
+                "the broker answered {} windows for {} limits",
+                self.windows.len(),
+                request.limits.len()
+            ));
         }
-    }
-
-    #[test]
-    fn a_well_formed_request_passes_its_check() {
-        assert_eq!(request().check(), Ok(()));
-    }
-
-    #[test]
-    fn malformed_requests_name_their_problem() {
-        let mut r = request();
-        r.gateway = "nothex".into();
-        assert!(r.check().unwrap_err().contains("gateway"));
-        let mut r = request();
-        r.want = 0;
-        assert!(r.check().unwrap_err().contains("want"));
-        let mut r = request();
-        r.limits.push(r.limits[0]);
-        assert!(r.check().unwrap_err().contains("twice"));
-        let mut r = request();
-        r.limits.clear();
-        assert!(r.check().unwrap_err().contains("limits"));
-    }
-
-    #[test]
-    fn fallback_names_round_trip() {
-        for f in [Fallback::Share, Fallback::Closed, Fallback::Local] {
-            assert_eq!(f.as_str().parse::<Fallback>(), Ok(f));
+        for (limit, w) in request.limits.iter().zip(&self.windows) {
+            let expected = window(limit.per, self.now_ms);
+            if (expected.start, expected.end) != (w.start, w.end) {
+                return Err(format!(
+                    "the broker's {:?} window [{}, {}) is not the one of its clock ({} ms)",
+                    limit.per, w.start, w.end, self.now_ms
+                ));
+            }
         }
-        assert!("shared".parse::<Fallback>().unwrap_err().contains("share"));
-    }
-
-    #[test]
-    fn the_offset_reads_the_broker_clock_no_earlier_than_it_is() {
-        assert_eq!(clock_offset_ms(1_000, 1_250), 250);
-        assert_eq!(clock_offset_ms(1_250, 1_000), -250);
+        Ok(())
     }
 }
+
+/// Adds a broker's grant to this gateway's allowance in the contract's counter `key`, in the
+/// windows the broker named; a stored window that is older starts afresh with the grant, one
+/// that is newer keeps what it has (the grant's window has ended here already).
+pub fn apply_grant<S: SharedStore + ?Sized>(
+    store: &mut S,
+    key: &str,
+    limits: &[RateLimit],
+    answer: &LeaseAnswer,
+) -> Result<(), CountError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let current = store.get(key)?;
+        let mut slots = current
+            .as_ref()
+            .map(|(value, _)| decode(value))
+            .unwrap_or_default();
+        for (limit, w) in limits.iter().zip(&answer.windows) {
+            let granted = Grant {
+                allowance: w.granted,
+                fleet_room: Some(w.remaining),
+            };
+            match slots.iter_mut().find(|s| s.period == limit.per) {
+                Some(s) if s.window_start == w.start => {
+                    s.grant = Some(Grant {
+                        allowance: s.grant.map_or(0, |g| g.allowance) + w.granted,
+                        fleet_room: Some(w.remaining),
+                    });
+                }
+                Some(s) if s.window_start > w.start => {}
+                Some(s) => {
+                    *s = Slot {
+                        period: limit.per,
+                        window_start: w.start,
+                        count: 0,
+                        grant: Some(granted),
+                    }
+                }
+                None => slots.push(Slot {
+                    period: limit.per,
+                    window_start: w.start,
+                    count: 0,
+                    grant: Some(granted),
+                }),
+            }
+        }
+        let cas = match &current {
+            Some((_, token)) => *token,
+            None => insert_token(store)?,
+        };
+        if store.set(key, &encode(&slots), cas)? == SetOutcome::Written {
+            return Ok(());
+        }
+    }
+    Err(CountError::Contention)
+}
+
+/// An Envoy process's fleet identity and what it last heard from the broker, in shared data
+/// under [`FLEET_STATE_KEY`] so that all its workers agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetState {
+    /// Random per process: the broker counts gateways by it.
+    pub gateway: u64,
+    /// Add to this gateway's clock to read the broker's ([`clock_offset_ms`]).
+    pub clock_offset_ms: i64,
+    /// Gateways the broker saw in the last minute (at least 1).
+    pub gateways: u32,
+    /// Until then (gateway clock, ms) the broker is taken as unreachable.
+    pub away_until_ms: u64,
+}
+
+impl FleetState {
+    /// The process's state, created with `fresh_gateway` as its id if no worker has yet.
+    pub fn load_or_create<S: SharedStore + ?Sized>(
+        store: &mut S,
+        fresh_gateway: u64,
+    ) -> Result<FleetState, CountError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            if let Some((bytes, _)) = store.get(FLEET_STATE_KEY)? {
+                if let Some(state) = FleetState::decode(&bytes) {
+                    return Ok(state);
+                }
+            }
+            let fresh = FleetState {
+                gateway: fresh_gateway,
+                clock_offset_ms: 0,
+                gateways: 1,
+                away_until_ms: 0,
+            };
+            let token = insert_token(store)?;
+            // Another worker may have created it meanwhile: then read theirs.
+            store.set(FLEET_STATE_KEY, &fresh.encode(), token)?;
+        }
+        Err(CountError::Contention)
+    }
+
+    /// Records what the broker said (or that it could not be reached) with one write.
+    pub fn update<S: SharedStore + ?Sized>(
+        store: &mut S,
+        change: impl Fn(&mut FleetState),
+    ) -> Result<FleetState, CountError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some((bytes, token)) = store.get(FLEET_STATE_KEY)? else {
+                return Err(CountError::Store(crate::shared::StoreError(
+                    "the fleet state was never created".into(),
+                )));
+            };
+            let mut state = FleetState::decode(&bytes).ok_or_else(|| {
+                CountError::Store(crate::shared::StoreError(
+                    "the fleet state in shared data is not readable".into(),
+                ))
+            })?;
+            change(&mut state);
+            if store.set(FLEET_STATE_KEY, &state.encode(), token)? == SetOutcome::Written {
+                return Ok(state);
+            }
+        }
+        Err(CountError::Contention)
+    }
+
+    /// The id the broker knows this gateway by.
+    pub fn gateway_id(&self) -> String {
+        format!("{:016x}", self.gateway)
+    }
+
+    /// The broker's clock, as this gateway reckons it at its own `local_ms`.
+    pub fn broker_ms(&self, local_ms: u64) -> u64 {
+        local_ms.saturating_add_signed(self.clock_offset_ms)
+    }
+
+    /// How claims count at `local_ms` under `settings`.
+    pub fn counting(&self, settings: FleetSettings, local_ms: u64) -> Counting {
+        Counting::Fleet {
+            away: (local_ms < self.away_until_ms).then_some(settings.fallback),
+            gateways: self.gateways.max(1),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(STATE_LEN);
+        out.extend_from_slice(&self.gateway.to_le_bytes());
+        out.extend_from_slice(&self.clock_offset_ms.to_le_bytes());
+        out.extend_from_slice(&self.gateways.to_le_bytes());
+        out.extend_from_slice(&self.away_until_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<FleetState> {
+        if bytes.len() != STATE_LEN {
+            return None;
+        }
+        Some(FleetState {
+            gateway: u64::from_le_bytes(bytes[0..8].try_into().ok()?),
+            clock_offset_ms: i64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            gateways: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
+            away_until_ms: u64::from_le_bytes(bytes[20..28].try_into().ok()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

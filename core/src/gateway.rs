@@ -8,6 +8,7 @@ use crate::config::{FailureMode, FilterConfig, LoadedConfig, Unmatched};
 use crate::decision::{
     decide, deny, not_configured, rate_limit_headers, Credential, Denial, Reason, Verdict,
 };
+use crate::fleet::GrantWanted;
 use crate::header_map::HeaderBlock;
 use crate::lease::LeaseBook;
 use crate::path::{is_normal, keep_first_param, split_query, take_query_param, without_parameters};
@@ -82,6 +83,9 @@ pub enum Outcome {
     },
     /// Answer locally.
     Respond(Denial),
+    /// Hold the request until the broker has granted this, then handle it again (nothing was
+    /// counted and no header changed).
+    Wait(GrantWanted),
 }
 
 /// What happened to a request, for the response and for the metrics.
@@ -212,6 +216,13 @@ where
     );
     let (reason, identity, response_headers, cas_retries) = match verdict {
         Verdict::Deny(denial) => return Ok(Handled::respond(denial)),
+        Verdict::Wait(wanted) => {
+            return Ok(Handled {
+                reason: Reason::Allow,
+                outcome: Outcome::Wait(wanted),
+                cas_retries: 0,
+            })
+        }
         Verdict::Public => (Reason::Public, None, Vec::new(), 0),
         Verdict::Allow {
             client,

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 
 use crate::limits::{
     admitted_status, claim, current_window, decode, encode, insert_token, Admission, Claim,
-    CountError, Counted, Slot, MAX_CAS_ATTEMPTS,
+    CountError, Counted, Counting, Slot, MAX_CAS_ATTEMPTS,
 };
 use crate::shared::{SetOutcome, SharedStore, StoreError};
 use crate::snapshot::RateLimit;
@@ -80,6 +80,7 @@ impl Lease {
                 period: limit.per,
                 window_start: w.start,
                 count: 0,
+                grant: None,
             }];
             current_window(limit.per, &mine, now_ms).0 == *w
         })
@@ -112,6 +113,8 @@ pub struct LeaseBook {
     /// Whether `workers` was set or read from [`WORKERS_KEY`]: workers count themselves as
     /// they start, so a book made by the first one reads the count again at its first refill.
     workers_known: bool,
+    /// Whether the counters it claims from hold this gateway's counts or its fleet grants.
+    counting: Counting,
 }
 
 impl Default for LeaseBook {
@@ -120,6 +123,7 @@ impl Default for LeaseBook {
             leases: HashMap::new(),
             workers: 1,
             workers_known: false,
+            counting: Counting::Alone,
         }
     }
 }
@@ -142,6 +146,15 @@ impl LeaseBook {
     pub fn set_workers(&mut self, workers: u32) {
         self.workers = workers.max(1);
         self.workers_known = true;
+    }
+
+    /// Claims from now on count alone or against fleet grants (see [`Counting`]).
+    pub fn set_counting(&mut self, counting: Counting) {
+        self.counting = counting;
+    }
+
+    pub fn counting(&self) -> Counting {
+        self.counting
     }
 
     pub fn len(&self) -> usize {
@@ -217,7 +230,7 @@ impl LeaseBook {
                 old.give_back(&mut stored);
             }
             let chunk = |room| if keep { self.chunk(room) } else { 1 };
-            match claim(limits, &stored, now_ms, chunk) {
+            match claim(limits, &stored, now_ms, self.counting, chunk) {
                 Claim::Rejected(admission) => {
                     if let Some(old) = old {
                         self.leases.insert(key.to_owned(), old);

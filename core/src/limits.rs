@@ -28,6 +28,7 @@
 //! a slot's window start only ever grows (outside a clock step, see above). Any other value
 //! (empty, another version) holds no counts.
 
+use crate::fleet::Fallback;
 use crate::shared::{SetOutcome, SharedStore, StoreError};
 use crate::snapshot::{Period, RateLimit};
 use crate::time::{window, Window};
@@ -48,7 +49,32 @@ pub const MAX_CLOCK_LAG_MS: u64 = 10_000;
 pub const INSERT_GUARD_KEY: &str = "tollgate.insert-guard";
 
 const STATE_FORMAT: u8 = 1;
+const FLEET_FORMAT: u8 = 2;
 const SLOT_LEN: usize = 1 + 8 + 8;
+const FLEET_SLOT_LEN: usize = SLOT_LEN + 8 + 8;
+/// Stored for a slot without a grant, and for a fleet room not known.
+const NONE: u64 = u64::MAX;
+
+/// The most limits a plan has: one per period.
+pub const MAX_LIMITS: usize = 5;
+
+/// The fewest units a gateway asks the broker for at once.
+pub const MIN_WANT: u64 = 8;
+
+/// Whom a gateway's counts are shared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Counting {
+    /// The gateway counts alone: a window admits up to the plan's limit here.
+    #[default]
+    Alone,
+    /// Fleet-wide: a window admits what the broker granted this gateway in it.
+    Fleet {
+        /// The broker cannot be reached: what a spent allowance falls back to.
+        away: Option<Fallback>,
+        /// Gateways the broker saw in the last minute (the N of `share`), at least 1.
+        gateways: u32,
+    },
+}
 
 pub fn counter_key(contract_id: u64) -> String {
     format!("tollgate.contract.{contract_id}")
@@ -70,6 +96,13 @@ pub enum Admission {
     Rejected {
         status: RateStatus,
         retry_after: u64,
+    },
+    /// Fleet-wide counting: this gateway's grant for the window is spent while the fleet may
+    /// have room. Nothing was counted; ask the broker to allow `want` more requests (holding
+    /// `held` unused in each limit's window) and decide again.
+    Starved {
+        want: u64,
+        held: [u64; MAX_LIMITS],
     },
 }
 
@@ -99,6 +132,16 @@ pub(crate) struct Slot {
     pub(crate) period: Period,
     pub(crate) window_start: u64,
     pub(crate) count: u64,
+    /// Fleet-wide counting: the broker's grants to this gateway in this window.
+    pub(crate) grant: Option<Grant>,
+}
+
+/// What the broker granted a gateway in one window, and what it said was left for the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) allowance: u64,
+    /// `None`: not known (a window this gateway counted in while the broker was away).
+    pub(crate) fleet_room: Option<u64>,
 }
 
 /// Admits or rejects one request against `limits`, counting it in `store` under `key`.
@@ -159,7 +202,7 @@ pub(crate) fn insert_token<S: SharedStore + ?Sized>(store: &mut S) -> Result<u32
 /// Decides on one request given the stored counter value; returns the new value to write when
 /// the request is admitted.
 fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Option<Vec<u8>>) {
-    match claim(limits, &decode(stored), now_ms, |_| 1) {
+    match claim(limits, &decode(stored), now_ms, Counting::Alone, |_| 1) {
         Claim::Rejected(admission) => (admission, None),
         Claim::Granted {
             windows,
@@ -176,7 +219,8 @@ fn evaluate(limits: &[RateLimit], stored: &[u8], now_ms: u64) -> (Admission, Opt
 /// What claiming room in a stored counter came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Claim {
-    /// Some limit has no room in the window the request is served in; write nothing.
+    /// Some limit has no room in the window the request is served in (or, counting
+    /// fleet-wide, this gateway's grant is spent: [`Admission::Starved`]); write nothing.
     Rejected(Admission),
     /// `granted` (≥ 1) requests claimed in every limit's window: write `value`.
     Granted {
@@ -189,63 +233,152 @@ pub(crate) enum Claim {
     },
 }
 
+/// One limit as a claim sees it: its window, what is claimed in it here, how far claims may go
+/// here, and (counting fleet-wide) what the broker said the rest of the fleet had left.
+struct Room<'a> {
+    limit: &'a RateLimit,
+    window: Window,
+    count: u64,
+    cap: u64,
+    grant: Option<Grant>,
+}
+
+impl Room<'_> {
+    /// What the whole fleet has left beyond this gateway's own room, as last heard.
+    fn elsewhere(&self) -> u64 {
+        self.grant.and_then(|g| g.fleet_room).unwrap_or(0)
+    }
+}
+
 /// Claims room for up to `want(room)` requests in every limit at once, where `room` is the
-/// fewest requests any limit has left in the window a request at `now_ms` is served in.
+/// fewest requests any limit has left here in the window a request at `now_ms` is served in.
 pub(crate) fn claim(
     limits: &[RateLimit],
     previous: &[Slot],
     now_ms: u64,
+    counting: Counting,
     want: impl FnOnce(u64) -> u64,
 ) -> Claim {
-    // (limit, window, count claimed before this request)
-    let current: Vec<_> = limits
+    let rooms: Vec<Room> = limits
         .iter()
         .map(|limit| {
-            let (w, count) = current_window(limit.per, previous, now_ms);
-            (limit, w, count)
+            let (window, stored) = current_window(limit.per, previous, now_ms);
+            let count = stored.map_or(0, |s| s.count);
+            let grant = stored.and_then(|s| s.grant);
+            let cap = match counting {
+                Counting::Alone => limit.requests,
+                Counting::Fleet { away, gateways } => {
+                    let allowance = grant.map_or(0, |g| g.allowance);
+                    match away {
+                        None | Some(Fallback::Closed) => allowance,
+                        Some(Fallback::Share) => {
+                            allowance.max(limit.requests / u64::from(gateways.max(1)))
+                        }
+                        Some(Fallback::Local) => limit.requests,
+                    }
+                    .min(limit.requests)
+                }
+            };
+            Room {
+                limit,
+                window,
+                count,
+                cap,
+                grant,
+            }
         })
         .collect();
 
-    let exhausted = current
+    // The limit itself is spent here, or (fleet-wide) the broker said the fleet has none left.
+    let exhausted = rooms
         .iter()
-        .filter(|(limit, _, count)| *count >= limit.requests)
-        .max_by_key(|(_, w, _)| w.end);
-    if let Some((limit, w, _)) = exhausted {
-        let retry_after = w.seconds_left(now_ms);
-        let status = RateStatus {
-            limit: limit.requests,
-            remaining: 0,
-            reset: retry_after,
+        .filter(|r| {
+            r.count >= r.limit.requests
+                || (r.count >= r.cap && r.grant.is_some_and(|g| g.fleet_room == Some(0)))
+        })
+        .max_by_key(|r| r.window.end);
+    if let Some(r) = exhausted {
+        return rejected(r.limit.requests, r.window.seconds_left(now_ms), now_ms, r);
+    }
+    // Counting fleet-wide, this gateway's own part is spent.
+    if let Some(r) = rooms.iter().find(|r| r.count >= r.cap) {
+        return match counting {
+            Counting::Fleet { away: None, .. } => {
+                // Half again what was claimed here in the window (so a busy contract asks
+                // less and less often), plus what was counted here beyond the grants (while
+                // the broker was away, or before counts were fleet-wide).
+                let busiest = rooms.iter().map(|r| r.count).max().unwrap_or(0);
+                let owed = rooms
+                    .iter()
+                    .map(|r| r.count.saturating_sub(r.cap))
+                    .max()
+                    .unwrap_or(0);
+                let smallest = rooms.iter().map(|r| r.limit.requests).min().unwrap_or(1);
+                let mut held = [0; MAX_LIMITS];
+                for (h, r) in held.iter_mut().zip(&rooms) {
+                    *h = r.cap.saturating_sub(r.count);
+                }
+                Claim::Rejected(Admission::Starved {
+                    want: ((busiest / 2).max(MIN_WANT) + owed).min(smallest),
+                    held,
+                })
+            }
+            // Retried once the broker may be back (it is asked again after a second).
+            Counting::Fleet {
+                away: Some(Fallback::Closed),
+                ..
+            } => rejected(r.limit.requests, 1, now_ms, r),
+            _ => rejected(r.limit.requests, r.window.seconds_left(now_ms), now_ms, r),
         };
-        return Claim::Rejected(Admission::Rejected {
-            status,
-            retry_after,
-        });
     }
 
-    let room = current
+    let room = rooms
         .iter()
-        .map(|(limit, _, count)| limit.requests - count)
+        .map(|r| r.cap - r.count)
         .min()
         .unwrap_or(u64::MAX);
     let granted = want(room).clamp(1, room.max(1));
-    let slots: Vec<Slot> = current
+    let slots: Vec<Slot> = rooms
         .iter()
-        .map(|(limit, w, count)| Slot {
-            period: limit.per,
-            window_start: w.start,
-            count: count.saturating_add(granted),
+        .map(|r| Slot {
+            period: r.limit.per,
+            window_start: r.window.start,
+            count: r.count.saturating_add(granted),
+            grant: r.grant.or(match counting {
+                Counting::Alone => None,
+                // Counted in a window the broker granted nothing in (it is away).
+                Counting::Fleet { .. } => Some(Grant {
+                    allowance: 0,
+                    fleet_room: None,
+                }),
+            }),
         })
         .collect();
     Claim::Granted {
         granted,
-        windows: current.iter().map(|(_, w, _)| *w).collect(),
-        room_after: current
+        windows: rooms.iter().map(|r| r.window).collect(),
+        room_after: rooms
             .iter()
-            .map(|(limit, _, count)| limit.requests.saturating_sub(count.saturating_add(granted)))
+            .map(|r| {
+                (r.cap - r.count - granted)
+                    .saturating_add(r.elsewhere())
+                    .min(r.limit.requests)
+            })
             .collect(),
         value: encode(&slots),
     }
+}
+
+fn rejected(limit: u64, retry_after: u64, now_ms: u64, r: &Room) -> Claim {
+    let retry_after = retry_after.min(r.window.seconds_left(now_ms)).max(1);
+    Claim::Rejected(Admission::Rejected {
+        status: RateStatus {
+            limit,
+            remaining: 0,
+            reset: r.window.seconds_left(now_ms),
+        },
+        retry_after,
+    })
 }
 
 /// The status of a request admitted from a claim of which its holder has `left` unused: the
@@ -266,20 +399,24 @@ pub(crate) fn admitted_status(
     )
 }
 
-/// The window of `period` a request stamped `now_ms` counts in, and the count stored for it:
+/// The window of `period` a request stamped `now_ms` counts in, and the slot stored for it:
 /// the request's own window, or the stored one when that is newer (see the module docs).
-pub(crate) fn current_window(period: Period, stored: &[Slot], now_ms: u64) -> (Window, u64) {
+pub(crate) fn current_window(
+    period: Period,
+    stored: &[Slot],
+    now_ms: u64,
+) -> (Window, Option<&Slot>) {
     let own = window(period, now_ms);
     match stored.iter().find(|s| s.period == period) {
-        Some(s) if s.window_start == own.start => (own, s.count),
+        Some(s) if s.window_start == own.start => (own, Some(s)),
         Some(s)
             if s.window_start > own.start
                 && s.window_start.saturating_mul(1000).saturating_sub(now_ms)
                     <= MAX_CLOCK_LAG_MS =>
         {
-            (window(period, s.window_start.saturating_mul(1000)), s.count)
+            (window(period, s.window_start.saturating_mul(1000)), Some(s))
         }
-        _ => (own, 0),
+        _ => (own, None),
     }
 }
 
@@ -313,31 +450,54 @@ fn most_constraining<'a>(
 }
 
 pub(crate) fn encode(slots: &[Slot]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + slots.len() * SLOT_LEN);
-    out.push(STATE_FORMAT);
+    let fleet = slots.iter().any(|s| s.grant.is_some());
+    let len = if fleet { FLEET_SLOT_LEN } else { SLOT_LEN };
+    let mut out = Vec::with_capacity(1 + slots.len() * len);
+    out.push(if fleet { FLEET_FORMAT } else { STATE_FORMAT });
     for slot in slots {
         out.push(slot.period.tag());
         out.extend_from_slice(&slot.window_start.to_le_bytes());
         out.extend_from_slice(&slot.count.to_le_bytes());
+        if fleet {
+            let (allowance, room) = slot.grant.map_or((NONE, NONE), |g| {
+                (g.allowance, g.fleet_room.unwrap_or(NONE))
+            });
+            out.extend_from_slice(&allowance.to_le_bytes());
+            out.extend_from_slice(&room.to_le_bytes());
+        }
     }
     out
 }
 
 /// Reads what [`encode`] wrote. Anything else (an empty value, another format) holds no
-/// counts: it can only be a key that was never counted under this format.
+/// counts: it can only be a key that was never counted under these formats.
 pub(crate) fn decode(bytes: &[u8]) -> Vec<Slot> {
-    let Some((&STATE_FORMAT, rest)) = bytes.split_first() else {
-        return Vec::new();
+    let (len, rest) = match bytes.split_first() {
+        Some((&STATE_FORMAT, rest)) => (SLOT_LEN, rest),
+        Some((&FLEET_FORMAT, rest)) => (FLEET_SLOT_LEN, rest),
+        _ => return Vec::new(),
     };
-    rest.chunks_exact(SLOT_LEN)
+    let u64_at = |chunk: &[u8], at: usize| {
+        chunk
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    rest.chunks_exact(len)
         .filter_map(|chunk| {
             let period = Period::from_tag(chunk[0])?;
-            let window_start = u64::from_le_bytes(chunk[1..9].try_into().ok()?);
-            let count = u64::from_le_bytes(chunk[9..17].try_into().ok()?);
+            let grant = match (u64_at(chunk, 17), u64_at(chunk, 25)) {
+                (Some(allowance), Some(room)) if allowance != NONE => Some(Grant {
+                    allowance,
+                    fleet_room: (room != NONE).then_some(room),
+                }),
+                _ => None,
+            };
             Some(Slot {
                 period,
-                window_start,
-                count,
+                window_start: u64_at(chunk, 1)?,
+                count: u64_at(chunk, 9)?,
+                grant,
             })
         })
         .collect()

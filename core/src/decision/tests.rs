@@ -46,6 +46,7 @@ fn decide_at(
             format!("{client} {plan}"),
         ),
         Verdict::Deny(d) => (d.reason, d.status, d.headers, d.problem.to_json()),
+        Verdict::Wait(w) => panic!("counting alone never waits: {w:?}"),
     }
 }
 

@@ -383,6 +383,7 @@ fn response_headers(handled: &Handled) -> Vec<(&'static str, String)> {
     match &handled.outcome {
         Outcome::Forward { response_headers } => response_headers.clone(),
         Outcome::Respond(d) => d.headers.clone(),
+        Outcome::Wait(w) => panic!("counting alone never waits: {w:?}"),
     }
 }
 
@@ -524,6 +525,7 @@ fn host_calls_leased(
     let response = match &handled.outcome {
         Outcome::Forward { response_headers } => response_headers.len(),
         Outcome::Respond(_) => 1,
+        Outcome::Wait(w) => panic!("counting alone never waits: {w:?}"),
     };
     (
         handled.reason,

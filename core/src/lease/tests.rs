@@ -49,7 +49,7 @@ fn claimed(store: &MemoryStore) -> Vec<(Period, u64, u64)> {
 fn remaining(c: &Counted) -> Option<u64> {
     match c.admission {
         Admission::Admitted(s) => Some(s.remaining),
-        Admission::Rejected { .. } => None,
+        Admission::Rejected { .. } | Admission::Starved { .. } => None,
     }
 }
 

@@ -34,7 +34,7 @@ fn admits_up_to_the_limit_then_rejects() {
             .iter()
             .map(|a| match a {
                 Admission::Admitted(s) => s.remaining,
-                Admission::Rejected { .. } => 99,
+                Admission::Rejected { .. } | Admission::Starved { .. } => 99,
             })
             .collect::<Vec<_>>(),
         vec![2, 1, 0]
@@ -338,6 +338,7 @@ proptest! {
                     });
                     prop_assert!(full, "rejected with room in every window");
                 }
+                Admission::Starved { .. } => prop_assert!(false, "counting alone never starves"),
             }
         }
     }
