@@ -149,6 +149,11 @@ pub struct LeaseAnswer {
 }
 
 impl LeaseRequest {
+    /// The JSON body of the call to the broker.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     /// Whether the request is one a broker can answer, or what is wrong with it.
     pub fn check(&self) -> Result<(), String> {
         if self.gateway.len() != 16 || !self.gateway.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -189,6 +194,11 @@ pub fn clock_offset_ms(sent_ms: u64, broker_now_ms: u64) -> i64 {
 }
 
 impl LeaseAnswer {
+    /// Reads the broker's JSON answer.
+    pub fn parse(body: &[u8]) -> Result<LeaseAnswer, String> {
+        serde_json::from_slice(body).map_err(|e| format!("unreadable grant: {e}"))
+    }
+
     /// Whether this answers `request` in windows this gateway's calendar agrees with: one
     /// window per limit, each the one its period has at the broker's clock.
     pub fn check(&self, request: &LeaseRequest) -> Result<(), String> {

@@ -8,6 +8,7 @@
 //!   enforces the catalogue from its configuration (static mode) or the latest one in shared
 //!   data (live mode) ([`worker`]).
 
+mod fleet;
 mod host;
 mod lease;
 mod metrics;

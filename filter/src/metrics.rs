@@ -64,6 +64,9 @@ pub struct RequestMetrics {
     pub snapshots_adopted: Metric,
     key_cache_hits: Metric,
     key_cache_misses: Metric,
+    /// Fleet-wide counting: grants asked for and answered, and asks that failed.
+    pub fleet_grants: Metric,
+    pub fleet_broker_failures: Metric,
 }
 
 impl RequestMetrics {
@@ -79,6 +82,8 @@ impl RequestMetrics {
             snapshots_adopted: Metric::counter("tollgate_snapshot_adoptions_total"),
             key_cache_hits: Metric::counter("tollgate_key_cache_hits_total"),
             key_cache_misses: Metric::counter("tollgate_key_cache_misses_total"),
+            fleet_grants: Metric::counter("tollgate_fleet_grants_total"),
+            fleet_broker_failures: Metric::counter("tollgate_fleet_broker_failures_total"),
         }
     }
 

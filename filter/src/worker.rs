@@ -1,7 +1,7 @@
 //! The HTTP filter on each worker thread: one root per worker holding the configuration and
 //! the catalogue in force, and one small context per request.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +15,24 @@ use tollgate_core::distribution::{
     changes_between, decode_revision, publish_directory, RoutesDocument, CHANGES_KEY, REVISION_KEY,
     ROUTES_KEY,
 };
-use tollgate_core::gateway::{handle_request, Outcome};
+use tollgate_core::fleet::{FleetState, GrantWanted};
+use tollgate_core::gateway::{handle_request, Handled, Outcome};
 use tollgate_core::keycache::{BucketCache, CachedDirectory, Changed, DEFAULT_BUDGET_BYTES};
 use tollgate_core::lease::LeaseBook;
+use tollgate_core::limits::Counting;
 use tollgate_core::problem::{self, Problem};
 use tollgate_core::shared::SharedStore;
 
+use crate::fleet::Asking;
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::RequestMetrics;
 
 /// Static mode has nothing to refresh; the tick only flushes metric tallies.
 const STATIC_TICK: Duration = Duration::from_secs(1);
+
+/// How often one request may be held for a grant before it is refused as busy (a grant can be
+/// taken by other requests between its arrival and the held request's turn).
+const MAX_ASKS: u8 = 3;
 
 pub struct WorkerRoot {
     config: Rc<LoadedConfig>,
@@ -36,6 +43,10 @@ pub struct WorkerRoot {
     revision: Option<u64>,
     /// Key-directory buckets read recently, shared by this worker's requests.
     buckets: Rc<RefCell<BucketCache>>,
+    /// The process's fleet state as this worker last read or wrote it (fleet-wide counting).
+    fleet: Rc<Cell<Option<FleetState>>>,
+    /// `Bearer <gateway token>` for the broker (live mode).
+    authorization: Rc<Option<String>>,
 }
 
 impl WorkerRoot {
@@ -51,12 +62,22 @@ impl WorkerRoot {
         }
         let config = parsed.config;
         let live = config.settings.control_plane.clone();
+        // The token the poller sends with snapshot polls; workers send it to the broker.
+        let authorization = live.as_ref().and_then(|cp| {
+            std::env::var(&cp.gateway_token_env)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .map(|t| format!("Bearer {t}"))
+        });
         let mut root = WorkerRoot {
             revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
             leases: crate::lease::worker_book(),
             buckets: Rc::new(RefCell::new(BucketCache::new(DEFAULT_BUDGET_BYTES))),
+            fleet: Rc::new(Cell::new(None)),
+            authorization: Rc::new(authorization),
         };
         // The tick refreshes the routing table (live mode) and flushes the metric tallies.
         let tick = match &live {
@@ -87,6 +108,18 @@ impl WorkerRoot {
         if self.config.settings.control_plane.is_some() {
             self.refresh();
         }
+        // What other workers heard from the broker (its clock, the gateways, an outage).
+        let fleet_on = self
+            .config
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.fleet().is_some());
+        self.fleet.set(match fleet_on {
+            true => crate::fleet::state()
+                .map_err(|e| log::warn!("tollgate: fleet state unavailable: {}", e.0))
+                .ok(),
+            false => None,
+        });
     }
 
     /// Adopts the poller's latest routing table from shared data if it is newer than ours.
@@ -156,6 +189,10 @@ impl WorkerRoot {
             leases: self.leases.clone(),
             buckets: self.buckets.clone(),
             response_headers: Vec::new(),
+            fleet: self.fleet.clone(),
+            authorization: self.authorization.clone(),
+            asking: None,
+            asks: 0,
         }
     }
 }
@@ -169,14 +206,87 @@ pub struct RequestContext {
     buckets: Rc<RefCell<BucketCache>>,
     /// Rate-limit headers decided at request time, added to the upstream's response.
     response_headers: Vec<(&'static str, String)>,
+    fleet: Rc<Cell<Option<FleetState>>>,
+    authorization: Rc<Option<String>>,
+    /// The grant this request is held for.
+    asking: Option<Asking>,
+    asks: u8,
 }
 
-impl Context for RequestContext {}
+impl Context for RequestContext {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Some(asking) = self.asking.take_if(|a| a.token == token) else {
+            return;
+        };
+        let stamp = match crate::fleet::received(&asking, num_headers, body_size) {
+            Ok((state, answer)) => {
+                self.fleet.set(Some(state));
+                self.metrics.fleet_grants.inc();
+                // Decided at the broker's clock: the grant is for the windows it counted in.
+                Some(answer.now_ms)
+            }
+            Err(why) => {
+                self.broker_failed(&why);
+                None
+            }
+        };
+        if let Action::Continue = self.decide(stamp) {
+            self.resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for RequestContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let handled = host::now_ms().and_then(|now_ms| {
+        self.decide(None)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            if let Err(e) = host::add_response_header(name, &value) {
+                log::warn!("tollgate: {}", e.0);
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl RequestContext {
+    /// How this request counts, and its stamp: the gateway's clock, or counting fleet-wide
+    /// the broker's as reckoned from it (`stamp`: the broker's, from the answer just received).
+    fn counting(
+        &self,
+        stamp: Option<u64>,
+    ) -> Result<(Counting, u64), tollgate_core::shared::StoreError> {
+        let local_ms = host::now_ms()?;
+        let Some(settings) = self.config.routes.as_ref().and_then(|r| r.fleet()) else {
+            return Ok((Counting::Alone, local_ms));
+        };
+        let state = match self.fleet.get() {
+            Some(state) => state,
+            None => {
+                let state = crate::fleet::state()?;
+                self.fleet.set(Some(state));
+                state
+            }
+        };
+        Ok((
+            state.counting(settings, local_ms),
+            stamp.unwrap_or_else(|| state.broker_ms(local_ms)),
+        ))
+    }
+
+    /// Decides the request (again, after a grant: `stamp`), forwarding, answering or holding it.
+    fn decide(&mut self, stamp: Option<u64>) -> Action {
+        let handled = self.counting(stamp).and_then(|(counting, now_ms)| {
             let leases = &mut *crate::lease::book(&self.leases)?;
+            leases.set_counting(counting);
             let mut shared = SharedData;
             match self.buckets.try_borrow_mut() {
                 Ok(mut cache) => handle_request(
@@ -200,6 +310,10 @@ impl HttpContext for RequestContext {
             }
         });
         match handled {
+            Ok(Handled {
+                outcome: Outcome::Wait(wanted),
+                ..
+            }) => self.ask(wanted),
             Ok(handled) => {
                 self.metrics.request(handled.reason, handled.cas_retries);
                 match handled.outcome {
@@ -208,6 +322,7 @@ impl HttpContext for RequestContext {
                         Action::Continue
                     }
                     Outcome::Respond(denial) => respond(&denial),
+                    Outcome::Wait(_) => Action::Pause, // matched above
                 }
             }
             Err(e) => {
@@ -227,13 +342,51 @@ impl HttpContext for RequestContext {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            if let Err(e) = host::add_response_header(name, &value) {
-                log::warn!("tollgate: {}", e.0);
+    /// Holds the request while the broker is asked for `wanted`; decides it under the fallback
+    /// when the broker cannot even be called.
+    fn ask(&mut self, wanted: GrantWanted) -> Action {
+        if self.asks >= MAX_ASKS {
+            self.metrics.request(Reason::CounterUnavailable, 0);
+            return respond(&deny(
+                Reason::CounterUnavailable,
+                Problem::new(
+                    "counter-unavailable",
+                    "Service Unavailable",
+                    503,
+                    "the fleet's grants for this contract were taken faster than they came; retry",
+                ),
+            ));
+        }
+        self.asks += 1;
+        let asked = match (
+            &self.config.settings.control_plane,
+            self.authorization.as_deref(),
+            self.fleet.get(),
+        ) {
+            (Some(cp), Some(authorization), Some(state)) => {
+                crate::fleet::ask(cp, authorization, &state, wanted)
+            }
+            _ => Err("no control plane, gateway token or fleet state to ask with".into()),
+        };
+        match asked {
+            Ok(asking) => {
+                self.asking = Some(asking);
+                Action::Pause
+            }
+            Err(why) => {
+                self.broker_failed(&why);
+                self.decide(None)
             }
         }
-        Action::Continue
+    }
+
+    fn broker_failed(&self, why: &str) {
+        self.metrics.fleet_broker_failures.inc();
+        log::warn!("tollgate: no grant from the broker, falling back for a while: {why}");
+        match crate::fleet::away() {
+            Ok(state) => self.fleet.set(Some(state)),
+            Err(e) => log::warn!("tollgate: fleet state unavailable: {}", e.0),
+        }
     }
 }
 
