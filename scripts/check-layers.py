@@ -31,8 +31,9 @@ ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().pare
 LAYERS: list[tuple[str, set[str]]] = [
     # The typed model, its rules and its storage: knows nothing of HTTP.
     ("catalogue", {"error", "domain", "model", "secrets", "tokens", "store", "catalogue"}),
-    # The HTTP service over it: routes per resource, OpenAPI, snapshot publication, metrics.
-    ("service", {"http", "metrics"}),
+    # The HTTP service over it: routes per resource, OpenAPI, snapshot publication, metrics,
+    # the lease broker of fleet-wide counting.
+    ("service", {"http", "metrics", "fleet"}),
     # What runs it: the server process, its listener, the CLI and the Envoy config it writes.
     ("front", {"server", "listener", "envoy_config", "cli"}),
 ]

@@ -6,7 +6,9 @@
 #   - docker-compose (Debian's package), with which the tests validate docker-compose.yml;
 #     skipped with --demo, since the demo does not need it;
 #   - wrk (Debian's package), the load generator of the window-boundary test; also skipped
-#     with --demo.
+#     with --demo;
+#   - redis-server (Debian's package), the real Redis the control plane's fleet tests
+#     (control-plane/tests/fleet.rs) start on loopback ports; also skipped with --demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,4 +55,10 @@ if $for_tests && ! command -v wrk >/dev/null 2>&1; then
     section "setup: wrk (load for tests/e2e/test_window_boundaries.py)"
     apt-get update
     apt-get install -y wrk
+fi
+
+if $for_tests && [ ! -x /usr/bin/redis-server ]; then
+    section "setup: redis-server (control-plane/tests/fleet.rs runs a real Redis)"
+    apt-get update
+    apt-get install -y redis-server
 fi

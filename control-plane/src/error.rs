@@ -28,6 +28,14 @@ pub enum Error {
     },
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A path of a feature this server runs without (`fleet-off`: no `--redis`): 404 with
+    /// its own `kind`, so a client can tell it from a missing resource.
+    #[error("{detail}")]
+    FeatureOff { kind: &'static str, detail: String },
+    /// Something the answer depends on is unreachable for now (`redis-unavailable`); the
+    /// request may succeed when retried.
+    #[error("{detail}")]
+    Unavailable { kind: &'static str, detail: String },
     #[error("{0} already exists")]
     AlreadyExists(String),
     /// A lifecycle rule or uniqueness rule refuses the request; `kind` names the rule.
@@ -130,7 +138,7 @@ impl Error {
             Error::Forbidden(_) => 403,
             Error::OAuth { error, .. } if *error == "invalid_client" => 401,
             Error::OAuth { .. } => 400,
-            Error::NotFound(_) => 404,
+            Error::NotFound(_) | Error::FeatureOff { .. } => 404,
             Error::AlreadyExists(_) | Error::Conflict { .. } => 409,
             Error::PayloadTooLarge => 413,
             Error::MethodNotAllowed(_) => 405,
@@ -139,6 +147,7 @@ impl Error {
             Error::Unprocessable { .. } => 422,
             Error::At { source, .. } => source.status(),
             Error::Storage(_) | Error::Internal(_) => 500,
+            Error::Unavailable { .. } => 503,
         }
     }
 
@@ -152,7 +161,10 @@ impl Error {
             Error::OAuth { error, .. } => error,
             Error::NotFound(_) => "not-found",
             Error::AlreadyExists(_) => "already-exists",
-            Error::Conflict { kind, .. } | Error::Unprocessable { kind, .. } => kind,
+            Error::Conflict { kind, .. }
+            | Error::Unprocessable { kind, .. }
+            | Error::FeatureOff { kind, .. }
+            | Error::Unavailable { kind, .. } => kind,
             Error::PayloadTooLarge => "payload-too-large",
             Error::MethodNotAllowed(_) => "method-not-allowed",
             Error::RequestTimeout(_) => "request-timeout",
@@ -174,6 +186,7 @@ impl Error {
             408 => "Request timeout",
             429 => "Too many requests",
             422 => "Unprocessable request",
+            503 => "Service unavailable",
             _ => "Internal error",
         }
     }

@@ -8,7 +8,7 @@
 //!   limits, routings), [`error`], [`secrets`], [`tokens`], [`store`] (SQLite and the rendered
 //!   snapshot) and [`catalogue`] (`apply`/`export`). No web framework;
 //! - the HTTP service over it: [`http`] (routes per resource, OpenAPI, snapshot publication,
-//!   the problem answers) and [`metrics`];
+//!   the problem answers), [`metrics`] and [`fleet`] (the lease broker of `serve --redis`);
 //! - what runs it: [`server`], [`listener`], the [`cli`] and [`envoy_config`].
 
 pub mod catalogue;
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod domain;
 pub mod envoy_config;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::store::StoreFigures;
@@ -34,12 +35,23 @@ pub struct TokenRefusedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    /// `granted` (at least one unit) or `exhausted` (a window had no room: granted 0).
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub snapshot_responses: Family<SnapshotLabels, Counter>,
     pub long_polls_waiting: Gauge,
     pub token_refusals: Family<TokenRefusedLabels, Counter>,
+    pub lease_answers: Family<LeaseLabels, Counter>,
+    pub units_granted: Counter,
+    pub redis_errors: Counter,
+    pub window_retries: Counter,
+    pub grant_seconds: Histogram,
     revision: Gauge<u64, AtomicU64>,
     snapshot_bytes: Gauge<u64, AtomicU64>,
     buckets_rendered: Counter,
@@ -80,6 +92,37 @@ impl Metrics {
             "oauth_token_refused",
             "POST /oauth/token requests refused, by reason",
             token_refusals.clone(),
+        );
+        let lease_answers = Family::<LeaseLabels, Counter>::default();
+        registry.register(
+            "fleet_lease_answers",
+            "Lease requests the broker answered, by outcome",
+            lease_answers.clone(),
+        );
+        let units_granted = Counter::default();
+        registry.register(
+            "fleet_units_granted",
+            "Units of contracts' windows granted to gateways",
+            units_granted.clone(),
+        );
+        let redis_errors = Counter::default();
+        registry.register(
+            "fleet_redis_errors",
+            "Lease requests answered 503 because Redis failed or did not answer in time",
+            redis_errors.clone(),
+        );
+        let window_retries = Counter::default();
+        registry.register(
+            "fleet_window_retries",
+            "Grant steps Redis refused because a window had ended since the broker computed it",
+            window_retries.clone(),
+        );
+        // 100 µs to about 1.6 s.
+        let grant_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
+        registry.register(
+            "fleet_grant_seconds",
+            "Time the broker took to answer a lease request, Redis included",
+            grant_seconds.clone(),
         );
         let revision = Gauge::<u64, AtomicU64>::default();
         registry.register(
@@ -123,6 +166,11 @@ impl Metrics {
             snapshot_responses,
             long_polls_waiting,
             token_refusals,
+            lease_answers,
+            units_granted,
+            redis_errors,
+            window_retries,
+            grant_seconds,
             revision,
             snapshot_bytes,
             buckets_rendered,

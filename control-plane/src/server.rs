@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tollgate_core::fleet::{Fallback, FleetSettings};
 use tollgate_core::signing::SnapshotSigningKey;
 
 use crate::error::Error;
+use crate::fleet::Broker;
 use crate::http::throttle::TokenThrottle;
 use crate::http::{self, AppState};
 use crate::listener::{self, ConnectionLimits};
@@ -79,6 +81,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_TOKEN_FAILURES_PER_CLIENT", default_value_t = 10,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub token_failures_per_client: u32,
+    /// Counts every contract's limits for the whole fleet of gateways in this Redis
+    /// (`redis://HOST:PORT[/DB]`), granting gateways units at `/gateway/v1/leases`; snapshots
+    /// then say so. Without it each gateway counts alone.
+    #[arg(long = "redis", env = "TOLLGATE_REDIS_URL", value_name = "URL")]
+    pub redis: Option<String>,
+    /// With --redis: what gateways do once their grants are spent while the broker or Redis
+    /// is unreachable: `share` (each admits at most ⌊limit / gateways⌋ per window), `closed`
+    /// (429) or `local` (each counts alone).
+    #[arg(
+        long,
+        env = "TOLLGATE_FLEET_FALLBACK",
+        default_value = "share",
+        value_name = "POLICY"
+    )]
+    pub fleet_fallback: Fallback,
     /// Set from the global `--data-dir` (env TOLLGATE_DATA_DIR, default ./.tollgate).
     #[arg(skip)]
     pub data_dir: PathBuf,
@@ -153,6 +170,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     });
     let signing_keys = Arc::new(SigningKeys::load(&args.data_dir)?);
 
+    // Connects lazily: a Redis that is down at start only makes grants answer 503.
+    let fleet = args.redis.as_deref().map(Broker::connect).transpose()?;
+    let fleet_settings = fleet.as_ref().map(|_| FleetSettings {
+        fallback: args.fleet_fallback,
+    });
+
     let db_path = args.data_dir.join(DATABASE_FILE);
     let store = {
         let (config, keys) = (Arc::clone(&issuer), Arc::clone(&signing_keys));
@@ -161,7 +184,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             retain_seconds: args.snapshot_retain_seconds as i64,
         };
         Store::open(&db_path, signing_key, options, move |tx| {
-            tokens::ensure_own_issuer(tx, &config, &keys)
+            tokens::ensure_own_issuer(tx, &config, &keys)?;
+            if crate::store::fleet::set(tx, fleet_settings)? {
+                tracing::info!(
+                    ?fleet_settings,
+                    "fleet setting changed: a new revision tells gateways"
+                );
+            }
+            Ok(())
         })?
     };
     tracing::info!(
@@ -170,6 +200,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         "catalogue opened"
     );
 
+    match fleet_settings {
+        Some(settings) => tracing::info!(
+            fallback = settings.fallback.as_str(),
+            "fleet-wide counting through Redis; gateways ask for leases"
+        ),
+        None => tracing::info!("counts per gateway (no --redis)"),
+    }
     tracing::info!(issuer = %issuer.issuer, "token issuer ready");
     tokio::spawn(drop_expired_token_keys(Arc::clone(&store)));
     tokio::spawn(check_consistency(
@@ -185,6 +222,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         issuer,
         signing_keys,
         metrics: Arc::new(Metrics::new()),
+        fleet: fleet.map(Arc::new),
         token_throttle: Arc::new(TokenThrottle::new(
             args.token_requests_per_source,
             args.token_failures_per_client,

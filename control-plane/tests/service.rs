@@ -34,6 +34,7 @@ fn openapi_documents_every_path_with_its_token() {
         "/v1/orgs/{org}/clients/{client}/versions/{version}/contracts",
         "/v1/orgs/{org}/clients/{client}/versions/{version}/contracts/{contract_id}",
         "/v1/snapshot",
+        tollgate_core::fleet::LEASE_PATH,
         "/v1/apply",
         "/v1/export",
         "/healthz",
@@ -62,6 +63,21 @@ fn openapi_documents_every_path_with_its_token() {
             .unwrap(),
         "gateway_token"
     );
+    let leases = &paths[tollgate_core::fleet::LEASE_PATH]["post"];
+    assert_eq!(
+        leases["security"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap(),
+        "gateway_token"
+    );
+    for status in ["200", "400", "401", "404", "503"] {
+        assert!(leases["responses"][status].is_object(), "leases {status}");
+    }
+    assert!(doc["components"]["schemas"]["LeaseRequest"].is_object());
+    assert!(doc["components"]["schemas"]["LeaseAnswer"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     // OpenAPI requires a description on every response.
     for (path, item) in paths {

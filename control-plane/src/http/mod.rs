@@ -8,6 +8,7 @@ mod contracts;
 mod credentials;
 pub mod error;
 mod issuers;
+mod leases;
 mod oauth;
 pub mod openapi;
 mod orgs;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub issuer: Arc<IssuerConfig>,
     pub signing_keys: Arc<SigningKeys>,
     pub metrics: Arc<Metrics>,
+    /// The lease broker, with `serve --redis`; `None` while counts are per gateway.
+    pub fleet: Option<Arc<crate::fleet::Broker>>,
     /// Limits on `/oauth/token` per source address and per failing `client_id`.
     pub token_throttle: Arc<throttle::TokenThrottle>,
     /// Longest a request may take (a snapshot long poll: this plus its wait).
@@ -81,10 +84,13 @@ pub fn router(state: AppState) -> Router {
         .merge(service_accounts::routes())
         .merge(oauth::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let gateway = snapshot::routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        require_gateway,
-    ));
+    let gateway =
+        snapshot::routes()
+            .merge(leases::routes())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_gateway,
+            ));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin)
         .merge(gateway)

@@ -8,6 +8,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::OpenApi;
 
+use tollgate_core::fleet::LEASE_PATH;
+
 use super::SNAPSHOT_PATH;
 use crate::error::Problem;
 
@@ -16,8 +18,10 @@ use crate::error::Problem;
     info(
         title = "tollgate control plane",
         description = "Catalogue management (`/v1/*`, admin token or management token), the \
-                       signed gateway snapshot (`/v1/snapshot`, gateway token), and the OAuth 2.0 \
-                       token issuer (`/oauth/token`, `/.well-known/jwks.json`). Errors are \
+                       signed gateway snapshot (`/v1/snapshot`, gateway token), the lease broker \
+                       of fleet-wide limits (`/gateway/v1/leases`, gateway token, with `serve \
+                       --redis`), and the OAuth 2.0 token issuer (`/oauth/token`, \
+                       `/.well-known/jwks.json`). Errors are \
                        `application/problem+json` with a stable `type` \
                        `urn:tollgate:problem:<kind>`."
     ),
@@ -29,8 +33,8 @@ pub const ADMIN_TOKEN: &str = "admin_token";
 pub const GATEWAY_TOKEN: &str = "gateway_token";
 
 /// Declares both bearer schemes and marks each operation with the one the router enforces:
-/// the gateway token on `/v1/snapshot`, the admin token on every other `/v1` path, none
-/// elsewhere.
+/// the gateway token on `/v1/snapshot` and `/gateway/v1/leases`, the admin token on every
+/// other `/v1` path, none elsewhere.
 pub fn add_security(doc: &mut OpenApiDoc) {
     let components = doc.components.get_or_insert_with(Default::default);
     for (name, description) in [
@@ -56,7 +60,7 @@ pub fn add_security(doc: &mut OpenApiDoc) {
         );
     }
     for (path, item) in doc.paths.paths.iter_mut() {
-        let scheme = if path == SNAPSHOT_PATH {
+        let scheme = if path == SNAPSHOT_PATH || path == LEASE_PATH {
             GATEWAY_TOKEN
         } else if path.starts_with("/v1/") {
             ADMIN_TOKEN
@@ -125,6 +129,16 @@ pub mod problems {
     #[derive(IntoResponses)]
     #[response(status = 422, content_type = "application/problem+json")]
     pub struct Unprocessable(pub Problem);
+
+    /// fleet-off: this control plane runs without `--redis` (counts are per gateway)
+    #[derive(IntoResponses)]
+    #[response(status = 404, content_type = "application/problem+json")]
+    pub struct FleetOff(pub Problem);
+
+    /// redis-unavailable: Redis failed or did not answer within 100 ms; nothing was granted
+    #[derive(IntoResponses)]
+    #[response(status = 503, content_type = "application/problem+json")]
+    pub struct RedisUnavailable(pub Problem);
 
     /// unauthorized: missing or wrong bearer token
     #[derive(IntoResponses)]

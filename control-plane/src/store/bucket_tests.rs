@@ -77,6 +77,8 @@ enum Edit {
     AddSubject(usize),
     DeleteSubject(usize),
     RenameOwnIssuer,
+    /// Fleet mode off, or on with one of the fallbacks (a shell-only change).
+    SetFleet(usize),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -92,6 +94,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         2 => client.clone().prop_map(Edit::AddSubject),
         1 => client.clone().prop_map(Edit::DeleteSubject),
         1 => Just(Edit::RenameOwnIssuer),
+        1 => (0..4usize).prop_map(Edit::SetFleet),
     ]
 }
 
@@ -156,6 +159,11 @@ fn apply(store: &Arc<Store>, edits: &[Edit], serial: &mut u64) -> u64 {
                     Edit::RenameOwnIssuer => tx.execute(
                         "UPDATE own_issuer SET issuer = ?1",
                         [format!("http://tollgate-{n}.test")],
+                    )?,
+                    Edit::SetFleet(0) => tx.execute("DELETE FROM fleet_settings", [])?,
+                    Edit::SetFleet(f) => tx.execute(
+                        "INSERT OR REPLACE INTO fleet_settings (id, fallback) VALUES (1, ?1)",
+                        [["share", "closed", "local"][(f - 1) % 3]],
                     )?,
                 };
             }

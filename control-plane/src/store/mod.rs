@@ -18,6 +18,7 @@ pub mod apis;
 mod buckets;
 pub mod clients;
 pub mod contracts;
+pub mod fleet;
 pub mod issuers;
 pub mod orgs;
 pub mod plans;
@@ -354,6 +355,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema_tokens.sql")),
         M::up(include_str!("schema_token_lifetime.sql")),
         M::up(include_str!("schema_buckets.sql")),
+        M::up(include_str!("schema_fleet.sql")),
     ])
 }
 

@@ -22,8 +22,8 @@ use super::plans::read_limits;
 use crate::error::Error;
 
 /// What every page of a revision repeats: locked plan versions, published and retired API
-/// versions, trusted token issuers. Small (it grows with the API programme, not with clients),
-/// so every gateway-visible write renders it whole.
+/// versions, trusted token issuers, and whether counts are fleet-wide. Small (it grows with the
+/// API programme, not with clients), so every gateway-visible write renders it whole.
 pub fn render_shell(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
     let mut snapshot = Snapshot::empty(revision);
 
@@ -86,6 +86,7 @@ pub fn render_shell(conn: &Connection, revision: u64) -> Result<Snapshot, Error>
     snapshot.issuers = own_issuer(conn)?.into_iter().collect();
     snapshot.issuers.extend(super::issuers::all_core(conn)?);
     snapshot.issuers.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+    snapshot.fleet = super::fleet::get(conn)?;
     Ok(snapshot)
 }
 

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+pub mod redis_server;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 /// The `iss` of the test servers' tokens (`TOLLGATE_ISSUER`).
 pub const TEST_ISSUER: &str = "http://tollgate.test";
@@ -162,6 +164,8 @@ impl Server {
             // A fixed issuer: the listen port changes across restarts, the issuer must not.
             .env("TOLLGATE_ISSUER", TEST_ISSUER)
             .env_remove("TOLLGATE_TOKEN_LIFETIME")
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_FLEET_FALLBACK")
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -220,6 +224,17 @@ impl Server {
         let data_dir = self.data_dir.clone();
         drop(self);
         Server::spawn(data_dir, dir, &[])
+    }
+
+    /// SIGKILL, then a new process on the same data directory with `env` set (`--redis` and
+    /// the like through their variables).
+    pub fn kill9_and_restart_with_env(mut self, env: &[(&str, &str)]) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = self._dir.take();
+        let data_dir = self.data_dir.clone();
+        drop(self);
+        Server::spawn(data_dir, dir, env)
     }
 
     /// SIGKILL, then `change` on the stopped data directory, then a new process on it.

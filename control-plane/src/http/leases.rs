@@ -1,0 +1,74 @@
+//! `POST /gateway/v1/leases`: the lease broker's endpoint (`serve --redis`). A gateway asks for
+//! units of a contract's current windows and gets what the fleet's count in Redis leaves room
+//! for (`crate::fleet`).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use tollgate_core::fleet::{LeaseAnswer, LeaseRequest};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::problems::{BadRequest, FleetOff, RedisUnavailable, Unauthorized};
+use super::{AppState, Json};
+use crate::error::Error;
+use crate::metrics::LeaseLabels;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(post_lease))
+}
+
+/// Grants `granted` units in the current window of every limit of the request, the same in
+/// each (0 when some window has no room left), and counts them against the whole fleet. The
+/// windows are Redis's (its `TIME`), as are `now_ms` and `gateways` (gateways that asked in
+/// the last minute). Only with `tollgate serve --redis`; otherwise 404 `fleet-off`. 503
+/// `redis-unavailable` when Redis fails or takes more than 100 ms: nothing was granted.
+#[utoipa::path(post, path = "/gateway/v1/leases", tag = "gateway", request_body = LeaseRequest,
+    responses(
+        (status = 200, description = "The grant", body = LeaseAnswer),
+        BadRequest, Unauthorized, FleetOff, RedisUnavailable))]
+async fn post_lease(
+    State(state): State<AppState>,
+    Json(request): Json<LeaseRequest>,
+) -> Result<axum::Json<LeaseAnswer>, Error> {
+    let broker = state.fleet.as_ref().ok_or_else(|| Error::FeatureOff {
+        kind: "fleet-off",
+        detail: "counts are per gateway: this control plane runs without --redis".into(),
+    })?;
+    request
+        .check()
+        .map_err(|reason| Error::invalid_field("body", reason))?;
+    let started = Instant::now();
+    let outcome = broker.grant(&request).await;
+    state
+        .metrics
+        .grant_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(granted) => {
+            let answer = granted.answer;
+            let metrics = &state.metrics;
+            metrics
+                .window_retries
+                .inc_by(u64::from(granted.window_retries));
+            metrics.units_granted.inc_by(answer.granted);
+            let outcome = if answer.granted > 0 {
+                "granted"
+            } else {
+                "exhausted"
+            };
+            metrics
+                .lease_answers
+                .get_or_create(&LeaseLabels { outcome })
+                .inc();
+            Ok(axum::Json(answer))
+        }
+        Err(e) => {
+            if matches!(e, Error::Unavailable { .. }) {
+                state.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, contract = request.contract, "lease refused");
+            }
+            Err(e)
+        }
+    }
+}
