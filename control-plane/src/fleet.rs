@@ -3,8 +3,9 @@
 //!
 //! A grant is one atomic Redis step, [`GRANT_SCRIPT`]: for every limit of the request it checks
 //! that Redis's own clock (`TIME`) is inside the window the broker computed, reads the count,
-//! takes the room left in the tightest window, grants `g = min(want, room, sizing)` and adds
-//! `g` to every window's count. Scripts run one at a time on a Redis server, so grants made by
+//! finds how many more requests the tightest window lets the gateway admit (what it holds
+//! there plus the room left), allows `a = min(want, that, sizing)` and adds to each window
+//! what the gateway lacks there for `a`. Scripts run one at a time on a Redis server, so grants made by
 //! any number of brokers at once never add up to more than a window's limit.
 //!
 //! Every counter of one contract carries the hash tag `{c<id>}`: on Redis Cluster they live in
@@ -46,10 +47,13 @@ const ATTEMPTS: usize = 4;
 const EXACT_UP_TO: u64 = 1 << 53;
 
 /// The grant step. KEYS: one counter per limit. ARGV: want, gateways (N ≥ 1), then for each
-/// limit its requests, window start, window end (Unix seconds) and when its counter expires
-/// (Unix ms). Answers `{-1, now_ms}` when Redis's clock is outside a window (the broker
-/// recomputes them from `now_ms`), else `{granted, now_ms, remaining_1, …}` with what each
-/// window has left after the grant.
+/// limit its requests, window start, window end (Unix seconds), when its counter expires (Unix
+/// ms) and what the gateway holds unused in it. With `reach` the fewest requests any limit lets
+/// the gateway admit (held plus room), it allows `a = min(want, reach, max(1, ⌊reach / 2N⌋))`
+/// more and grants `max(0, a − held)` in each window — never more than the window's room.
+/// Answers `{-1, now_ms}` when Redis's clock is outside a window (the broker recomputes them
+/// from `now_ms`), else `{a, now_ms, granted_1, remaining_1, …}` with each window's grant and
+/// what it has left after it.
 pub const GRANT_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1])
@@ -57,32 +61,34 @@ local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local want = tonumber(ARGV[1])
 local gateways = math.max(1, tonumber(ARGV[2]))
 local counted = {}
-local room = nil
+local reach = nil
 for i = 1, #KEYS do
-  local base = 4 * i - 1
+  local base = 5 * i - 2
   local requests = tonumber(ARGV[base])
   if now < tonumber(ARGV[base + 1]) or now >= tonumber(ARGV[base + 2]) then
     return {-1, now_ms}
   end
   counted[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local left = math.max(0, requests - counted[i])
-  if room == nil or left < room then
-    room = left
+  local here = tonumber(ARGV[base + 4]) + math.max(0, requests - counted[i])
+  if reach == nil or here < reach then
+    reach = here
   end
 end
-local granted = 0
-if room > 0 then
-  granted = math.min(want, room, math.max(1, math.floor(room / (2 * gateways))))
+local allowed = 0
+if reach > 0 then
+  allowed = math.min(want, reach, math.max(1, math.floor(reach / (2 * gateways))))
 end
-local answer = {granted, now_ms}
+local answer = {allowed, now_ms}
 for i = 1, #KEYS do
-  local base = 4 * i - 1
+  local base = 5 * i - 2
+  local granted = math.max(0, allowed - tonumber(ARGV[base + 4]))
   if granted > 0 then
     -- Formatted as integers: Lua would write large doubles in exponent form.
     redis.call('INCRBY', KEYS[i], string.format('%d', granted))
     redis.call('PEXPIREAT', KEYS[i], ARGV[base + 3])
   end
-  answer[i + 2] = math.max(0, tonumber(ARGV[base]) - counted[i] - granted)
+  answer[2 * i + 1] = granted
+  answer[2 * i + 2] = math.max(0, tonumber(ARGV[base]) - counted[i] - granted)
 end
 return answer
 "#;
@@ -192,7 +198,7 @@ impl Broker {
         };
         Ok(Granted {
             answer: LeaseAnswer {
-                granted,
+                allowed: granted,
                 now_ms,
                 gateways,
                 windows,
@@ -218,12 +224,14 @@ impl Broker {
                 invocation.key(counter_key(request.contract, limit.per, w.start));
             }
             invocation.arg(request.want.min(EXACT_UP_TO)).arg(gateways);
-            for (limit, w) in request.limits.iter().zip(&windows) {
+            for (i, (limit, w)) in request.limits.iter().zip(&windows).enumerate() {
+                let held = request.held.get(i).copied().unwrap_or(0);
                 invocation
                     .arg(limit.requests.min(EXACT_UP_TO))
                     .arg(w.start)
                     .arg(w.end)
-                    .arg((w.end + COUNTER_GRACE_SECONDS) * 1000);
+                    .arg((w.end + COUNTER_GRACE_SECONDS) * 1000)
+                    .arg(held.min(EXACT_UP_TO));
             }
             let mut conn = self.redis.clone();
             let reply: Vec<i64> =
@@ -236,7 +244,7 @@ impl Broker {
                         ))
                     })?
                     .map_err(|e| unavailable(format!("Redis failed the grant: {e}")))?;
-            let (&granted, &redis_now_ms) = match (reply.first(), reply.get(1)) {
+            let (&allowed, &redis_now_ms) = match (reply.first(), reply.get(1)) {
                 (Some(g), Some(t)) if *t >= 0 => (g, t),
                 _ => return Err(Error::Internal(format!("grant script answered {reply:?}"))),
             };
@@ -245,24 +253,25 @@ impl Broker {
                 (redis_now_ms as i64).saturating_sub(local_ms() as i64),
                 Ordering::Relaxed,
             );
-            if granted < 0 {
+            if allowed < 0 {
                 now_ms = redis_now_ms;
                 continue;
             }
-            let remaining = &reply[2..];
-            if remaining.len() != windows.len() {
+            let per_window = reply.get(2..).unwrap_or_default();
+            if per_window.len() != 2 * windows.len() {
                 return Err(Error::Internal(format!("grant script answered {reply:?}")));
             }
             let windows = windows
                 .iter()
-                .zip(remaining)
-                .map(|(w, &left)| LeaseWindow {
+                .zip(per_window.chunks_exact(2))
+                .map(|(w, answer)| LeaseWindow {
                     start: w.start,
                     end: w.end,
-                    remaining: left.max(0) as u64,
+                    granted: answer[0].max(0) as u64,
+                    remaining: answer[1].max(0) as u64,
                 })
                 .collect();
-            return Ok((granted as u64, redis_now_ms, windows, attempt as u32));
+            return Ok((allowed as u64, redis_now_ms, windows, attempt as u32));
         }
         Err(unavailable(format!(
             "the windows moved on {ATTEMPTS} times while granting; try again"

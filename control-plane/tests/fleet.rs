@@ -27,6 +27,7 @@ fn request(gateway: u64, contract: u64, limits: &[(u64, Period)], want: u64) -> 
             .map(|&(requests, per)| RateLimit { requests, per })
             .collect(),
         want,
+        held: Vec::new(),
     }
 }
 
@@ -55,12 +56,12 @@ async fn concurrent_grants_never_exceed_the_limit_and_add_up_to_it() {
             loop {
                 let ask = request(gateway + 1, 7, &[(LIMIT, Period::Month)], 1 + gateway * 3);
                 let answer = broker.grant(&ask).await.unwrap().answer;
-                assert!(answer.granted <= ask.want);
-                if answer.granted == 0 {
+                assert!(answer.allowed <= ask.want);
+                if answer.allowed == 0 {
                     assert_eq!(answer.windows[0].remaining, 0);
                     return (granted, answer.windows[0].start);
                 }
-                granted.push((answer.windows[0].start, answer.granted));
+                granted.push((answer.windows[0].start, answer.allowed));
             }
         }));
     }
@@ -96,11 +97,11 @@ async fn two_limits_move_together() {
     let mut answers: Vec<LeaseAnswer> = Vec::new();
     loop {
         let answer = broker.grant(&ask).await.unwrap().answer;
-        if answer.granted == 0 {
+        if answer.allowed == 0 {
             answers.push(answer);
             break;
         }
-        total += answer.granted;
+        total += answer.allowed;
         let [month, day] = [answer.windows[0], answer.windows[1]];
         assert_eq!(month.remaining, 50 - total, "{answer:?}");
         assert_eq!(day.remaining, 8 - total, "{answer:?}");
@@ -108,7 +109,7 @@ async fn two_limits_move_together() {
     }
     assert_eq!(total, 8);
     // One gateway: each grant is half the room left, at least 1 (4, 2, 1, 1).
-    let grants: Vec<u64> = answers.iter().map(|a| a.granted).collect();
+    let grants: Vec<u64> = answers.iter().map(|a| a.allowed).collect();
     assert_eq!(grants, vec![4, 2, 1, 1, 0]);
     let last = answers.last().unwrap();
     assert_eq!(
@@ -119,6 +120,36 @@ async fn two_limits_move_together() {
     let day = counter_key(9, Period::Day, last.windows[1].start);
     assert_eq!(redis.command(&["GET", &month]), "8");
     assert_eq!(redis.command(&["GET", &day]), "8");
+}
+
+/// What a gateway holds in a window is not granted again there: a day's units granted beside
+/// a second's that ended unused let the gateway admit more with a grant of the second only.
+#[tokio::test]
+async fn what_a_gateway_holds_in_a_window_is_not_granted_again() {
+    let redis = RedisServer::start();
+    let broker = Broker::connect(&redis.url()).unwrap();
+    let limits = [(100, Period::Month), (10, Period::Day)];
+    let mut ask = request(1, 11, &limits, 4);
+    ask.held = vec![0, 3];
+    let answer = broker.grant(&ask).await.unwrap().answer;
+    assert_eq!(answer.allowed, 4, "{answer:?}");
+    assert_eq!(answer.windows[0].granted, 4);
+    assert_eq!(
+        answer.windows[1].granted, 1,
+        "3 of the 4 are held in the day already"
+    );
+    assert_eq!(
+        (answer.windows[0].remaining, answer.windows[1].remaining),
+        (96, 9)
+    );
+    // Holding what it wants in the day, the day's room does not bound the grant.
+    ask.held = vec![0, 9];
+    ask.want = 9;
+    let answer = broker.grant(&ask).await.unwrap().answer;
+    assert_eq!(answer.windows[1].granted, 0, "{answer:?}");
+    let mut bad = ask.clone();
+    bad.held = vec![1];
+    assert!(bad.check().unwrap_err().contains("held"));
 }
 
 /// Windows are Redis's calendar windows (its `TIME`): a second is one second, a month starts
@@ -176,7 +207,7 @@ async fn a_window_boundary_crossed_since_the_guess_is_recomputed_from_redis_time
     let granted = broker.grant_from(&ask, stale).await.unwrap();
     assert!(granted.window_retries >= 1, "{granted:?}");
     let answer = granted.answer;
-    assert!(answer.granted > 0);
+    assert!(answer.allowed > 0);
     for (w, period) in answer.windows.iter().zip([Period::Second, Period::Month]) {
         let now_s = answer.now_ms / 1000;
         assert!(w.start <= now_s && now_s < w.end, "{answer:?}");
@@ -203,7 +234,7 @@ async fn grants_shrink_as_more_gateways_ask() {
     let broker = Broker::connect(&redis.url()).unwrap();
     let limits = [(1_000, Period::Month)];
     let first = broker.grant(&request(1, 13, &limits, 1_000)).await.unwrap();
-    assert_eq!((first.answer.granted, first.answer.gateways), (500, 1));
+    assert_eq!((first.answer.allowed, first.answer.gateways), (500, 1));
     for gateway in 2..=4 {
         broker
             .grant(&request(gateway, 13, &limits, 1))
@@ -216,7 +247,7 @@ async fn grants_shrink_as_more_gateways_ask() {
         .await
         .unwrap()
         .answer;
-    assert_eq!((answer.granted, answer.gateways), (62, 4));
+    assert_eq!((answer.allowed, answer.gateways), (62, 4));
     assert_eq!(redis.command(&["ZCARD", "tollgate:fleet:gateways"]), ":4");
 }
 
@@ -236,7 +267,7 @@ fn the_endpoint_grants_with_the_gateway_token_and_counts_in_metrics() {
     let answer = lease(&server, &lease_body(3), Some(&server.gateway_token));
     assert_eq!(answer.status, 200, "{}", answer.body);
     let grant: LeaseAnswer = serde_json::from_str(&answer.body).unwrap();
-    assert!(grant.granted >= 1 && grant.granted <= 3, "{grant:?}");
+    assert!(grant.allowed >= 1 && grant.allowed <= 3, "{grant:?}");
     assert_eq!(grant.windows.len(), 1);
     assert_eq!(grant.windows[0].end - grant.windows[0].start, 60);
 
@@ -253,7 +284,7 @@ fn the_endpoint_grants_with_the_gateway_token_and_counts_in_metrics() {
     assert!(
         metrics.contains(&format!(
             "tollgate_fleet_units_granted_total {}",
-            grant.granted
+            grant.allowed
         )),
         "{metrics}"
     );

@@ -51,8 +51,8 @@ async fn post_lease(
             metrics
                 .window_retries
                 .inc_by(u64::from(granted.window_retries));
-            metrics.units_granted.inc_by(answer.granted);
-            let outcome = if answer.granted > 0 {
+            metrics.units_granted.inc_by(answer.allowed);
+            let outcome = if answer.allowed > 0 {
                 "granted"
             } else {
                 "exhausted"
