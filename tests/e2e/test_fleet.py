@@ -303,8 +303,9 @@ def test_a_killed_gateways_units_are_stranded_until_the_window_ends_never_spent_
     assert window_of("minute", time.time()) == minute, "the minute turned in a test that takes seconds (50 s margin)"
     assert_only_admissions_and_refusals(survivors)
     room = STRANDING - dead_admitted
-    assert survivors.admitted() <= room, (
-        f"double-spent: the survivors admitted {survivors.admitted()} after the dead gateway admitted "
+    survivors_admitted = survivors.admitted()
+    assert survivors_admitted <= room, (
+        f"double-spent: the survivors admitted {survivors_admitted} after the dead gateway admitted "
         f"{dead_admitted} of {STRANDING}"
     )
     # The next minute starts with the whole limit for the survivors.
@@ -326,7 +327,8 @@ def test_closed_admits_only_held_grants_while_the_broker_is_away(closed: Fleet, 
     before, busy, idle = through_an_outage(closed, what)
     assert_only_admissions_and_refusals(busy)
     assert_only_admissions_and_refusals(idle)
-    assert idle.admitted() == 0, f"a contract with nothing held admitted {describe(idle)}"
+    idle_admitted = idle.admitted()
+    assert idle_admitted == 0, f"a contract with nothing held admitted {describe(idle)}"
     total = before.admitted() + busy.admitted()
     assert total <= OUTAGE, f"{total} admitted in a window of {OUTAGE}"
     assert busy.admitted() >= 1, f"grants held when {what} went away admitted nothing: {describe(busy)}"
