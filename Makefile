@@ -6,6 +6,7 @@ test:
 
 # Live demo: control plane seeded from demo/catalogue.yaml, echo upstream, Envoy; foreground.
 # `scripts/demo.sh --check` runs its walkthrough and asserts every answer.
+# `TOLLGATE_DEMO_FLEET=1 make demo` adds redis-server and a second Envoy sharing every limit.
 demo:
 	scripts/demo.sh
 

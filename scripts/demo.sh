@@ -18,11 +18,16 @@
 #   TOLLGATE_DEMO_ADMIN_PORT           Envoy's admin interface [9901]
 #   TOLLGATE_DEMO_UPSTREAM_PORT        the echo upstream [18080]
 #   TOLLGATE_DEMO_CONTROL_PLANE_PORT   the control plane [7100]
+#   TOLLGATE_DEMO_FLEET=1              fleet-wide limits: redis-server (Debian's package) and a
+#                                      second Envoy; the two gateways share every limit
+#   TOLLGATE_DEMO_PORT_2               the second Envoy's listener [10001]
+#   TOLLGATE_DEMO_ADMIN_PORT_2         the second Envoy's admin interface [9902]
+#   TOLLGATE_DEMO_REDIS_PORT           redis-server [16379]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 mode=run
 case "${1:-}" in
     "") ;;
@@ -36,6 +41,11 @@ port="${TOLLGATE_DEMO_PORT:-10000}"
 admin_port="${TOLLGATE_DEMO_ADMIN_PORT:-9901}"
 upstream_port="${TOLLGATE_DEMO_UPSTREAM_PORT:-18080}"
 cp_port="${TOLLGATE_DEMO_CONTROL_PLANE_PORT:-7100}"
+fleet=false
+if [ "${TOLLGATE_DEMO_FLEET:-0}" = 1 ]; then fleet=true; fi
+port_2="${TOLLGATE_DEMO_PORT_2:-10001}"
+admin_port_2="${TOLLGATE_DEMO_ADMIN_PORT_2:-9902}"
+redis_port="${TOLLGATE_DEMO_REDIS_PORT:-16379}"
 
 mkdir -p -m 0700 "$demo_dir"
 demo_dir="$(cd "$demo_dir" && pwd)"
@@ -43,6 +53,8 @@ data_dir="$demo_dir/tollgate"
 gateway="http://127.0.0.1:$port"
 admin="http://127.0.0.1:$admin_port"
 control_plane="http://127.0.0.1:$cp_port"
+gateway_2="http://127.0.0.1:$port_2"
+admin_2="http://127.0.0.1:$admin_port_2"
 tollgate="$repo/target/debug/tollgate"
 python="$repo/.venv/bin/python"
 
@@ -65,16 +77,22 @@ say "demo: building the control plane and the filter (the first build takes a fe
 cargo build -p tollgate-control-plane
 scripts/build-wasm.sh >/dev/null
 envoy_bin="$(scripts/envoy-path.sh)"
+if $fleet && ! command -v redis-server >/dev/null 2>&1; then
+    fail "TOLLGATE_DEMO_FLEET=1 needs redis-server: apt-get install -y redis-server"
+fi
 # From here on every file the demo writes is private: keys, tokens, the Envoy configuration.
 umask 077
 chmod -R go-rwx "$demo_dir"
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" "$admin_port" "$upstream_port" "$cp_port"; do
+ports=("$port" "$admin_port" "$upstream_port" "$cp_port")
+if $fleet; then ports+=("$port_2" "$admin_port_2" "$redis_port"); fi
+for p in "${ports[@]}"; do
     if listening "$p"; then
         fail "127.0.0.1:$p is already in use (another demo still running?); stop it, or move the \
 demo with TOLLGATE_DEMO_PORT, TOLLGATE_DEMO_ADMIN_PORT, TOLLGATE_DEMO_UPSTREAM_PORT, \
-TOLLGATE_DEMO_CONTROL_PLANE_PORT"
+TOLLGATE_DEMO_CONTROL_PLANE_PORT (and TOLLGATE_DEMO_PORT_2, TOLLGATE_DEMO_ADMIN_PORT_2, \
+TOLLGATE_DEMO_REDIS_PORT with TOLLGATE_DEMO_FLEET=1)"
     fi
 done
 
@@ -125,9 +143,21 @@ wait_for() { # seconds what log condition...
 unset TOLLGATE_ADMIN_TOKEN TOLLGATE_GATEWAY_TOKEN TOLLGATE_SNAPSHOT_SIGNING_KEY TOLLGATE_LISTEN
 export TOLLGATE_DATA_DIR="$data_dir" TOLLGATE_SERVER="$control_plane"
 
+serve_args=()
+if $fleet; then
+    # Nothing is persisted: the demo's counts live as long as this redis-server.
+    say "demo: starting redis-server on 127.0.0.1:$redis_port (fleet-wide counts; nothing persisted)"
+    mkdir -p "$demo_dir/redis"
+    start "redis-server" "$demo_dir/redis.log" \
+        redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$demo_dir/redis" \
+        --save "" --appendonly no
+    wait_for 30 "redis-server" "$demo_dir/redis.log" listening "$redis_port"
+    serve_args=(--redis "redis://127.0.0.1:$redis_port")
+fi
+
 say "demo: starting the control plane on $control_plane (data in $data_dir)"
 start "the control plane" "$demo_dir/control-plane.log" \
-    "$tollgate" serve --listen "127.0.0.1:$cp_port" --data-dir "$data_dir"
+    "$tollgate" serve --listen "127.0.0.1:$cp_port" --data-dir "$data_dir" "${serve_args[@]}"
 wait_for 30 "the control plane" "$demo_dir/control-plane.log" \
     curl -fs -o /dev/null "$control_plane/healthz"
 
@@ -224,22 +254,52 @@ wait_for 60 "Envoy to be ready" "$demo_dir/envoy.log" curl -fs -o /dev/null "$ad
 # Ready for the walkthrough once both workers have adopted the current snapshot.
 revision="$(curl -fsS -o /dev/null -D - -H "authorization: Bearer $(cat "$data_dir/gateway-token")" \
     "$control_plane/v1/snapshot" | tr -d '\r' | sed -n 's/^etag: "\([0-9]*\)"$/\1/Ip')"
-envoy_stat() { curl -fsS "$admin/stats?filter=^wasmcustom\.$1\$" | sed -n 's/^[^:]*: //p'; }
-adopted() {
-    [ "$(envoy_stat tollgate_snapshot_revision)" = "$revision" ] &&
-        [ "$(envoy_stat tollgate_snapshot_adoptions_total || echo 0)" -ge 2 ]
+envoy_stat() { # admin-url stat
+    curl -fsS "$1/stats?filter=^wasmcustom\.$2\$" | sed -n 's/^[^:]*: //p'
 }
-wait_for 30 "Envoy to load snapshot revision $revision" "$demo_dir/envoy.log" adopted
+adopted() { # admin-url
+    [ "$(envoy_stat "$1" tollgate_snapshot_revision)" = "$revision" ] &&
+        [ "$(envoy_stat "$1" tollgate_snapshot_adoptions_total || echo 0)" -ge 2 ]
+}
+wait_for 30 "Envoy to load snapshot revision $revision" "$demo_dir/envoy.log" adopted "$admin"
+
+if $fleet; then
+    # The second gateway's configuration differs only in its ports: a gateway learns from the
+    # snapshot that its counts are fleet-wide.
+    say "demo: a second Envoy on $gateway_2 (admin $admin_2), sharing every limit with the first"
+    "$tollgate" envoy-config --wasm target/tollgate.wasm --listen "127.0.0.1:$port_2" \
+        --upstream "127.0.0.1:$upstream_port" --control-plane "$control_plane" \
+        --admin "127.0.0.1:$admin_port_2" --concurrency 2 >"$demo_dir/envoy-2.yaml"
+    TOLLGATE_GATEWAY_TOKEN="$(cat "$data_dir/gateway-token")" start "the second Envoy" \
+        "$demo_dir/envoy-2.log" "$envoy_bin" --config-path "$demo_dir/envoy-2.yaml" \
+        --concurrency 2 --disable-hot-restart --log-level info
+    wait_for 60 "the second Envoy to be ready" "$demo_dir/envoy-2.log" curl -fs -o /dev/null "$admin_2/ready"
+    wait_for 30 "the second Envoy to load snapshot revision $revision" "$demo_dir/envoy-2.log" \
+        adopted "$admin_2"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # The walkthrough: printed in run mode, asserted in check mode.
+
+fleet_line=""
+fleet_hint=""
+if $fleet; then
+    fleet_hint="The two Envoys share limits: spend Bronze's 10 a minute on $gateway, then
+  curl -i -H \"x-api-key: \$BRONZE_KEY\" $gateway_2/orders/v1/42     # 429 there too
+
+"
+
+    fleet_line="   (--redis redis://127.0.0.1:$redis_port)
+  second Envoy   $gateway_2   (admin $admin_2), sharing every limit with the first
+  redis-server   127.0.0.1:$redis_port   (fleet-wide counts, nothing persisted)"
+fi
 
 if [ "$mode" = run ]; then
     cat <<TEXT
 
 tollgate demo is up (logs in ${demo_dir#"$repo"/}/):
   Envoy          $gateway   (admin $admin)
-  control plane  $control_plane
+  control plane  $control_plane${fleet_line}
   echo upstream  http://127.0.0.1:$upstream_port
 
 Keys of the seed's clients (kept in ${demo_dir#"$repo"/}/keys; the control plane stores only their SHA-256):
@@ -263,7 +323,7 @@ In another terminal (the README's "Five minutes with the demo" shows what each a
   tollgate client version rotate-key acme/partner-portal/1 --grace-seconds 300
   curl -s $admin/stats/prometheus | grep 'tollgate_requests_total{'
 
-Re-running the demo restores the seed. Press Ctrl-C to stop.
+${fleet_hint}Re-running the demo restores the seed. Press Ctrl-C to stop.
 TEXT
     # Stay in the foreground until interrupted or until a child exits. Once the demo is up,
     # Ctrl-C is how it is meant to end: a success.
@@ -355,6 +415,12 @@ if request 429 -H "x-api-key: $BRONZE_KEY" "$orders" && has_header x-ratelimit-l
     has_header x-ratelimit-remaining 0 && body_has 'urn:tollgate:problem:rate-limited'; then
     retry="$(sed -n 's/^retry-after: //Ip' "$out/headers.txt")"
     if [ -n "$retry" ] && ((retry >= 1 && retry <= 60)); then ok; else bad "Retry-After '$retry'"; fi
+fi
+
+if $fleet; then
+    step="fleet: Bronze through the second Envoy is 429 too (the two gateways share its minute)"
+    codes="$(for i in $(seq 4); do curl -s -o /dev/null -w '%{http_code} ' -H "x-api-key: $BRONZE_KEY" "$gateway_2/orders/v1/42"; done)"
+    if [ "$codes" = "429 429 429 429 " ]; then ok; else bad "got $codes"; fi
 fi
 
 step="revoking the Bronze contract with the CLI: Bronze gets 403, and keeps getting it"

@@ -12,6 +12,7 @@ import pytest
 
 import harness
 from harness import WASM, EchoUpstream, Envoy, envoy_bootstrap
+from fleet import FleetPool, redis_server
 from live import TOLLGATE, ControlPlane, LiveProcesses
 
 
@@ -100,6 +101,24 @@ def live(
         yield processes
     finally:
         processes.stop_all()
+
+
+@pytest.fixture(scope="module")
+def fleets(
+    upstream: EchoUpstream, tollgate_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FleetPool]:
+    """Fleet mode (tests/e2e/fleet.py): `fleets.get(fallback, plans)` gives a running fleet —
+    Redis, a control plane with `--redis` and that `--fleet-fallback`, 3 Envoys of 2 workers —
+    reused by the module's tests while it is whole; everything is stopped when they are done."""
+    try:
+        redis_server()
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    pool = FleetPool(tmp_path_factory.mktemp("fleet"), upstream.port)
+    try:
+        yield pool
+    finally:
+        pool.stop()
 
 
 EnvoyFactory = Callable[..., Envoy]

@@ -430,6 +430,13 @@ class Envoy:
                 values[name] = int(value)
         return values
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind; what the process held in shared data is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.stop()
+
     def stop(self) -> None:
         _stop(self.process)
         self._log_file.close()

@@ -66,12 +66,20 @@ class ControlPlaneFailedToStart(RuntimeError):
 
 class ControlPlane:
     """`tollgate serve` on `data_dir`. `port=0` lets the first start pick a port; restarts keep
-    it. `env` (e.g. secrets) applies to every start; `start(env=…)` adds to it for one run."""
+    it. `env` (e.g. secrets) applies to every start; `start(env=…)` adds to it for one run.
+    `args` go to `tollgate serve` on every start (e.g. `--redis URL`)."""
 
-    def __init__(self, data_dir: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.env = dict(env or {})
+        self.args = tuple(args)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         LOGS.add(self.log_path)
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,6 +103,7 @@ class ControlPlane:
                     "serve",
                     "--listen", f"127.0.0.1:{self.port}",
                     "--data-dir", str(self.data_dir),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -461,9 +470,15 @@ class LiveProcesses:
         self.control_planes: list[ControlPlane] = []
         self.gateways: list[Envoy] = []
 
-    def control_plane(self, port: int = 0, env: dict[str, str] | None = None, start: bool = True) -> ControlPlane:
+    def control_plane(
+        self,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        start: bool = True,
+        args: tuple[str, ...] = (),
+    ) -> ControlPlane:
         n = len(self.control_planes)
-        control_plane = ControlPlane(self.workdir / f"control-plane-{n}" / "data", port, env)
+        control_plane = ControlPlane(self.workdir / f"control-plane-{n}" / "data", port, env, args)
         control_plane.data_dir.parent.mkdir(parents=True)
         self.control_planes.append(control_plane)
         return control_plane.start() if start else control_plane

@@ -2,6 +2,8 @@
 the compose file is valid for Debian's `docker-compose config`, envoy/compose.yaml is exactly
 what `tollgate envoy-config` prints for the compose topology and the compose file's demo
 secrets (so the two cannot drift apart), and the real Envoy 1.40 accepts it in validate mode.
+Two gateways share limits: the control plane counts through the `redis` service, and the
+second Envoy runs the same configuration as the first.
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ def test_compose_pins_envoy_and_mounts_the_committed_config(compose: dict[str, A
     assert "./envoy/compose.yaml:/etc/tollgate/envoy.yaml:ro" in envoy["volumes"]
     assert f"gateway-wasm:{Path(WASM_IN_CONTAINER).parent}:ro" in envoy["volumes"]
     assert envoy["command"][:3] == ["envoy", "--config-path", "/etc/tollgate/envoy.yaml"]
+
+
+def test_two_gateways_share_limits_through_the_redis_service(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:"), redis["image"]
+    command = services["control-plane"]["command"]
+    assert command[command.index("--redis") + 1] == "redis://redis:6379", command
+    assert services["control-plane"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    first, second = services["envoy"], services["envoy-2"]
+    # The same gateway twice: configuration, image, command, token; only the host ports differ.
+    for field in ("image", "command", "volumes", "environment", "depends_on"):
+        assert second[field] == first[field], field
+    assert set(second["ports"]).isdisjoint(first["ports"]), (first["ports"], second["ports"])
 
 
 def test_envoy_gets_the_gateway_token_in_its_environment_and_its_config_holds_no_secret(
