@@ -731,7 +731,8 @@ fn upgrading_a_catalogue_moves_its_revision_to_the_credential_bound_snapshot() {
     let s = s.kill9_change_and_restart(|dir| {
         // Back to schema version 2, as the previous release left it.
         let db = rusqlite::Connection::open(dir.join("tollgate.db")).unwrap();
-        // Version 4 (stored snapshot buckets) undone first.
+        // Version 5 (the fleet setting) and 4 (stored snapshot buckets) undone first.
+        db.execute_batch("DROP TABLE fleet_settings").unwrap();
         let triggers: Vec<String> = db
             .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
             .unwrap()
