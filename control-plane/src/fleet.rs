@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tollgate_core::fleet::{LeaseAnswer, LeaseRequest, LeaseWindow};
+use tollgate_core::fleet::{LeaseAnswer, LeaseRequest, LeaseWindow, ReturnRequest};
 use tollgate_core::snapshot::Period;
 use tollgate_core::time::{window, Window};
 
@@ -93,6 +93,28 @@ end
 return answer
 "#;
 
+/// The return step. KEYS: the return's marker (one per gateway and return id, in the contract's
+/// slot), then one counter per window handed back. ARGV: when the marker expires (Unix ms),
+/// then the units per window. A marker that exists already means the return was applied: it
+/// answers 0 and subtracts nothing. Otherwise each counter goes down by its units, never below 0.
+pub const RETURN_SCRIPT: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PXAT', ARGV[1]) then
+  return 0
+end
+for i = 2, #KEYS do
+  local back = math.min(tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[i]))
+  if back > 0 then
+    redis.call('DECRBY', KEYS[i], string.format('%d', back))
+  end
+end
+return 1
+"#;
+
+/// The Redis key marking that `gateway`'s return `id` for `contract` was applied.
+pub fn return_key(contract: u64, gateway: &str, id: &str) -> String {
+    format!("tollgate:{{c{contract}}}:return:{gateway}:{id}")
+}
+
 /// The Redis key counting `contract`'s `period` window that starts at `start` (Unix seconds).
 pub fn counter_key(contract: u64, period: Period, start: u64) -> String {
     let period = match period {
@@ -108,6 +130,7 @@ pub fn counter_key(contract: u64, period: Period, start: u64) -> String {
 pub struct Broker {
     redis: ConnectionManager,
     script: Script,
+    return_script: Script,
     /// Redis's clock minus this process's, in ms, as of the latest grant: the windows of the
     /// next grant are computed from this guess of Redis's time (the script checks it).
     clock_offset_ms: AtomicI64,
@@ -159,9 +182,41 @@ impl Broker {
         Ok(Broker {
             redis,
             script: Script::new(GRANT_SCRIPT),
+            return_script: Script::new(RETURN_SCRIPT),
             clock_offset_ms: AtomicI64::new(0),
             gateways: AtomicU32::new(1),
         })
+    }
+
+    /// Subtracts the units of `request` from the fleet's counts, once per (gateway, id):
+    /// `Ok(false)` when that return was applied before. `request` must have passed
+    /// [`ReturnRequest::check`].
+    pub async fn give_back(&self, request: &ReturnRequest) -> Result<bool, Error> {
+        let mut invocation = self.return_script.prepare_invoke();
+        invocation.key(return_key(request.contract, &request.gateway, &request.id));
+        // The marker outlives every window it names: a replay after that finds no counter.
+        let ends = request
+            .windows
+            .iter()
+            .map(|w| window(w.per, w.start.saturating_mul(1000)).end)
+            .max()
+            .unwrap_or(0);
+        invocation.arg((ends + COUNTER_GRACE_SECONDS) * 1000);
+        for w in &request.windows {
+            invocation.key(counter_key(request.contract, w.per, w.start));
+            invocation.arg(w.units.min(EXACT_UP_TO));
+        }
+        let mut conn = self.redis.clone();
+        let applied: i64 = tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "Redis did not answer the return within {} ms",
+                    REDIS_TIMEOUT.as_millis()
+                ))
+            })?
+            .map_err(|e| unavailable(format!("Redis failed the return: {e}")))?;
+        Ok(applied == 1)
     }
 
     /// Grants `request` units of its contract's current windows. `request` must have passed

@@ -37,7 +37,8 @@ pub struct TokenRefusedLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LeaseLabels {
-    /// `granted` (at least one unit) or `exhausted` (a window had no room: granted 0).
+    /// `granted` (at least one unit), `exhausted` (a window had no room: granted 0),
+    /// `returned` (units handed back) or `return_replayed` (a return applied before).
     pub outcome: &'static str,
 }
 

@@ -14,7 +14,7 @@ use common::redis_server::RedisServer;
 use common::Server;
 use serde_json::{json, Value};
 use tollgate_control_plane::fleet::{counter_key, Broker};
-use tollgate_core::fleet::{LeaseAnswer, LeaseRequest, LEASE_PATH};
+use tollgate_core::fleet::{LeaseAnswer, LeaseRequest, LEASE_PATH, RETURN_PATH};
 use tollgate_core::snapshot::{Period, RateLimit};
 use tollgate_core::time::{civil_from_days, window};
 
@@ -292,6 +292,76 @@ fn the_endpoint_grants_with_the_gateway_token_and_counts_in_metrics() {
     assert!(metrics.contains("tollgate_fleet_grant_seconds_count 1"));
 }
 
+/// Units handed back leave the fleet's count once: the same return again (a retry after a lost
+/// answer, or a replay) answers `applied: false` and subtracts nothing, and the units can be
+/// granted to another gateway.
+#[test]
+fn a_return_is_applied_once_however_often_it_is_sent() {
+    let redis = RedisServer::start();
+    let server = Server::start_with_env(&[("TOLLGATE_REDIS_URL", &redis.url())]);
+    let token = server.gateway_token.clone();
+    let answer = lease(&server, &lease_body(5), Some(&token));
+    let grant: LeaseAnswer = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(grant.allowed, 5, "{grant:?}");
+    let start = grant.windows[0].start;
+    let key = counter_key(5, Period::Minute, start);
+    assert_eq!(redis.command(&["GET", &key]), "5");
+
+    let back = json!({"gateway": "00000000000000aa", "contract": 5, "id": "0123456789abcdef",
+                      "windows": [{"per": "minute", "start": start, "units": 3}]});
+    let post = |body: &Value| {
+        server.request(
+            "POST",
+            RETURN_PATH,
+            Some(&token),
+            Some(&body.to_string()),
+            &[],
+        )
+    };
+    let first = post(&back);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["applied"], true);
+    assert_eq!(redis.command(&["GET", &key]), "2");
+    for _ in 0..3 {
+        let again = post(&back);
+        assert_eq!(again.json()["applied"], false, "{}", again.body);
+    }
+    assert_eq!(
+        redis.command(&["GET", &key]),
+        "2",
+        "a replayed return was subtracted again"
+    );
+    // Never below zero, whatever a return claims.
+    let mut greedy = back.clone();
+    greedy["id"] = json!("00000000000000ff");
+    greedy["windows"][0]["units"] = json!(50);
+    assert_eq!(post(&greedy).json()["applied"], true);
+    assert_eq!(redis.command(&["GET", &key]), "0");
+    // The marker lives in the contract's slot and dies after the window.
+    let marker = format!("tollgate:{{c5}}:return:00000000000000aa:0123456789abcdef");
+    let ttl: i64 = redis
+        .command(&["PTTL", &marker])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 121_000, "{ttl}");
+
+    let mut bad = back.clone();
+    bad["id"] = json!("nope");
+    let refused = post(&bad);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("id must be 16 hex digits"),
+        "{}",
+        refused.body
+    );
+    let metrics = server.request("GET", "/metrics", None, None, &[]).body;
+    assert!(
+        metrics.contains("tollgate_fleet_lease_answers_total{outcome=\"return_replayed\"} 3"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn malformed_lease_requests_are_refused_naming_the_problem() {
     let redis = RedisServer::start();
@@ -344,6 +414,16 @@ fn without_redis_leases_are_fleet_off() {
         .unwrap()
         .contains("--redis"));
     assert!(server.snapshot().json().get("fleet").is_none());
+    let back = json!({"gateway": "00000000000000aa", "contract": 5, "id": "0123456789abcdef",
+                      "windows": [{"per": "minute", "start": 1_764_650_000u64 / 60 * 60, "units": 1}]});
+    let answer = server.request(
+        "POST",
+        RETURN_PATH,
+        Some(&server.gateway_token),
+        Some(&back.to_string()),
+        &[],
+    );
+    assert_eq!(answer.status, 404, "{}", answer.body);
 }
 
 /// A killed Redis (connections refused) and a silent one (accepts, never answers) both get a

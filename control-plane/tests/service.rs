@@ -63,18 +63,24 @@ fn openapi_documents_every_path_with_its_token() {
             .unwrap(),
         "gateway_token"
     );
-    let leases = &paths[tollgate_core::fleet::LEASE_PATH]["post"];
-    assert_eq!(
-        leases["security"][0]
-            .as_object()
-            .unwrap()
-            .keys()
-            .next()
-            .unwrap(),
-        "gateway_token"
-    );
-    for status in ["200", "400", "401", "404", "503"] {
-        assert!(leases["responses"][status].is_object(), "leases {status}");
+    for path in [
+        tollgate_core::fleet::LEASE_PATH,
+        tollgate_core::fleet::RETURN_PATH,
+    ] {
+        let leases = &paths[path]["post"];
+        assert_eq!(
+            leases["security"][0]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap(),
+            "gateway_token",
+            "{path}"
+        );
+        for status in ["200", "400", "401", "404", "503"] {
+            assert!(leases["responses"][status].is_object(), "{path} {status}");
+        }
     }
     assert!(doc["components"]["schemas"]["LeaseRequest"].is_object());
     assert!(doc["components"]["schemas"]["LeaseAnswer"].is_object());

@@ -16,11 +16,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
-    decode, encode, insert_token, CountError, Counting, Grant, Slot, MAX_CAS_ATTEMPTS, MAX_LIMITS,
+    counter_key, current_window, decode, encode, insert_token, CountError, Counting, Grant, Slot,
+    MAX_CAS_ATTEMPTS, MAX_LIMITS, MIN_WANT,
 };
 use crate::shared::{SetOutcome, SharedStore};
 use crate::snapshot::{Period, RateLimit};
-use crate::time::window;
+use crate::time::{window, Window};
 
 /// Where an Envoy process keeps its fleet identity and what it last heard from the broker.
 pub const FLEET_STATE_KEY: &str = "tollgate.fleet";
@@ -32,6 +33,13 @@ const STATE_LEN: usize = 8 + 8 + 4 + 8;
 
 /// Where gateways ask for grants: `POST`, with the gateway token as for snapshots.
 pub const LEASE_PATH: &str = "/gateway/v1/leases";
+
+/// Where gateways hand back units they did not use ([`ReturnRequest`]).
+pub const RETURN_PATH: &str = "/gateway/v1/leases/returns";
+
+/// How long a contract's grant may go unclaimed at a gateway before its unused units go back to
+/// the fleet.
+pub const IDLE_RETURN_MS: u64 = 1_000;
 
 /// What a gateway does for a contract whose allowance is spent while the broker or Redis
 /// cannot be reached (grants already held keep admitting exactly).
@@ -148,6 +156,81 @@ pub struct LeaseAnswer {
     pub windows: Vec<LeaseWindow>,
 }
 
+/// Units a gateway hands back: taken out of its allowance first, so it can no longer admit
+/// them, then subtracted from the fleet's count. `id` makes it idempotent: the broker applies
+/// one return of a gateway once, however often it is sent (a retry after a lost answer, or a
+/// replay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReturnRequest {
+    pub gateway: String,
+    pub contract: u64,
+    /// 16 lowercase hex digits, random per return.
+    pub id: String,
+    pub windows: Vec<ReturnedUnits>,
+}
+
+/// Units handed back in one window of one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReturnedUnits {
+    pub per: Period,
+    /// The window's start, Unix seconds (as the grant named it).
+    pub start: u64,
+    pub units: u64,
+}
+
+/// The broker's answer to a return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReturnAnswer {
+    /// False: this return was applied before (the units were not subtracted again).
+    pub applied: bool,
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl ReturnRequest {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Whether the request is one a broker can apply, or what is wrong with it.
+    pub fn check(&self) -> Result<(), String> {
+        if !is_id(&self.gateway) {
+            return Err("gateway must be 16 hex digits".into());
+        }
+        if !is_id(&self.id) {
+            return Err("id must be 16 hex digits".into());
+        }
+        if self.windows.is_empty() || self.windows.len() > MAX_LIMITS {
+            return Err(format!(
+                "windows must list between 1 and {MAX_LIMITS} windows"
+            ));
+        }
+        let mut periods: Vec<Period> = self.windows.iter().map(|w| w.per).collect();
+        periods.sort();
+        periods.dedup();
+        if periods.len() != self.windows.len() {
+            return Err("windows name a period twice".into());
+        }
+        for w in &self.windows {
+            if window(w.per, w.start.saturating_mul(1000)).start != w.start {
+                return Err(format!(
+                    "{} is not the start of a {:?} window",
+                    w.start, w.per
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl LeaseRequest {
     /// The JSON body of the call to the broker.
     pub fn to_json(&self) -> Vec<u8> {
@@ -156,7 +239,7 @@ impl LeaseRequest {
 
     /// Whether the request is one a broker can answer, or what is wrong with it.
     pub fn check(&self) -> Result<(), String> {
-        if self.gateway.len() != 16 || !self.gateway.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_id(&self.gateway) {
             return Err("gateway must be 16 hex digits".into());
         }
         if self.limits.is_empty() || self.limits.len() > MAX_LIMITS {
@@ -275,6 +358,144 @@ pub fn apply_grant<S: SharedStore + ?Sized>(
         }
     }
     Err(CountError::Contention)
+}
+
+/// A contract a worker took grants for, looked at on the worker's tick: asked for more before
+/// its grant runs dry while it is busy, its unused units handed back once it falls idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub contract: u64,
+    pub limits: Vec<RateLimit>,
+    /// Claimed in the busiest current window at the last look (none yet), and when that last
+    /// changed.
+    claimed: Option<u64>,
+    changed_ms: u64,
+}
+
+/// What a look at a [`Watched`] contract calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    Nothing,
+    /// Busy and within two ticks of running dry: ask for this now, holding no request.
+    Refill(GrantWanted),
+    /// Idle for [`IDLE_RETURN_MS`]: these units were taken out of the allowance (no worker of
+    /// this gateway can admit them any more); hand them back, and stop watching.
+    Return(Vec<ReturnedUnits>),
+    /// No grant in a current window any more (or nothing unused to hand back): stop watching.
+    Forget,
+}
+
+impl Watched {
+    pub fn new(contract: u64, limits: Vec<RateLimit>, now_ms: u64) -> Self {
+        Watched {
+            contract,
+            limits,
+            claimed: None,
+            changed_ms: now_ms,
+        }
+    }
+
+    /// Looks at the contract's counter at the broker's clock `now_ms`; `refill`: whether a
+    /// refill may be asked for (none is in flight for it).
+    pub fn look<S: SharedStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        now_ms: u64,
+        refill: bool,
+    ) -> Result<Due, CountError> {
+        let key = counter_key(self.contract);
+        let Some((value, token)) = store.get(&key)? else {
+            return Ok(Due::Forget);
+        };
+        let mut slots = decode(&value);
+        let current: Vec<(Window, Option<Slot>)> = self
+            .limits
+            .iter()
+            .map(|l| {
+                let (w, s) = current_window(l.per, &slots, now_ms);
+                (w, s.copied())
+            })
+            .collect();
+        if current
+            .iter()
+            .all(|(_, s)| s.and_then(|s| s.grant).is_none())
+        {
+            return Ok(Due::Forget);
+        }
+        let claimed = current
+            .iter()
+            .map(|(_, s)| s.map_or(0, |s| s.count))
+            .max()
+            .unwrap_or(0);
+        // Claims since the last look (none known at the first).
+        let consumed = self
+            .claimed
+            .map_or(0, |before| claimed.saturating_sub(before));
+        if self.claimed != Some(claimed) {
+            if self.claimed.is_some() {
+                self.changed_ms = now_ms;
+            }
+            self.claimed = Some(claimed);
+        }
+        if now_ms.saturating_sub(self.changed_ms) >= IDLE_RETURN_MS {
+            let mut units = Vec::new();
+            for slot in slots.iter_mut() {
+                let current = current.iter().any(|(_, s)| {
+                    s.is_some_and(|s| {
+                        s.period == slot.period && s.window_start == slot.window_start
+                    })
+                });
+                if let (true, Some(grant)) = (current, slot.grant.as_mut()) {
+                    if grant.allowance > slot.count {
+                        units.push(ReturnedUnits {
+                            per: slot.period,
+                            start: slot.window_start,
+                            units: grant.allowance - slot.count,
+                        });
+                        grant.allowance = slot.count;
+                    }
+                }
+            }
+            if units.is_empty() {
+                return Ok(Due::Forget);
+            }
+            // Lost to a claim in between: busy after all, looked at again next tick.
+            return Ok(match store.set(&key, &encode(&slots), token)? {
+                SetOutcome::Written => Due::Return(units),
+                SetOutcome::CasMismatch => Due::Nothing,
+            });
+        }
+        if !refill || consumed == 0 {
+            return Ok(Due::Nothing);
+        }
+        let mut held = Vec::with_capacity(current.len());
+        for (_, s) in &current {
+            let grant = s.and_then(|s| s.grant);
+            let count = s.map_or(0, |s| s.count);
+            let allowance = grant.map_or(0, |g| g.allowance);
+            // The fleet has nothing left: the window ends as it is.
+            if count >= allowance && grant.is_some_and(|g| g.fleet_room == Some(0)) {
+                return Ok(Due::Nothing);
+            }
+            held.push(allowance.saturating_sub(count));
+        }
+        let room = held.iter().copied().min().unwrap_or(0);
+        if room > consumed.saturating_mul(2) {
+            return Ok(Due::Nothing);
+        }
+        let busiest = current
+            .iter()
+            .map(|(_, s)| s.map_or(0, |s| s.count))
+            .max()
+            .unwrap_or(0);
+        let smallest = self.limits.iter().map(|l| l.requests).min().unwrap_or(1);
+        Ok(Due::Refill(GrantWanted {
+            contract: self.contract,
+            limits: self.limits.clone(),
+            want: (busiest / 2).max(MIN_WANT).min(smallest),
+            held,
+        }))
+    }
 }
 
 /// An Envoy process's fleet identity and what it last heard from the broker, in shared data

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use axum::extract::State;
-use tollgate_core::fleet::{LeaseAnswer, LeaseRequest};
+use tollgate_core::fleet::{LeaseAnswer, LeaseRequest, ReturnAnswer, ReturnRequest};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,11 +15,14 @@ use crate::error::Error;
 use crate::metrics::LeaseLabels;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(post_lease))
+    OpenApiRouter::new()
+        .routes(routes!(post_lease))
+        .routes(routes!(post_return))
 }
 
-/// Grants `granted` units in the current window of every limit of the request, the same in
-/// each (0 when some window has no room left), and counts them against the whole fleet. The
+/// Allows the gateway `allowed` more requests (0 when some window has no room left for it),
+/// granting in each window what it lacks there, and counts the grants against the whole
+/// fleet. The
 /// windows are Redis's (its `TIME`), as are `now_ms` and `gateways` (gateways that asked in
 /// the last minute). Only with `tollgate serve --redis`; otherwise 404 `fleet-off`. 503
 /// `redis-unavailable` when Redis fails or takes more than 100 ms: nothing was granted.
@@ -67,6 +70,49 @@ async fn post_lease(
             if matches!(e, Error::Unavailable { .. }) {
                 state.metrics.redis_errors.inc();
                 tracing::warn!(error = %e, contract = request.contract, "lease refused");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Hands units a gateway did not use back to the fleet: subtracted from the counts of the
+/// windows named, once per (gateway, `id`) — a return sent again (a retry after a lost answer,
+/// or a replay) answers `applied: false` and subtracts nothing. The gateway took the units out
+/// of its allowance before sending. Only with `tollgate serve --redis`.
+#[utoipa::path(post, path = "/gateway/v1/leases/returns", tag = "gateway", request_body = ReturnRequest,
+    responses(
+        (status = 200, description = "Applied now, or before", body = ReturnAnswer),
+        BadRequest, Unauthorized, FleetOff, RedisUnavailable))]
+async fn post_return(
+    State(state): State<AppState>,
+    Json(request): Json<ReturnRequest>,
+) -> Result<axum::Json<ReturnAnswer>, Error> {
+    let broker = state.fleet.as_ref().ok_or_else(|| Error::FeatureOff {
+        kind: "fleet-off",
+        detail: "counts are per gateway: this control plane runs without --redis".into(),
+    })?;
+    request
+        .check()
+        .map_err(|reason| Error::invalid_field("body", reason))?;
+    match broker.give_back(&request).await {
+        Ok(applied) => {
+            let outcome = if applied {
+                "returned"
+            } else {
+                "return_replayed"
+            };
+            state
+                .metrics
+                .lease_answers
+                .get_or_create(&LeaseLabels { outcome })
+                .inc();
+            Ok(axum::Json(ReturnAnswer { applied }))
+        }
+        Err(e) => {
+            if matches!(e, Error::Unavailable { .. }) {
+                state.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, contract = request.contract, "return refused");
             }
             Err(e)
         }

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::OpenApi;
 
-use tollgate_core::fleet::LEASE_PATH;
+use tollgate_core::fleet::{LEASE_PATH, RETURN_PATH};
 
 use super::SNAPSHOT_PATH;
 use crate::error::Problem;
@@ -33,7 +33,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
 pub const GATEWAY_TOKEN: &str = "gateway_token";
 
 /// Declares both bearer schemes and marks each operation with the one the router enforces:
-/// the gateway token on `/v1/snapshot` and `/gateway/v1/leases`, the admin token on every
+/// the gateway token on `/v1/snapshot` and `/gateway/v1/leases[/returns]`, the admin token on every
 /// other `/v1` path, none elsewhere.
 pub fn add_security(doc: &mut OpenApiDoc) {
     let components = doc.components.get_or_insert_with(Default::default);
@@ -60,7 +60,7 @@ pub fn add_security(doc: &mut OpenApiDoc) {
         );
     }
     for (path, item) in doc.paths.paths.iter_mut() {
-        let scheme = if path == SNAPSHOT_PATH || path == LEASE_PATH {
+        let scheme = if path == SNAPSHOT_PATH || path == LEASE_PATH || path == RETURN_PATH {
             GATEWAY_TOKEN
         } else if path.starts_with("/v1/") {
             ADMIN_TOKEN
