@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use common::Server;
 use serde_json::{json, Value};
-use tollgate_control_plane::fleet::{counter_key, Broker};
+use tollgate_control_plane::fleet::{counter_key, return_key, Broker};
 use tollgate_core::fleet::{LeaseAnswer, LeaseRequest, LEASE_PATH, RETURN_PATH};
 use tollgate_core::snapshot::{Period, RateLimit};
 use tollgate_core::time::{civil_from_days, window};
@@ -338,7 +338,7 @@ fn a_return_is_applied_once_however_often_it_is_sent() {
     assert_eq!(post(&greedy).json()["applied"], true);
     assert_eq!(redis.command(&["GET", &key]), "0");
     // The marker lives in the contract's slot and dies after the window.
-    let marker = format!("tollgate:{{c5}}:return:00000000000000aa:0123456789abcdef");
+    let marker = return_key(5, "00000000000000aa", "0123456789abcdef");
     let ttl: i64 = redis
         .command(&["PTTL", &marker])
         .trim_start_matches(':')
