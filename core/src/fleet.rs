@@ -38,8 +38,9 @@ pub const LEASE_PATH: &str = "/gateway/v1/leases";
 pub const RETURN_PATH: &str = "/gateway/v1/leases/returns";
 
 /// How long a contract's grant may go unclaimed at a gateway before its unused units go back to
-/// the fleet.
-pub const IDLE_RETURN_MS: u64 = 1_000;
+/// the fleet: longer than a worker keeps an idle lease ([`crate::lease::IDLE_RETURN_MS`]), so
+/// that what workers reserved is back in the counter, and handed back with the rest.
+pub const IDLE_RETURN_MS: u64 = 2_000;
 
 /// What a gateway does for a contract whose allowance is spent while the broker or Redis
 /// cannot be reached (grants already held keep admitting exactly).

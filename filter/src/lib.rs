@@ -40,8 +40,10 @@ enum Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _: usize) {
-        if let Root::Poller(p) = self {
-            p.on_response(token, headers, body_size);
+        match self {
+            Root::Poller(p) => p.on_response(token, headers, body_size),
+            Root::Worker(w) => w.on_call_response(token, headers, body_size),
+            Root::Unconfigured => {}
         }
     }
 }

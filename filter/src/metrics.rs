@@ -67,6 +67,8 @@ pub struct RequestMetrics {
     /// Fleet-wide counting: grants asked for and answered, and asks that failed.
     pub fleet_grants: Metric,
     pub fleet_broker_failures: Metric,
+    /// Returns of unused units sent to the broker.
+    pub fleet_returns: Metric,
 }
 
 impl RequestMetrics {
@@ -84,6 +86,7 @@ impl RequestMetrics {
             key_cache_misses: Metric::counter("tollgate_key_cache_misses_total"),
             fleet_grants: Metric::counter("tollgate_fleet_grants_total"),
             fleet_broker_failures: Metric::counter("tollgate_fleet_broker_failures_total"),
+            fleet_returns: Metric::counter("tollgate_fleet_returns_total"),
         }
     }
 

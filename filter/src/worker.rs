@@ -23,7 +23,7 @@ use tollgate_core::limits::Counting;
 use tollgate_core::problem::{self, Problem};
 use tollgate_core::shared::SharedStore;
 
-use crate::fleet::Asking;
+use crate::fleet::{Asking, Watch};
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::RequestMetrics;
 
@@ -47,6 +47,8 @@ pub struct WorkerRoot {
     fleet: Rc<Cell<Option<FleetState>>>,
     /// `Bearer <gateway token>` for the broker (live mode).
     authorization: Rc<Option<String>>,
+    /// The contracts this worker took grants for, and its own calls to the broker.
+    watch: Rc<RefCell<Watch>>,
 }
 
 impl WorkerRoot {
@@ -78,6 +80,7 @@ impl WorkerRoot {
             buckets: Rc::new(RefCell::new(BucketCache::new(DEFAULT_BUDGET_BYTES))),
             fleet: Rc::new(Cell::new(None)),
             authorization: Rc::new(authorization),
+            watch: Rc::new(RefCell::new(Watch::default())),
         };
         // The tick refreshes the routing table (live mode) and flushes the metric tallies.
         let tick = match &live {
@@ -120,6 +123,47 @@ impl WorkerRoot {
                 .ok(),
             false => None,
         });
+        self.watch_fleet();
+    }
+
+    /// Refills busy contracts ahead of their grants running dry and hands idle ones back.
+    fn watch_fleet(&mut self) {
+        let Ok(mut watch) = self.watch.try_borrow_mut() else {
+            return;
+        };
+        let (Some(cp), Some(authorization), Some(state), Ok(local_ms)) = (
+            &self.config.settings.control_plane,
+            self.authorization.as_deref(),
+            self.fleet.get(),
+            host::now_ms(),
+        ) else {
+            // Counting alone again: what was watched has no broker to go back to.
+            watch.watched.clear();
+            return;
+        };
+        let outcome = watch.on_tick(cp, authorization, &state, local_ms);
+        drop(watch);
+        self.count(&outcome);
+    }
+
+    /// An answer to a call this worker's root made to the broker.
+    pub fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        let Ok(mut watch) = self.watch.try_borrow_mut() else {
+            return;
+        };
+        if let Some((outcome, state)) = watch.on_response(token, num_headers, body_size) {
+            if state.is_some() {
+                self.fleet.set(state);
+            }
+            drop(watch);
+            self.count(&outcome);
+        }
+    }
+
+    fn count(&self, outcome: &crate::fleet::Outcome) {
+        self.metrics.fleet_grants.add(outcome.grants);
+        self.metrics.fleet_broker_failures.add(outcome.failures);
+        self.metrics.fleet_returns.add(outcome.returns);
     }
 
     /// Adopts the poller's latest routing table from shared data if it is newer than ours.
@@ -191,6 +235,7 @@ impl WorkerRoot {
             response_headers: Vec::new(),
             fleet: self.fleet.clone(),
             authorization: self.authorization.clone(),
+            watch: self.watch.clone(),
             asking: None,
             asks: 0,
         }
@@ -208,6 +253,7 @@ pub struct RequestContext {
     response_headers: Vec<(&'static str, String)>,
     fleet: Rc<Cell<Option<FleetState>>>,
     authorization: Rc<Option<String>>,
+    watch: Rc<RefCell<Watch>>,
     /// The grant this request is held for.
     asking: Option<Asking>,
     asks: u8,
@@ -228,6 +274,10 @@ impl Context for RequestContext {
             Ok((state, answer)) => {
                 self.fleet.set(Some(state));
                 self.metrics.fleet_grants.inc();
+                if let Ok(mut watch) = self.watch.try_borrow_mut() {
+                    let request = &asking.request;
+                    watch.granted(request.contract, &request.limits, answer.now_ms);
+                }
                 // Decided at the broker's clock: the grant is for the windows it counted in.
                 Some(answer.now_ms)
             }

@@ -127,6 +127,14 @@ class Redis:
                 reply += chunk
         return reply
 
+    def scan(self, pattern: str) -> list[str]:
+        """The keys matching `pattern` (redis-cli's SCAN, from Debian's redis-tools)."""
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "--scan", "--pattern", pattern],
+            check=True, capture_output=True, text=True, timeout=10,
+        ).stdout
+        return [line for line in out.splitlines() if line]
+
     def ping(self) -> bool:
         try:
             return self.command("PING") == b"+PONG\r\n"

@@ -359,3 +359,65 @@ def test_local_counts_per_gateway_while_the_broker_is_away(local: Fleet, what: s
         f"{GATEWAYS * OUTAGE}); busy contract {before.admitted()} before + {busy.admitted_by_gateway()} during; "
         f"counting through the broker again {recovered_s:.1f} s after the restart",
     )
+
+
+def test_an_idle_gateway_hands_its_units_back_and_a_replayed_return_changes_nothing(
+    fleets: FleetPool, report_figure: Figure
+) -> None:
+    """Gateway 0 admits part of a minute, then falls idle: within seconds it hands what it
+    still holds back to the fleet (its workers' leases first), so the other two admit exactly
+    the rest of the limit — nothing stranded, nothing spent twice. Its return, sent again to the
+    broker with the gateway token (what a retry after a lost answer, or a replaying network,
+    does), is not applied a second time, even claiming more units."""
+    fleet = fleets.get("share", PLANS)
+    clear_of_window_end("minute", 50)
+    key = fleet.contract("stranding")
+    minute = window_of("minute", time.time())
+    markers_before = set(fleet.redis.scan("tollgate:*:return:*"))
+    first = hammer([(0, fleet.gateways[0])], key, connections=4, requests=3)
+    assert_only_admissions_and_refusals(first)
+    admitted = first.admitted()
+    assert 0 < admitted < STRANDING, describe(first)
+
+    def returned() -> list[str]:
+        return sorted(set(fleet.redis.scan("tollgate:*:return:*")) - markers_before)
+
+    started = time.monotonic()
+    wait_until(lambda: returned(), 15, "gateway 0 handing its units back")
+    handed_back_s = time.monotonic() - started
+    [marker] = returned()
+    # tollgate:{c<contract>}:return:<gateway>:<id>
+    contract = int(marker.split("{c", 1)[1].split("}", 1)[0])
+    gateway, return_id = marker.rsplit(":", 2)[1:]
+    replay = {
+        "gateway": gateway,
+        "contract": contract,
+        "id": return_id,
+        "windows": [{"per": "minute", "start": minute * 60, "units": STRANDING}],
+    }
+    cp = fleet.cp
+    answers = [
+        requests.post(
+            f"{cp.url}/gateway/v1/leases/returns",
+            json=replay,
+            headers={"authorization": f"Bearer {cp.secret('TOLLGATE_GATEWAY_TOKEN')}"},
+            timeout=5,
+        )
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert all(a.json() == {"applied": False} for a in answers), [a.text for a in answers]
+
+    others = everyone(fleet)[1:]
+    rest = hammer(others, key, connections=4, requests=math.ceil(STRANDING / 4))
+    assert window_of("minute", time.time()) == minute, "the minute turned in a test that takes seconds (50 s margin)"
+    assert_only_admissions_and_refusals(rest)
+    report_figure(
+        "fleet idle hand-back",
+        f"L = {STRANDING}/minute: gateway 0 admitted {admitted}, handed the rest back {handed_back_s:.1f} s "
+        f"after its last request; the other two then admitted {rest.admitted_by_gateway()} "
+        f"(= {STRANDING - admitted} left); its return replayed 3 times: not applied",
+    )
+    assert rest.admitted() == STRANDING - admitted, (
+        f"the other two admitted {rest.admitted()} after gateway 0 admitted {admitted} of {STRANDING}"
+    )

@@ -607,7 +607,7 @@ fn an_idle_contract_hands_its_unused_units_back_once() {
         Due::Nothing
     );
     // The second has ended by then; the minute's 3 unused go back.
-    let due = watched.look(&mut store, NOON + 1_600, true).unwrap();
+    let due = watched.look(&mut store, NOON + 2_100, true).unwrap();
     let minute = window(Period::Minute, NOON).start;
     assert_eq!(
         due,
@@ -619,7 +619,7 @@ fn an_idle_contract_hands_its_unused_units_back_once() {
     );
     // Taken out of the allowance: nothing more is admitted here without a new grant.
     match book
-        .admit(&mut store, &counter_key(1), &limits, NOON + 1_700)
+        .admit(&mut store, &counter_key(1), &limits, NOON + 2_200)
         .unwrap()
         .admission
     {
@@ -668,7 +668,7 @@ fn units_handed_back_by_an_idle_gateway_are_admitted_elsewhere_and_never_twice()
         watched.look(&mut g0.store, NOON + 100, true).unwrap(),
         Due::Nothing
     );
-    let Due::Return(units) = watched.look(&mut g0.store, NOON + 1_200, true).unwrap() else {
+    let Due::Return(units) = watched.look(&mut g0.store, NOON + 2_200, true).unwrap() else {
         panic!("gateway 0 held nothing");
     };
     let back = ReturnRequest {
@@ -691,7 +691,7 @@ fn units_handed_back_by_an_idle_gateway_are_admitted_elsewhere_and_never_twice()
     // The other two admit the rest of the limit between them, and not one more.
     for i in 0..1_000u64 {
         let g = 1 + (i % 2) as usize;
-        let a = gateways[g].request(&mut broker, 0, &limits, NOON + 1_300 + i);
+        let a = gateways[g].request(&mut broker, 0, &limits, NOON + 2_300 + i);
         admitted_total += u64::from(admitted(&a));
     }
     assert_eq!(admitted_total, 300);
