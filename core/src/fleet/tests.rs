@@ -72,6 +72,9 @@ fn per(requests: u64, per: Period) -> RateLimit {
 struct Broker {
     counts: HashMap<(Period, u64), u64>,
     gateways: u32,
+    /// Not the broker's: the test's ledger of units counted in Redis that no gateway holds
+    /// because a grant's answer or a return was lost on the way.
+    lost: HashMap<(Period, u64), u64>,
 }
 
 impl Broker {
@@ -167,10 +170,24 @@ impl Gateway {
         stamp_ms: u64,
         broker_ms: u64,
     ) -> Admission {
+        self.request_losing(broker, worker, limits, stamp_ms, broker_ms, false)
+    }
+
+    /// [`Gateway::request_at`], the broker's first answer lost on the way back if `lose`
+    /// (counted in Redis, never applied here).
+    fn request_losing(
+        &mut self,
+        broker: &mut Broker,
+        worker: usize,
+        limits: &[RateLimit],
+        stamp_ms: u64,
+        broker_ms: u64,
+        mut lose: bool,
+    ) -> Admission {
         let key = counter_key(1);
         let mut now = stamp_ms;
         let mut seen = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..5 {
             let Counted { admission, .. } = self.workers[worker]
                 .admit(&mut self.store, &key, limits, now)
                 .unwrap();
@@ -186,6 +203,12 @@ impl Gateway {
             };
             let answer = broker.grant(&request, broker_ms);
             answer.check(&request).unwrap();
+            if std::mem::take(&mut lose) {
+                for (l, w) in limits.iter().zip(&answer.windows) {
+                    *broker.lost.entry((l.per, w.start)).or_default() += w.granted;
+                }
+                continue;
+            }
             apply_grant(&mut self.store, &key, limits, &answer).unwrap();
             seen.push((answer, decode(&self.store.get(&key).unwrap().unwrap().0)));
             now = answer_now(&seen);
@@ -451,27 +474,63 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Any interleaving of requests over 3 gateways × 2 workers, the clock moving by up to
-    /// 300 ms, each request stamped up to 50 ms before it is decided, worker ticks returning
-    /// leases: per window, what the fleet claimed (admitted or reserved) never exceeds the
-    /// limit, because no gateway claims beyond what it was granted in a window and the broker
-    /// never grants beyond the limit.
+    /// 700 ms, each request stamped up to 50 ms before it is decided, worker ticks returning
+    /// leases, grants lost on the way back, idle gateways handing units back — each return
+    /// applied once, replayed, or lost: per window, what the fleet claimed (admitted or
+    /// reserved) never exceeds the limit, because no gateway claims beyond what it was granted
+    /// in a window, what a gateway hands back leaves its allowance first, and the broker
+    /// never grants beyond the limit nor takes a return twice.
     #[test]
     fn no_window_admits_more_than_its_limit_fleet_wide(
         second in 1u64..40,
         minute in 1u64..200,
-        steps in proptest::collection::vec((0usize..3, 0usize..2, 0u64..300, 0u64..50, any::<bool>()), 1..400),
+        steps in proptest::collection::vec(
+            (0usize..3, 0usize..2, 0u64..700, 0u64..50, any::<bool>(), any::<bool>(), (0usize..3, 0u8..4)),
+            1..400,
+        ),
     ) {
         let limits = [per(second, Period::Second), per(minute, Period::Minute)];
         let mut broker = Broker { gateways: 3, ..Broker::default() };
         let mut gateways: Vec<Gateway> = (0..3).map(|i| Gateway::new(i + 1, 2)).collect();
+        let mut watched: Vec<Option<Watched>> = vec![None, None, None];
+        let mut applied = std::collections::HashSet::new();
+        let mut returns = 0u64;
         let mut now = NOON - 5_000;
-        for (g, w, step, stale, tick) in steps {
+        for (g, w, step, stale, tick, lose, (h, hand_back)) in steps {
             now += step;
             let gateway = &mut gateways[g];
             if tick {
                 gateway.workers[w].on_tick(&mut gateway.store, now).unwrap();
             }
-            gateway.request_at(&mut broker, w, &limits, now - stale, now);
+            gateway.request_losing(&mut broker, w, &limits, now - stale, now, lose);
+            // Gateway h's watcher looks (it may have been idle for a while).
+            if hand_back > 0 {
+                let gateway = &mut gateways[h];
+                let watch = watched[h].get_or_insert_with(|| Watched::new(1, limits.to_vec(), now));
+                match watch.look(&mut gateway.store, now, false).unwrap() {
+                    Due::Return(units) => {
+                        returns += 1;
+                        let back = ReturnRequest {
+                            gateway: gateway.state.gateway_id(),
+                            contract: 1,
+                            id: format!("{returns:016x}"),
+                            windows: units,
+                        };
+                        // 1: applied; 2: applied, then replayed; 3: lost.
+                        for _ in 0..[0, 1, 2, 0][usize::from(hand_back)] {
+                            broker.give_back(&back, &mut applied);
+                        }
+                        if hand_back == 3 {
+                            for u in &back.windows {
+                                *broker.lost.entry((u.per, u.start)).or_default() += u.units;
+                            }
+                        }
+                        watched[h] = None;
+                    }
+                    Due::Forget => watched[h] = None,
+                    Due::Nothing | Due::Refill(_) => {}
+                }
+            }
             let mut allowed: HashMap<(Period, u64), u64> = HashMap::new();
             for gateway in &mut gateways {
                 let Some((value, _)) = gateway.store.get(&counter_key(1)).unwrap() else {
@@ -486,6 +545,17 @@ proptest! {
             for (window, allowance) in &allowed {
                 let granted = broker.counts.get(window).copied().unwrap_or(0);
                 prop_assert!(*allowance <= granted, "{window:?}: allowances {allowance} > granted {granted}");
+            }
+            // The broker's latest window of each period: every unit Redis counts there is held
+            // by exactly one gateway, or was lost on the way (never counted off twice).
+            for l in &limits {
+                let Some(latest) = broker.counts.keys().filter(|(p, _)| *p == l.per).map(|(_, s)| *s).max() else {
+                    continue;
+                };
+                let key = (l.per, latest);
+                let held = allowed.get(&key).copied().unwrap_or(0);
+                let lost = broker.lost.get(&key).copied().unwrap_or(0);
+                prop_assert_eq!(broker.counts[&key], held + lost, "{:?}: Redis counts what no gateway holds", key);
             }
         }
         for ((period, start), granted) in &broker.counts {
