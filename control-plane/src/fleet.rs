@@ -46,29 +46,32 @@ const ATTEMPTS: usize = 4;
 /// counted as 2^53, which can only grant less, never more.
 const EXACT_UP_TO: u64 = 1 << 53;
 
-/// The grant step. KEYS: one counter per limit. ARGV: want, gateways (N ≥ 1), then for each
-/// limit its requests, window start, window end (Unix seconds), when its counter expires (Unix
-/// ms) and what the gateway holds unused in it. With `reach` the fewest requests any limit lets
-/// the gateway admit (held plus room), it allows `a = min(want, reach, max(1, ⌊reach / 2N⌋))`
-/// more and grants `max(0, a − held)` in each window — never more than the window's room.
-/// Answers `{-1, now_ms}` when Redis's clock is outside a window (the broker recomputes them
-/// from `now_ms`), else `{a, now_ms, granted_1, remaining_1, …}` with each window's grant and
-/// what it has left after it.
+/// The grant step. KEYS: per limit, its counter and the hash of what each gateway holds of it
+/// ([`held_key`]). ARGV: want, gateways (N ≥ 1), the gateway's id, then for each limit its
+/// requests, window start, window end (Unix seconds), when its keys expire (Unix ms) and what
+/// the gateway holds unused in it. With `reach` the fewest requests any limit lets the gateway
+/// admit (held plus room), it allows `a = min(want, reach, max(1, ⌊reach / 2N⌋))` more and
+/// grants `max(0, a − held)` in each window — never more than the window's room — adding it to
+/// the window's count and to the gateway's share of it. Answers `{-1, now_ms}` when Redis's
+/// clock is outside a window (the broker recomputes them from `now_ms`), else `{a, now_ms,
+/// granted_1, remaining_1, …}` with each window's grant and what it has left after it.
 pub const GRANT_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local want = tonumber(ARGV[1])
 local gateways = math.max(1, tonumber(ARGV[2]))
+local gateway = ARGV[3]
+local limits = #KEYS / 2
 local counted = {}
 local reach = nil
-for i = 1, #KEYS do
-  local base = 5 * i - 2
+for i = 1, limits do
+  local base = 5 * i - 1
   local requests = tonumber(ARGV[base])
   if now < tonumber(ARGV[base + 1]) or now >= tonumber(ARGV[base + 2]) then
     return {-1, now_ms}
   end
-  counted[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  counted[i] = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   local here = tonumber(ARGV[base + 4]) + math.max(0, requests - counted[i])
   if reach == nil or here < reach then
     reach = here
@@ -79,13 +82,15 @@ if reach > 0 then
   allowed = math.min(want, reach, math.max(1, math.floor(reach / (2 * gateways))))
 end
 local answer = {allowed, now_ms}
-for i = 1, #KEYS do
-  local base = 5 * i - 2
+for i = 1, limits do
+  local base = 5 * i - 1
   local granted = math.max(0, allowed - tonumber(ARGV[base + 4]))
   if granted > 0 then
     -- Formatted as integers: Lua would write large doubles in exponent form.
-    redis.call('INCRBY', KEYS[i], string.format('%d', granted))
-    redis.call('PEXPIREAT', KEYS[i], ARGV[base + 3])
+    redis.call('INCRBY', KEYS[2 * i - 1], string.format('%d', granted))
+    redis.call('PEXPIREAT', KEYS[2 * i - 1], ARGV[base + 3])
+    redis.call('HINCRBY', KEYS[2 * i], gateway, string.format('%d', granted))
+    redis.call('PEXPIREAT', KEYS[2 * i], ARGV[base + 3])
   end
   answer[2 * i + 1] = granted
   answer[2 * i + 2] = math.max(0, tonumber(ARGV[base]) - counted[i] - granted)
@@ -94,21 +99,34 @@ return answer
 "#;
 
 /// The return step. KEYS: the return's marker (one per gateway and return id, in the contract's
-/// slot), then one counter per window handed back. ARGV: when the marker expires (Unix ms),
-/// then the units per window. A marker that exists already means the return was applied: it
-/// answers 0 and subtracts nothing. Otherwise each counter goes down by its units, never below 0.
+/// slot), then per window handed back its counter and its [`held_key`] hash. ARGV: the
+/// gateway's id, when the marker expires (Unix ms), then the units per window. A marker that
+/// exists already means the return was applied: it answers 0 and subtracts nothing. Otherwise
+/// each window gets back at most what was granted to this gateway in it and not yet returned
+/// (a return cannot give the fleet units it never held), and never goes below 0.
 pub const RETURN_SCRIPT: &str = r#"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PXAT', ARGV[1]) then
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PXAT', ARGV[2]) then
   return 0
 end
-for i = 2, #KEYS do
-  local back = math.min(tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[i]))
+for i = 1, (#KEYS - 1) / 2 do
+  local counter, held = KEYS[2 * i], KEYS[2 * i + 1]
+  local back = math.min(
+    tonumber(redis.call('GET', counter) or '0'),
+    tonumber(redis.call('HGET', held, ARGV[1]) or '0'),
+    tonumber(ARGV[i + 2]))
   if back > 0 then
-    redis.call('DECRBY', KEYS[i], string.format('%d', back))
+    redis.call('DECRBY', counter, string.format('%d', back))
+    redis.call('HINCRBY', held, ARGV[1], string.format('%d', -back))
   end
 end
 return 1
 "#;
+
+/// The Redis hash of what each gateway was granted of one window's counter, less what it
+/// handed back: `counter`'s key with `:held`.
+pub fn held_key(contract: u64, period: Period, start: u64) -> String {
+    format!("{}:held", counter_key(contract, period, start))
+}
 
 /// The Redis key marking that `gateway`'s return `id` for `contract` was applied.
 pub fn return_key(contract: u64, gateway: &str, id: &str) -> String {
@@ -194,6 +212,7 @@ impl Broker {
     pub async fn give_back(&self, request: &ReturnRequest) -> Result<bool, Error> {
         let mut invocation = self.return_script.prepare_invoke();
         invocation.key(return_key(request.contract, &request.gateway, &request.id));
+        invocation.arg(&request.gateway);
         // The marker outlives every window it names: a replay after that finds no counter.
         let ends = request
             .windows
@@ -204,6 +223,7 @@ impl Broker {
         invocation.arg((ends + COUNTER_GRACE_SECONDS) * 1000);
         for w in &request.windows {
             invocation.key(counter_key(request.contract, w.per, w.start));
+            invocation.key(held_key(request.contract, w.per, w.start));
             invocation.arg(w.units.min(EXACT_UP_TO));
         }
         let mut conn = self.redis.clone();
@@ -277,8 +297,12 @@ impl Broker {
             let mut invocation = self.script.prepare_invoke();
             for (limit, w) in request.limits.iter().zip(&windows) {
                 invocation.key(counter_key(request.contract, limit.per, w.start));
+                invocation.key(held_key(request.contract, limit.per, w.start));
             }
-            invocation.arg(request.want.min(EXACT_UP_TO)).arg(gateways);
+            invocation
+                .arg(request.want.min(EXACT_UP_TO))
+                .arg(gateways)
+                .arg(&request.gateway);
             for (i, (limit, w)) in request.limits.iter().zip(&windows).enumerate() {
                 let held = request.held.get(i).copied().unwrap_or(0);
                 invocation

@@ -331,12 +331,34 @@ fn a_return_is_applied_once_however_often_it_is_sent() {
         "2",
         "a replayed return was subtracted again"
     );
-    // Never below zero, whatever a return claims.
+    // No more than the gateway was granted and has not handed back, whatever a return claims:
+    // another gateway's units stay counted.
+    let other = lease(
+        &server,
+        &json!({"gateway": "00000000000000bb", "contract": 5,
+                "limits": [{"requests": 10, "per": "minute"}], "want": 2}),
+        Some(&token),
+    );
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_eq!(redis.command(&["GET", &key]), "4");
     let mut greedy = back.clone();
     greedy["id"] = json!("00000000000000ff");
     greedy["windows"][0]["units"] = json!(50);
     assert_eq!(post(&greedy).json()["applied"], true);
-    assert_eq!(redis.command(&["GET", &key]), "0");
+    assert_eq!(
+        redis.command(&["GET", &key]),
+        "2",
+        "gateway aa held 2 more, bb's 2 stay"
+    );
+    let mut stranger = back.clone();
+    stranger["gateway"] = json!("00000000000000cc");
+    stranger["id"] = json!("00000000000000ee");
+    assert_eq!(post(&stranger).json()["applied"], true);
+    assert_eq!(
+        redis.command(&["GET", &key]),
+        "2",
+        "a gateway that held nothing gave some back"
+    );
     // The marker lives in the contract's slot and dies after the window.
     let marker = return_key(5, "00000000000000aa", "0123456789abcdef");
     let ttl: i64 = redis
