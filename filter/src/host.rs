@@ -8,6 +8,7 @@
 
 use std::ptr::{null, null_mut};
 
+use tollgate_core::config::ControlPlane;
 use tollgate_core::gateway::RequestHeaders;
 use tollgate_core::header_map::HeaderBlock;
 use tollgate_core::shared::{SetOutcome, SharedStore, StoreError};
@@ -318,4 +319,21 @@ pub fn increment_metric(id: u32, by: u32) {
 pub fn record_metric(id: u32, value: u64) {
     // SAFETY: no pointers involved.
     let _ = unsafe { proxy_record_metric(id, value) };
+}
+
+/// `Bearer <gateway token>`, the token read from the module's environment (WASI environ: the
+/// variables Envoy lists in `vm_config.environment_variables`), or why it is missing.
+pub fn gateway_authorization(control_plane: &ControlPlane) -> Result<String, String> {
+    let name = &control_plane.gateway_token_env;
+    std::env::var(name)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"))
+        .ok_or_else(|| {
+            format!(
+                "the module's environment has no {name}: start Envoy with {name} set and list it \
+                 in vm_config.environment_variables.host_env_keys"
+            )
+        })
 }

@@ -65,21 +65,8 @@ impl Poller {
         let trusted_keys = control_plane
             .trusted_keys()
             .map_err(|e| config_error("snapshot_public_keys", e.to_string()))?;
-        // WASI environ: the variables Envoy lists in vm_config.environment_variables.
-        let token = std::env::var(&control_plane.gateway_token_env)
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                config_error(
-                    "gateway_token_env",
-                    format!(
-                        "the module's environment has no {name}: start Envoy with {name} set and \
-                         list it in vm_config.environment_variables.host_env_keys",
-                        name = control_plane.gateway_token_env
-                    ),
-                )
-            })?;
+        let authorization = host::gateway_authorization(&control_plane)
+            .map_err(|message| config_error("gateway_token_env", message))?;
         if let Err(status) = set_tick_period(TICK) {
             log::warn!("tollgate poller: cannot schedule polling: {status:?}");
         }
@@ -91,7 +78,7 @@ impl Poller {
         );
         Ok(Poller {
             backoff: Backoff::new(control_plane.retry_initial_ms, control_plane.retry_max_ms),
-            authorization: format!("Bearer {token}"),
+            authorization,
             trusted_keys,
             control_plane,
             metrics: PollerMetrics::define(),

@@ -16,7 +16,7 @@ use tollgate_core::distribution::{
     ROUTES_KEY,
 };
 use tollgate_core::fleet::{FleetState, GrantWanted};
-use tollgate_core::gateway::{handle_request, Handled, Outcome};
+use tollgate_core::gateway::{handle_request, Outcome};
 use tollgate_core::keycache::{BucketCache, CachedDirectory, Changed, DEFAULT_BUDGET_BYTES};
 use tollgate_core::lease::LeaseBook;
 use tollgate_core::limits::Counting;
@@ -65,13 +65,9 @@ impl WorkerRoot {
         let config = parsed.config;
         let live = config.settings.control_plane.clone();
         // The token the poller sends with snapshot polls; workers send it to the broker.
-        let authorization = live.as_ref().and_then(|cp| {
-            std::env::var(&cp.gateway_token_env)
-                .ok()
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-                .map(|t| format!("Bearer {t}"))
-        });
+        let authorization = live
+            .as_ref()
+            .and_then(|cp| crate::host::gateway_authorization(cp).ok());
         let mut root = WorkerRoot {
             revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
@@ -360,21 +356,19 @@ impl RequestContext {
             }
         });
         match handled {
-            Ok(Handled {
-                outcome: Outcome::Wait(wanted),
-                ..
-            }) => self.ask(wanted),
-            Ok(handled) => {
-                self.metrics.request(handled.reason, handled.cas_retries);
-                match handled.outcome {
-                    Outcome::Forward { response_headers } => {
-                        self.response_headers = response_headers;
-                        Action::Continue
-                    }
-                    Outcome::Respond(denial) => respond(&denial),
-                    Outcome::Wait(_) => Action::Pause, // matched above
+            Ok(handled) => match handled.outcome {
+                // Not decided yet: counted once it is.
+                Outcome::Wait(wanted) => self.ask(wanted),
+                Outcome::Forward { response_headers } => {
+                    self.metrics.request(handled.reason, handled.cas_retries);
+                    self.response_headers = response_headers;
+                    Action::Continue
                 }
-            }
+                Outcome::Respond(denial) => {
+                    self.metrics.request(handled.reason, handled.cas_retries);
+                    respond(&denial)
+                }
+            },
             Err(e) => {
                 // Fail closed: a request we could not check is not forwarded.
                 log::warn!("tollgate: {}", e.0);
