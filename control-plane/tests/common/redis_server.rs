@@ -1,8 +1,7 @@
 //! A real `redis-server` (Debian's package, installed by scripts/setup.sh) on a free loopback
 //! port, in its own temporary directory, persisting nothing. Killed when the handle drops.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,40 +73,36 @@ impl RedisServer {
         }
     }
 
-    /// One command in RESP, its first reply line (`+OK`, `:42`, `$-1`…; a bulk string's
-    /// length line is followed by its value on the next).
+    /// One command through the `redis` crate, its reply written as Redis writes it: a bulk
+    /// string as its text, an integer as `:42`, nothing as `$-1`.
     pub fn command(&self, args: &[&str]) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        let mut conn = connect(self.port).unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
         }
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line.starts_with('$') && !line.starts_with("$-1") {
-            let mut value = String::new();
-            reader.read_line(&mut value).unwrap();
-            return value.trim_end().to_owned();
+        match cmd.query::<redis::Value>(&mut conn).unwrap() {
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+            redis::Value::Int(n) => format!(":{n}"),
+            redis::Value::Nil => "$-1".into(),
+            redis::Value::Okay => "+OK".into(),
+            redis::Value::SimpleString(s) => format!("+{s}"),
+            other => format!("{other:?}"),
         }
-        line.trim_end().to_owned()
     }
 }
 
+fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(conn)
+}
+
 fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+    connect(port)
+        .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
+        .is_ok_and(|pong| pong == "PONG")
 }
 
 impl Drop for RedisServer {
