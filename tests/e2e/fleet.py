@@ -112,38 +112,26 @@ class Redis:
             raise
         return self
 
-    def command(self, *words: str, timeout_s: float = 2.0) -> bytes:
-        """One command in RESP; the raw reply (enough for PING and DBSIZE)."""
-        request = f"*{len(words)}\r\n".encode() + b"".join(
-            f"${len(w.encode())}\r\n".encode() + w.encode() + b"\r\n" for w in words
-        )
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as s:
-            s.sendall(request)
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-        return reply
+    def cli(self, *words: str, timeout_s: float = 5.0) -> str:
+        """One command through redis-cli (Debian's redis-tools, beside redis-server); its reply."""
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *words],
+            check=True, capture_output=True, text=True, timeout=timeout_s,
+        ).stdout.strip()
 
     def scan(self, pattern: str) -> list[str]:
-        """The keys matching `pattern` (redis-cli's SCAN, from Debian's redis-tools)."""
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "--scan", "--pattern", pattern],
-            check=True, capture_output=True, text=True, timeout=10,
-        ).stdout
-        return [line for line in out.splitlines() if line]
+        """The keys matching `pattern` (redis-cli's SCAN)."""
+        return [line for line in self.cli("--scan", "--pattern", pattern).splitlines() if line]
 
     def ping(self) -> bool:
         try:
-            return self.command("PING") == b"+PONG\r\n"
-        except OSError:
+            return self.cli("PING", timeout_s=2.0) == "PONG"
+        except (OSError, subprocess.SubprocessError):
             return False
 
     def keys(self) -> int:
         """How many keys Redis holds (DBSIZE)."""
-        return int(self.command("DBSIZE").strip().lstrip(b":"))
+        return int(self.cli("DBSIZE"))
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
