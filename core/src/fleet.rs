@@ -26,10 +26,13 @@ use crate::time::{window, Window};
 /// Where an Envoy process keeps its fleet identity and what it last heard from the broker.
 pub const FLEET_STATE_KEY: &str = "tollgate.fleet";
 
-/// How long a gateway that could not reach the broker applies its fallback before asking again.
+/// How long a gateway that could not reach the broker goes without asking it again. After one
+/// failed ask it admits only what it holds (as `closed`): one slow answer under load is no
+/// outage, and must not open the fallback's room. Only when the next ask fails too does the
+/// configured fallback apply, again for this long, until an ask succeeds.
 pub const AWAY_RETRY_MS: u64 = 1_000;
 
-const STATE_LEN: usize = 8 + 8 + 4 + 8;
+const STATE_LEN: usize = 8 + 8 + 4 + 8 + 4;
 
 /// Where gateways ask for grants: `POST`, with the gateway token as for snapshots.
 pub const LEASE_PATH: &str = "/gateway/v1/leases";
@@ -509,8 +512,10 @@ pub struct FleetState {
     pub clock_offset_ms: i64,
     /// Gateways the broker saw in the last minute (at least 1).
     pub gateways: u32,
-    /// Until then (gateway clock, ms) the broker is taken as unreachable.
+    /// Until then (gateway clock, ms) the broker is not asked again.
     pub away_until_ms: u64,
+    /// Asks that failed in a row since the broker last answered.
+    pub failures: u32,
 }
 
 impl FleetState {
@@ -530,6 +535,7 @@ impl FleetState {
                 clock_offset_ms: 0,
                 gateways: 1,
                 away_until_ms: 0,
+                failures: 0,
             };
             let token = insert_token(store)?;
             // Another worker may have created it meanwhile: then read theirs.
@@ -572,12 +578,31 @@ impl FleetState {
         local_ms.saturating_add_signed(self.clock_offset_ms)
     }
 
-    /// How claims count at `local_ms` under `settings`.
+    /// How claims count at `local_ms` under `settings`: against grants; after one failed ask,
+    /// for [`AWAY_RETRY_MS`], only against what is held; after two or more in a row, under the
+    /// configured fallback.
     pub fn counting(&self, settings: FleetSettings, local_ms: u64) -> Counting {
+        let away =
+            (self.failures > 0 && local_ms < self.away_until_ms).then_some(match self.failures {
+                1 => Fallback::Closed,
+                _ => settings.fallback,
+            });
         Counting::Fleet {
-            away: (local_ms < self.away_until_ms).then_some(settings.fallback),
+            away,
             gateways: self.gateways.max(1),
         }
+    }
+
+    /// An ask at `local_ms` failed (no answer, an error, an unreadable grant).
+    pub fn failed(&mut self, local_ms: u64) {
+        self.failures = self.failures.saturating_add(1);
+        self.away_until_ms = local_ms.saturating_add(AWAY_RETRY_MS);
+    }
+
+    /// The broker answered.
+    pub fn answered(&mut self) {
+        self.failures = 0;
+        self.away_until_ms = 0;
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -586,6 +611,7 @@ impl FleetState {
         out.extend_from_slice(&self.clock_offset_ms.to_le_bytes());
         out.extend_from_slice(&self.gateways.to_le_bytes());
         out.extend_from_slice(&self.away_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.failures.to_le_bytes());
         out
     }
 
@@ -598,6 +624,7 @@ impl FleetState {
             clock_offset_ms: i64::from_le_bytes(bytes[8..16].try_into().ok()?),
             gateways: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
             away_until_ms: u64::from_le_bytes(bytes[20..28].try_into().ok()?),
+            failures: u32::from_le_bytes(bytes[28..32].try_into().ok()?),
         })
     }
 }

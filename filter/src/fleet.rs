@@ -153,16 +153,17 @@ pub fn received(
     let state = FleetState::update(&mut SharedData, |s| {
         s.clock_offset_ms = offset;
         s.gateways = answer.gateways.max(1);
-        s.away_until_ms = 0;
+        s.answered();
     })
     .map_err(|e| count_error(e).0)?;
     Ok((state, answer))
 }
 
-/// Puts the gateway on its fallback until [`AWAY_RETRY_MS`] from now.
+/// Records a failed ask: the gateway admits only what it holds, or after two in a row falls
+/// back, for [`AWAY_RETRY_MS`] ([`FleetState::counting`]).
 pub fn away() -> Result<FleetState, StoreError> {
-    let until = host::now_ms()?.saturating_add(AWAY_RETRY_MS);
-    FleetState::update(&mut SharedData, |s| s.away_until_ms = until).map_err(count_error)
+    let now = host::now_ms()?;
+    FleetState::update(&mut SharedData, |s| s.failed(now)).map_err(count_error)
 }
 
 fn count_error(e: CountError) -> StoreError {

@@ -426,7 +426,9 @@ impl RequestContext {
 
     fn broker_failed(&self, why: &str) {
         self.metrics.fleet_broker_failures.inc();
-        log::warn!("tollgate: no grant from the broker, falling back for a while: {why}");
+        log::warn!(
+            "tollgate: no grant from the broker (held units only, then the fallback): {why}"
+        );
         match crate::fleet::away() {
             Ok(state) => self.fleet.set(Some(state)),
             Err(e) => log::warn!("tollgate: fleet state unavailable: {}", e.0),

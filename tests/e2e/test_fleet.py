@@ -45,6 +45,9 @@ PLANS = {
 # bursts below spend well over a second's limit, so that loss stays small.
 SECOND_UNDER_ADMISSION = PER_SECOND // 10
 
+# core::fleet::AWAY_RETRY_MS: how long a gateway goes without asking after a failed ask.
+AWAY_RETRY_S = 1.0
+
 
 @pytest.fixture
 def share(fleets: FleetPool) -> Fleet:
@@ -232,7 +235,12 @@ def through_an_outage(fleet: Fleet, what: str) -> tuple[Traffic, Traffic, Traffi
     """Two fresh contracts of OUTAGE a day: `busy` admits 3 requests per connection (2 per
     gateway: grants are held) before `what` is killed, `idle` none. Both are hammered with
     far more than their limit while `what` is down; then it is restarted. Returns busy
-    before, busy during and idle during."""
+    before, busy during and idle during.
+
+    A gateway takes one failed ask as a stall, not an outage: for a second it admits only what
+    it holds. The busy contract is therefore hammered twice, a little more than that second
+    apart, so that every gateway has failed twice in a row (the outage confirmed, its fallback
+    in force) before the idle contract is."""
     clear_of_window_end("day", 600)
     busy = fleet.contract("outage")
     idle = fleet.contract("outage")
@@ -244,6 +252,8 @@ def through_an_outage(fleet: Fleet, what: str) -> tuple[Traffic, Traffic, Traffi
     kill(fleet, what)
     try:
         during_busy = hammer(gateways, busy, connections=4, requests=15)
+        time.sleep(AWAY_RETRY_S + 0.2)
+        during_busy += hammer(gateways, busy, connections=1, requests=3)
         during_idle = hammer(gateways, idle, connections=4, requests=15)
     finally:
         restart(fleet, what)

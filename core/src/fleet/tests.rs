@@ -453,21 +453,29 @@ fn the_fleet_state_is_created_once_per_process() {
     assert_eq!(first.gateway, 0xab);
     assert_eq!(second, first);
     assert_eq!(first.gateway_id(), "00000000000000ab");
-    let away = FleetState::update(&mut store, |s| s.away_until_ms = 5_000).unwrap();
+    let away = |away| Counting::Fleet { away, gateways: 1 };
+    // One failed ask: only what is held, for a second; then the broker is asked again.
+    let once = FleetState::update(&mut store, |s| s.failed(4_000)).unwrap();
     assert_eq!(
-        away.counting(FleetSettings::default(), 4_999),
-        Counting::Fleet {
-            away: Some(Fallback::Share),
-            gateways: 1
-        }
+        once.counting(FleetSettings::default(), 4_999),
+        away(Some(Fallback::Closed))
     );
+    assert_eq!(once.counting(FleetSettings::default(), 5_000), away(None));
+    // A second in a row: the configured fallback.
+    let twice = FleetState::update(&mut store, |s| s.failed(5_000)).unwrap();
     assert_eq!(
-        away.counting(FleetSettings::default(), 5_000),
-        Counting::Fleet {
-            away: None,
-            gateways: 1
-        }
+        twice.counting(FleetSettings::default(), 5_999),
+        away(Some(Fallback::Share))
     );
+    let local = FleetSettings {
+        fallback: Fallback::Local,
+    };
+    assert_eq!(twice.counting(local, 5_999), away(Some(Fallback::Local)));
+    assert_eq!(twice.counting(local, 6_000), away(None));
+    // An answer ends it.
+    let back = FleetState::update(&mut store, |s| s.answered()).unwrap();
+    assert_eq!(back.counting(FleetSettings::default(), 5_500), away(None));
+    assert_eq!(back.failures, 0);
 }
 
 proptest! {
