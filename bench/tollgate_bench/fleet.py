@@ -36,7 +36,7 @@ from .catalogue import NEVER_BINDS
 from .context import REPO, Bench
 from .processes import CLOCK_TICKS_PER_S, cpu_ticks, wait_until
 from .report import SectionReport, median, table
-from .wrk import LEASE, run_wrk
+from .wrk import LEASE, STATUSES, run_wrk
 
 ORG = "fleet"
 API_PREFIX = "/orders"
@@ -44,7 +44,9 @@ PATH = production.ROUTES["direct_response"]
 GATEWAYS, WORKERS = 3, 2
 PER_SECOND, PER_MINUTE = 300, 6_000  # the exactness contracts' L
 TIGHT = 100  # per second: the latency contract, whose grant runs out often
+BUSY = 5_000  # per second: part 3's contract whose window (and so its grants) restarts each second
 PLANS = {
+    "busy": ((BUSY, "second"),),
     "gold": ((NEVER_BINDS, "day"),),
     "per-second": ((PER_SECOND, "second"),),
     "per-minute": ((PER_MINUTE, "minute"),),
@@ -334,6 +336,11 @@ class CostRun:
     fleet: list[Sample]
     local: list[Sample]
     calls: int  # broker answers the fleet gateway received over the rounds
+    # Part 3 on a contract of BUSY a second through the fleet gateway: broker answers,
+    # admitted, seconds.
+    busy_calls: int = 0
+    busy_admitted: int = 0
+    busy_seconds: float = 0.0
 
     def ratio(self, attr: str) -> float:
         return median([getattr(f, attr) / getattr(l, attr) for f, l in zip(self.fleet, self.local)])
@@ -343,7 +350,7 @@ class CostRun:
         return self.calls / max(1, sum(s.requests for s in self.fleet))
 
 
-def cost(bench: Bench, fleet_gateway: e.Envoy, local_gateway: e.Envoy, fleet_key: str, local_key: str) -> CostRun:
+def cost(bench: Bench, fleet_gateway: e.Envoy, local_gateway: e.Envoy, fleet_key: str, local_key: str, busy_key: str) -> CostRun:
     pairs = ((fleet_gateway, fleet_key), (local_gateway, local_key))
     for gateway, key in pairs:
         measure(bench, gateway, key, WARMUP_S)
@@ -355,6 +362,11 @@ def cost(bench: Bench, fleet_gateway: e.Envoy, local_gateway: e.Envoy, fleet_key
         for gateway, key in pairs if n % 2 == 0 else pairs[::-1]:
             (run.fleet if gateway is fleet_gateway else run.local).append(measure(bench, gateway, key, bench.round_seconds))
     run.calls = grants_received([fleet_gateway]) - calls_before
+    bench.log(f"fleet broker calls: {BUSY:,} a second through one gateway, {bench.round_seconds:.0f}s")
+    before = grants_received([fleet_gateway])
+    busy = run_wrk(url(fleet_gateway), duration_s=bench.round_seconds, connections=CONNECTIONS, threads=1, headers={"x-api-key": busy_key}, script=STATUSES, cpus=bench.cpus.load)
+    run.busy_calls = grants_received([fleet_gateway]) - before
+    run.busy_admitted, run.busy_seconds = busy.statuses.get(200, 0), busy.duration_s
     return run
 
 
@@ -470,7 +482,7 @@ def run(bench: Bench) -> SectionReport:
 
     exact = exactness(bench, fleet, fleet_keys, fleet_cp)
     granted_before, units_before = grants_so_far(fleet_cp)
-    allow = cost(bench, fleet_one, local_one, fleet_keys["gold"], local_keys["gold"])
+    allow = cost(bench, fleet_one, local_one, fleet_keys["gold"], local_keys["gold"], fleet_keys["busy"])
     granted_after, units_after = grants_so_far(fleet_cp)
     allow_grant = (units_after - units_before) / max(1.0, granted_after - granted_before)
     waits = latency(bench, fleet_one, local_one, fleet_keys["tight"], local_keys["tight"])
@@ -552,6 +564,13 @@ def report(bench: Bench, exact: ExactnessRun, allow: CostRun, allow_grant: float
         f"{verdict(allow.calls_per_admitted <= GOAL_CALLS_PER_ADMITTED, f'{allow.calls_per_admitted * 50:.1f}× the goal')}); "
         f"mean grant {allow_grant:,.0f} units.",
         "",
+        f"A contract of {BUSY:,} a second through the same fleet gateway (wrk as above, "
+        f"{allow.busy_seconds:.0f} s; each second's window starts from nothing, so grants grow again "
+        f"from the smallest ask every second): {allow.busy_admitted / max(allow.busy_seconds, 1e-9):,.0f} admitted/s, "
+        f"{allow.busy_calls:,} broker answers for {allow.busy_admitted:,} admitted "
+        f"({one_per(allow.busy_calls, allow.busy_admitted)}; goal ≤ 1 per 50: "
+        f"{verdict(allow.busy_calls * 50 <= allow.busy_admitted, f'{allow.busy_calls * 50 / max(1, allow.busy_admitted):.2f}× the goal')}).",
+        "",
     ]
     waited = waits.waited
     added = [(x - median(waits.local)) * ms for x in waited]
@@ -603,7 +622,9 @@ def report(bench: Bench, exact: ExactnessRun, allow: CostRun, allow_grant: float
         f"over {sum(len(r.windows) for r in exact.results)} exhausted windows.",
         f"Fleet, allow path with a held grant: {cpu:.3f}× per-process counting's Envoy CPU per request (goal ≤ {GOAL_CPU_RATIO}: "
         f"{verdict(cpu <= GOAL_CPU_RATIO, f'{cpu - GOAL_CPU_RATIO:.3f}')}), {rps:.3f}× its throughput; broker calls "
-        f"{one_per(allow.calls, sum(s.requests for s in allow.fleet))} admitted at {median([s.requests_per_s for s in allow.fleet]):,.0f} req/s (goal ≤ 1 per 50).",
+        f"{one_per(allow.calls, sum(s.requests for s in allow.fleet))} admitted at {median([s.requests_per_s for s in allow.fleet]):,.0f} req/s on a plan that never binds, "
+        f"{one_per(allow.busy_calls, allow.busy_admitted)} at {allow.busy_admitted / max(allow.busy_seconds, 1e-9):,.0f} admitted/s "
+        f"on {BUSY:,} a second (goal ≤ 1 per 50: {verdict(allow.busy_calls * 50 <= allow.busy_admitted, f'{allow.busy_calls * 50 / max(1, allow.busy_admitted):.2f}× the goal')}).",
         f"Fleet, waiting for a grant: added p99 {added_p99:.3f} ms (goal ≤ {GOAL_ADDED_P99_MS} ms: {verdict(added_p99 <= GOAL_ADDED_P99_MS, f'{added_p99 - GOAL_ADDED_P99_MS:.3f} ms')}); "
         f"broker {throughput.grants_per_s:,.0f} grants/s on one core, a Redis core backs {redis_core * throughput.grant_size:,.0f} admitted req/s at g = {throughput.grant_size}.",
     ]
