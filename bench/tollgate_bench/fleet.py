@@ -21,6 +21,7 @@ One run starts a `redis-server` on a loopback port (no persistence), a control p
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import shutil
@@ -100,6 +101,46 @@ class Redis:
 
     def cpu_ticks(self) -> int:
         return cpu_ticks(self.process.pid)
+
+    def counts(self, keys: list[str]) -> list[int | None]:
+        """MGET of integer counters (None for a key that is not there)."""
+        request = f"*{len(keys) + 1}\r\n$4\r\nMGET\r\n".encode() + b"".join(f"${len(k)}\r\n{k}\r\n".encode() for k in keys)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(request)
+            reply = b""
+            for _ in range(10_000):
+                chunk = s.recv(65536)
+                reply += chunk
+                if not chunk or complete_array(reply, len(keys)):
+                    break
+        return parse_integers(reply, len(keys))
+
+
+def complete_array(reply: bytes, n: int) -> bool:
+    try:
+        parse_integers(reply, n)
+        return True
+    except (ValueError, IndexError):
+        return False
+
+
+def parse_integers(reply: bytes, n: int) -> list[int | None]:
+    """A RESP array of n bulk strings holding integers, or nil."""
+    lines = reply.split(b"\r\n")
+    if not lines[0].startswith(b"*") or int(lines[0][1:]) != n:
+        raise ValueError(f"not an array of {n}: {reply[:80]!r}")
+    values: list[int | None] = []
+    i = 1
+    while len(values) < n:
+        if lines[i] == b"$-1":
+            values.append(None)
+            i += 1
+        else:
+            values.append(int(lines[i + 1]))
+            i += 2
+    if i >= len(lines):
+        raise IndexError("incomplete")
+    return values
 
 
 def seed(cp: live.ControlPlane) -> tuple[dict[str, str], dict[str, int]]:
@@ -234,6 +275,7 @@ class Window:
     admitted: int  # 200s received in the window (the decision fell between send and receive)
     straddling: int  # of those, sent before the window began
     refused: int
+    granted: int | None = None  # the window's count in Redis: what the broker granted in all
 
 
 @dataclass
@@ -245,7 +287,18 @@ class Exactness:
 
     @property
     def over(self) -> int:
+        """Admissions certainly decided in a window beyond its L: sent after it began."""
+        return max((w.admitted - w.straddling - self.limit for w in self.windows), default=0)
+
+    @property
+    def over_with_straddling(self) -> int:
+        """The same counting the straddling admissions too (some were decided in the window
+        before): an upper bound."""
         return max((w.admitted - self.limit for w in self.windows), default=0)
+
+    @property
+    def worst(self) -> Window | None:
+        return max(self.windows, key=lambda w: w.admitted - w.straddling, default=None)
 
     @property
     def worst_under(self) -> int:
@@ -281,7 +334,46 @@ class ExactnessRun:
     requests_per_s: float
 
 
-def exactness(bench: Bench, fleet: list[e.Envoy], keys: dict[str, str], cp: live.ControlPlane) -> ExactnessRun:
+class GrantedCounts:
+    """Reads, every second while the hammering runs, the Redis counters of the windows just
+    past (a counter outlives its window by a minute): what the broker granted per window."""
+
+    def __init__(self, redis: Redis, contracts: dict[str, int]) -> None:
+        self.redis = redis
+        self.contracts = contracts
+        self.seen: dict[tuple[str, int], int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        for _ in range(100_000):
+            self.read()
+            if self.done.wait(1.0):
+                self.read()
+                return
+
+    def read(self) -> None:
+        now = int(time.time())
+        wanted: list[tuple[str, int]] = []
+        for plan, contract in self.contracts.items():
+            length = {"second": 1, "minute": 60}[PLANS[plan][0][1]]
+            current = now // length * length
+            wanted += [(plan, current - k * length) for k in range(0, 5 if length == 1 else 2)]
+        keys = [f"tollgate:{{c{self.contracts[plan]}}}:{PLANS[plan][0][1]}:{start}" for plan, start in wanted]
+        for key, value in zip(wanted, self.redis.counts(keys)):
+            if value is not None:
+                self.seen[key] = max(value, self.seen.get(key, 0))
+
+    def __enter__(self) -> "GrantedCounts":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+
+
+def exactness(bench: Bench, fleet: list[e.Envoy], keys: dict[str, str], ids: dict[str, int], cp: live.ControlPlane, redis: Redis) -> ExactnessRun:
     """Every exactness contract hammered at once through every gateway of the fleet."""
     plans = ["per-second"] if bench.quick else ["per-second", "per-minute"]
     seconds = 3.0 if bench.quick else 125.0
@@ -290,16 +382,20 @@ def exactness(bench: Bench, fleet: list[e.Envoy], keys: dict[str, str], cp: live
     calls_before = grants_received(fleet)
     granted_before, units_before = grants_so_far(cp)
     bench.log(f"fleet exactness: {len(fleet)} gateways × {len(plans)} contracts × {threads_each} connections, {seconds:.0f}s")
-    began = time.time()
-    answers = drive(targets, threads_each, seconds)
-    ended = time.time()
+    with GrantedCounts(redis, {plan: ids[plan] for plan in plans}) as granted:
+        began = time.time()
+        answers = drive(targets, threads_each, seconds)
+        ended = time.time()
     calls = grants_received(fleet) - calls_before
     granted_after, units_after = grants_so_far(cp)
     results = []
     for p, plan in enumerate(plans):
         limit, period = PLANS[plan][0]
         mine = [a for a in answers if a.target // len(fleet) == p]
-        results.append(Exactness(plan, limit, exhausted_windows(mine, {"second": 1, "minute": 60}[period], began, ended), statuses(mine)))
+        windows = exhausted_windows(mine, {"second": 1, "minute": 60}[period], began, ended)
+        for w in windows:
+            w.granted = granted.seen.get((plan, w.start))
+        results.append(Exactness(plan, limit, windows, statuses(mine)))
     admitted = sum(1 for a in answers if a.status == 200)
     return ExactnessRun(
         results,
@@ -480,7 +576,7 @@ def run(bench: Bench) -> SectionReport:
     if stat(fleet_one, "tollgate_fleet_grants_total") == 0 and wait_until(lambda: stat(fleet_one, "tollgate_fleet_grants_total"), 10, "a fleet grant") == 0:
         raise RuntimeError("the fleet gateway asked the broker for nothing: is the control plane's snapshot fleet-wide?")
 
-    exact = exactness(bench, fleet, fleet_keys, fleet_cp)
+    exact = exactness(bench, fleet, fleet_keys, fleet_ids, fleet_cp, redis)
     granted_before, units_before = grants_so_far(fleet_cp)
     allow = cost(bench, fleet_one, local_one, fleet_keys["gold"], local_keys["gold"], fleet_keys["busy"])
     granted_after, units_after = grants_so_far(fleet_cp)
@@ -515,19 +611,31 @@ def report(bench: Bench, exact: ExactnessRun, allow: CostRun, allow_grant: float
         f"{exact.connections} keep-alive client threads (Python) split over the gateways and contracts, "
         f"{exact.seconds:.0f} s, {exact.requests_per_s:,.0f} answers/s in all. A window counts when it lies "
         "wholly inside the run and refused at least once (the limit was reached); an admission counts in "
-        "the window it was received in (*straddling*: sent in the window before).",
+        "the window it was received in (*straddling*: sent in the window before). *Redis count* is the "
+        "window's counter as the broker left it (read every second during the run): what it granted to all "
+        "gateways together.",
         "",
     ]
     rows = []
+    worst = []
     for r in exact.results:
         admitted = [w.admitted for w in r.windows]
+        w = r.worst
+        if w is not None and w.admitted - w.straddling > r.limit:
+            worst.append(
+                f"{r.plan}: the window at {dt.datetime.fromtimestamp(w.start, dt.timezone.utc):%H:%M:%S} UTC admitted "
+                f"{w.admitted:,} ({w.straddling} straddling) where Redis counted {w.granted if w.granted is not None else 'nothing read'}"
+            )
         rows.append(
             [
                 r.plan,
                 f"{r.limit:,}",
                 str(len(r.windows)),
                 f"{min(admitted, default=0):,}–{max(admitted, default=0):,}",
-                str(r.over),
+                f"{max(0, r.over)} ({max(0, r.over_with_straddling)})",
+                str(sum(1 for w in r.windows if w.admitted - w.straddling > r.limit)),
+                str(max((w.granted for w in r.windows if w.granted is not None), default="–")),
+                str(sum(1 for w in r.windows if w.granted is not None and w.admitted > w.granted)),
                 f"{r.worst_under:,} ({100 * r.worst_under / r.limit:.1f} %)",
                 f"{r.mean_under:.1f} ({100 * r.mean_under / r.limit:.2f} %)",
                 str(sum(w.straddling for w in r.windows)),
@@ -535,8 +643,12 @@ def report(bench: Bench, exact: ExactnessRun, allow: CostRun, allow_grant: float
             ]
         )
     parts += [
-        table(["contract", "L", "windows", "admitted per window", "over-admission (max)", "under (worst)", "under (mean)", "straddling", "answers"], rows),
+        table(
+            ["contract", "L", "windows", "admitted per window", "over-admission, max (with straddling)", "windows over L", "Redis count (max)", "windows admitting more than Redis granted", "under (worst)", "under (mean)", "straddling", "answers"],
+            rows,
+        ),
         "",
+        *( [f"Over-admitted: {'; '.join(worst)}.", ""] if worst else []),
         f"Broker answers the {GATEWAYS} gateways received while hammering: {exact.calls:,} for {exact.admitted:,} "
         f"admitted (1 per {exact.admitted / max(1, exact.calls):,.1f}); mean grant {exact.grant_size:.1f} units.",
         "",
@@ -614,7 +726,7 @@ def report(bench: Bench, exact: ExactnessRun, allow: CostRun, allow_grant: float
         "",
     ]
     parts += ["### Notes", "", NOTES.read_text().strip() if NOTES.exists() else "(bench/notes/fleet.md is missing)", ""]
-    over = max((r.over for r in exact.results), default=0)
+    over = max(0, max((r.over for r in exact.results), default=0))
     under = max((r.worst_under / r.limit for r in exact.results), default=0.0)
     headlines = [
         f"Fleet, exactness ({GATEWAYS} Envoys × {WORKERS} workers): over-admission {over} (goal 0: {verdict(over == 0, str(over))}), "
