@@ -6,12 +6,13 @@ One run starts a `redis-server` on a loopback port (no persistence), a control p
 1. Exactness: 3 Envoys × 2 workers from `tollgate envoy-config` (live mode, the fleet control
    plane), one per-second and one per-minute contract hammered through all of them at once by
    keep-alive client threads that keep every answer's send and receive times; admitted vs L per
-   exhausted window (a window that refused at least once).
+   exhausted window (a window that refused at least once), beside each window's count in Redis.
 2. Allow-path cost with a held grant: the production bootstrap (`production.py`, direct
    response route) on one pinned Envoy `--concurrency 1` against the fleet control plane and the
    same against the per-process one, a plan that never binds, wrk in interleaved rounds.
 3. Broker calls per admitted request: the fleet Envoy's `tollgate_fleet_grants_total` over the
-   rounds of 2 (a contract well above 1,000 req/s), and over the hammering of 1.
+   rounds of 2 (a contract well above 1,000 req/s), over a contract of 5,000 a second through
+   that Envoy, and over the hammering of 1.
 4. Latency of requests that waited for a grant: client threads on keep-alive connections, each
    request's latency, on a contract whose per-second grant runs out many times a second, fleet
    and per-process in interleaved rounds.
@@ -29,7 +30,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import envoy as e
 from . import live, production
