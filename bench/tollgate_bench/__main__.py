@@ -1,4 +1,4 @@
-"""`bench/run [--quick] [--sections cost,exactness] [--rounds N] [--seconds S]`
+"""`bench/run [--quick] [--sections cost,exactness,fleet] [--rounds N] [--seconds S]`
 
 Runs the sections in order, prints the Markdown report and writes it to BENCHMARKS.md (a full
 run) or to a temporary file (`--quick`, which only proves the harness works: CI runs it so the
@@ -17,19 +17,20 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import exactness, production, propagation, request_cost, scale
+from . import exactness, fleet, production, propagation, request_cost, scale
 from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench, CpuLayout
 from .envoy import envoy_binary, envoy_version
 from .processes import Supervisor, raise_on_termination_signals
 from .report import SectionReport, document, machine_lines
 
-# Issue 11 §3's headline, then issue 6's parts, in order.
+# Issue 11 §3's headline, issue 6's parts in order, then issue 13's fleet-wide counting.
 SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
     "production": production.run,
     "cost": request_cost.run,
     "exactness": exactness.run,
     "propagation": propagation.run,
     "scale": scale.run,
+    "fleet": fleet.run,
 }
 PENDING: list[str] = []  # parts of issue 6 not measured yet
 WASM_MAGIC = b"\0asm"
@@ -70,7 +71,8 @@ def merge(previous: str, reports: list, command: str, machine: list[str]) -> str
     for report in reports:
         heading = f"## {report.title}"
         if heading not in lines:
-            raise SystemExit(f"--merge: no section {report.title!r} in the previous report")
+            # A section the previous run did not have: it goes at the end.
+            lines += ["", heading, ""]
         start = lines.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = [heading, "", report.markdown.strip(), ""]

@@ -66,11 +66,13 @@ def gateway_env() -> dict[str, str]:
 
 
 class ControlPlane:
-    """`tollgate serve --data-dir <dir>`; `start` returns once /healthz answers."""
+    """`tollgate serve --data-dir <dir> [args]`; `start` returns once /healthz answers."""
 
-    def __init__(self, bench: Bench, name: str, debug: bool = False) -> None:
+    def __init__(self, bench: Bench, name: str, debug: bool = False, args: tuple[str, ...] = ()) -> None:
         self.bench = bench
         self.name = name
+        # More `serve` options, e.g. `--redis URL` for fleet-wide counting.
+        self.args = args
         # RUST_LOG=tollgate_control_plane=debug: per-revision render_ms/verify_ms in the log.
         self.debug = debug
         self.binary = tollgate_binary(bench)
@@ -93,7 +95,7 @@ class ControlPlane:
     def start(self, cpus: str | None = None, deadline_s: float = START_DEADLINE_S) -> "ControlPlane":
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         started = time.monotonic()
-        argv = [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]
+        argv = [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), *self.args]
         env = clean_env()
         if self.debug:
             env["RUST_LOG"] = "tollgate_control_plane=debug"

@@ -10,6 +10,7 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parents[1] / "wrk"
 SUMMARY = SCRIPTS / "summary.lua"
 STATUSES = SCRIPTS / "statuses.lua"
+LEASE = SCRIPTS / "lease.lua"  # POSTs $TOLLGATE_BENCH_LEASE; counts by status
 
 
 @dataclass
@@ -37,6 +38,7 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     script: Path = SUMMARY,
     cpus: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> WrkResult:
     if not url.startswith("http://127."):
         raise ValueError(f"the bench loads loopback addresses only, not {url}")
@@ -54,7 +56,7 @@ def run_wrk(
     argv.append(url)
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {' '.join(argv)}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
