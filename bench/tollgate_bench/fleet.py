@@ -701,9 +701,9 @@ def report(bench: Bench, exact: ExactnessRun, allow: CostRun, allow_grant: float
         *( [f"Over-admitted: {'; '.join(worst)}.", ""] if worst else []),
         f"Broker answers the {GATEWAYS} gateways received while hammering: {exact.calls:,} for {exact.admitted:,} "
         f"admitted (1 per {exact.admitted / max(1, exact.calls):,.1f}); mean grant {exact.grant_size:.1f} units. "
-        f"Asks the gateways gave up on (`tollgate_fleet_broker_failures_total`; each puts that worker on "
-        f"`--fleet-fallback share` for a second, whose documented bound in a window that began before is "
-        f"L + N × ⌊L / N⌋): {exact.broker_failures}; lease requests the broker answered 503 "
+        f"Asks the gateways gave up on (`tollgate_fleet_broker_failures_total`; after one, a gateway admits "
+        f"only what it holds for a second; from two in a row, `--fleet-fallback share`, whose documented "
+        f"bound in a window that began before is L + N × ⌊L / N⌋): {exact.broker_failures}; lease requests the broker answered 503 "
         f"(`tollgate_fleet_redis_errors_total`): {exact.redis_errors}.",
         "",
     ]
