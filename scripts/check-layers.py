@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # the lease broker of fleet-wide counting.
     ("service", {"http", "metrics", "fleet"}),
     # What runs it: the server process, its listener, the CLI and the Envoy config it writes.
-    ("front", {"server", "listener", "envoy_config", "cli"}),
+    ("front", {"server", "data_dir_lock", "listener", "envoy_config", "cli"}),
 ]
 
 # External crates the catalogue layer must not name.

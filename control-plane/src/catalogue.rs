@@ -715,6 +715,7 @@ fn apply_client(
                 api_version: &api.version,
                 plan_org: &plan.org,
                 plan: &plan.name,
+                plan_version: Some(&plan.version),
             };
             let at_contract = format!("versions[{}].contracts[{}]", entry.version, contract.api);
             if let Some(id) = contracts::find_for(tx, &terms)? {
@@ -784,16 +785,6 @@ fn create_contract(
     plan: &VersionRef,
     report: &mut ApplyReport,
 ) -> Result<(), Error> {
-    let offered = apis::get_version(tx, &api.org, &api.name, &api.version)?
-        .plans
-        .iter()
-        .any(|p| p.org == plan.org && p.plan == plan.name && p.version == plan.version);
-    if !offered {
-        return Err(Error::unprocessable(
-            "plan-not-offered",
-            format!("api version {api} is not offered through plan version {plan}"),
-        ));
-    }
     let created = contracts::create(
         tx,
         &ContractTerms {
@@ -805,6 +796,7 @@ fn create_contract(
             api_version: &api.version,
             plan_org: &plan.org,
             plan: &plan.name,
+            plan_version: Some(&plan.version),
         },
     )?;
     report.changes.push(format!(

@@ -9,10 +9,12 @@
 //!   snapshot) and [`catalogue`] (`apply`/`export`). No web framework;
 //! - the HTTP service over it: [`http`] (routes per resource, OpenAPI, snapshot publication,
 //!   the problem answers), [`metrics`] and [`fleet`] (the lease broker of `serve --redis`);
-//! - what runs it: [`server`], [`listener`], the [`cli`] and [`envoy_config`].
+//! - what runs it: [`server`] (one per data directory: [`data_dir_lock`]), [`listener`], the
+//!   [`cli`] and [`envoy_config`].
 
 pub mod catalogue;
 pub mod cli;
+pub mod data_dir_lock;
 pub mod domain;
 pub mod envoy_config;
 pub mod error;

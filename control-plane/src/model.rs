@@ -341,7 +341,7 @@ pub struct RotateKey {
     pub grace_seconds: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateContract {
     /// Defaults to the client's org.
@@ -351,6 +351,9 @@ pub struct CreateContract {
     /// A plan the API version is offered through; defaults to the API's org.
     pub plan: String,
     pub plan_org: Option<String>,
+    /// The plan's version; when given, the API version must offer exactly that one. Left out,
+    /// the version of `plan` that the API version offers.
+    pub plan_version: Option<String>,
 }
 
 // ---- pagination ----

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tollgate_core::fleet::{Fallback, FleetSettings};
 use tollgate_core::signing::SnapshotSigningKey;
 
+use crate::data_dir_lock::{self, DataDirLock};
 use crate::error::Error;
 use crate::fleet::Broker;
 use crate::http::throttle::TokenThrottle;
@@ -103,6 +104,12 @@ pub struct ServeArgs {
 
 pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     secrets::ensure_data_dir(&args.data_dir)?;
+    // Before anything in the directory is read or written; held until the process ends.
+    let _lock = DataDirLock::acquire(&args.data_dir)?;
+    tracing::info!(
+        lock = %args.data_dir.join(data_dir_lock::LOCK_FILE).display(),
+        "data directory locked for this process"
+    );
     let mut values = Vec::new();
     for kind in SecretKind::ALL {
         let (value, source) = secrets::load_or_generate(kind, &args.data_dir)?;

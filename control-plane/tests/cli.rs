@@ -454,6 +454,125 @@ fn client_version_key_and_contract_verbs() {
     );
 }
 
+/// `--plan org/plan/version` reaches the API as typed: a version the API version does not
+/// offer (a draft, a missing one, a locked one it was not published with) is refused with the
+/// API's reason and creates nothing, as the same contract in a catalogue file is.
+#[test]
+fn contract_create_refuses_a_plan_version_the_api_does_not_offer() {
+    let s = Server::start();
+    s.seed();
+    run(
+        &s,
+        &[
+            "plan",
+            "version",
+            "create",
+            "acme/gold/2",
+            "--limit",
+            "5/day",
+        ],
+    );
+    run(
+        &s,
+        &[
+            "plan",
+            "version",
+            "create",
+            "acme/gold/3",
+            "--limit",
+            "7/day",
+        ],
+    );
+    run(&s, &["plan", "version", "lock", "acme/gold/3"]);
+    let revision = s.revision();
+    for (plan, why) in [
+        ("acme/gold/2", " (plan version acme/gold/2 is a draft)"),
+        ("acme/gold/7", " (plan version acme/gold/7 does not exist)"),
+        ("acme/gold/3", ""),
+    ] {
+        let stderr = refused(
+            &s,
+            &[
+                "contract",
+                "create",
+                "acme/mobile/1",
+                "--api",
+                "acme/orders/1",
+                "--plan",
+                plan,
+            ],
+        );
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "error: plan_version: api version acme/orders/1 is not offered through plan \
+                 version {plan}{why}; it offers acme/gold/1 \
+                 (urn:tollgate:problem:plan-not-offered, HTTP 422)"
+            )
+        );
+    }
+    assert_eq!(
+        run(&s, &["contract", "list", "acme/mobile/1"]).trim(),
+        "(none)"
+    );
+    assert_eq!(
+        s.revision(),
+        revision,
+        "a refused contract changed the catalogue"
+    );
+
+    // The version it offers, named or left to the API, is the contract's.
+    let named = run_json(
+        &s,
+        &[
+            "contract",
+            "create",
+            "acme/mobile/1",
+            "--api",
+            "acme/orders/1",
+            "--plan",
+            "acme/gold/1",
+        ],
+    );
+    assert_eq!(
+        (&named["plan"], &named["plan_version"]),
+        (&serde_json::json!("gold"), &serde_json::json!("1"))
+    );
+    run(&s, &["client", "version", "create", "acme/mobile/2"]);
+    let unnamed = run_json(
+        &s,
+        &[
+            "contract",
+            "create",
+            "acme/mobile/2",
+            "--api",
+            "acme/orders/1",
+            "--plan",
+            "acme/gold",
+        ],
+    );
+    assert_eq!(unnamed["plan_version"], "1");
+
+    // The catalogue file refuses the same contract with the same reason, at its entry.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("draft-contract.yaml");
+    std::fs::write(
+        &file,
+        "orgs:\n  - id: acme\n    clients:\n      - id: mobile\n        versions:\n          \
+         - version: 3\n            contracts: [{ api: acme/orders/1, plan: acme/gold/2 }]\n",
+    )
+    .unwrap();
+    let stderr = refused(&s, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        stderr.contains("orgs[acme].clients[mobile].versions[3].contracts[acme/orders/1]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plan version acme/gold/2 (plan version acme/gold/2 is a draft)"),
+        "{stderr}"
+    );
+}
+
 /// A JWKS file with one Ed25519 public key, as an identity provider serves it.
 fn jwks_file(dir: &std::path::Path, seed: u8) -> std::path::PathBuf {
     use base64::Engine;

@@ -1,4 +1,5 @@
-//! Every acknowledged write survives `kill -9`.
+//! Every acknowledged write survives `kill -9`, and a data directory has one server at a time,
+//! whose lock dies with it.
 
 // Test helpers may unwrap and panic: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -6,6 +7,8 @@
 mod common;
 
 use common::Server;
+use std::time::Duration;
+
 use serde_json::json;
 
 #[test]
@@ -85,4 +88,48 @@ fn secrets_from_the_environment_win_over_files() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn second_server_on_a_data_dir_refuses_to_start_naming_the_holder() {
+    let s = Server::start();
+    s.seed();
+    let refused = s.second_serve_on_same_data_dir(Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: data directory {dir} is in use by another `tollgate serve` (process {pid}, \
+             holding {dir}/serve.lock); stop it, or give this server its own --data-dir",
+            dir = s.data_dir.display(),
+            pid = s.pid()
+        )
+    );
+    assert!(
+        !String::from_utf8_lossy(&refused.stdout).contains("generated"),
+        "the refused server wrote into the directory"
+    );
+
+    // The first keeps serving: a write that gateways see moves its revision.
+    let revision = s.revision();
+    Server::ok(s.post(
+        "/v1/orgs/acme/clients/mobile/versions",
+        json!({"version": "after-refusal"}),
+    ));
+    assert_eq!(s.revision(), revision + 1);
+
+    // SIGKILL leaves the lock file behind but not the lock: a new server starts on the
+    // directory, and holds it in turn.
+    let s = s.kill9_and_restart();
+    Server::ok(s.get("/v1/orgs/acme/clients/mobile/versions/after-refusal"));
+    let lock = std::fs::read_to_string(s.data_dir.join("serve.lock")).unwrap();
+    assert_eq!(lock.trim(), s.pid().to_string());
+    let again = s.second_serve_on_same_data_dir(Duration::from_secs(60));
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("(process {}, ", s.pid())),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }

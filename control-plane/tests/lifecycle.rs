@@ -424,6 +424,13 @@ fn contract_through_a_plan_the_api_does_not_offer_is_422() {
     );
     assert_eq!(answer.status, 422);
     assert_eq!(kind(&answer), "plan-not-offered");
+    // A plan it offers, in a version it does not: refused, never another version instead.
+    let answer = s.post(
+        CONTRACTS,
+        json!({"api": "orders", "api_version": "1", "plan": "gold", "plan_version": "9"}),
+    );
+    assert_eq!(answer.status, 422);
+    assert_eq!(kind(&answer), "plan-not-offered");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use self::tokens::{IssuerCommand, ServiceAccountCommand, SubjectCommand, TokenKe
 use crate::catalogue::{ApplyReport, Catalogue};
 use crate::domain::{parse_pair, period_from_str, VersionRef};
 use crate::http::MAX_APPLY_BODY_BYTES;
-use crate::model::{ApiVersion, CreateApiVersion, OfferedPlan, PlanChoice};
+use crate::model::{ApiVersion, CreateApiVersion, CreateContract, OfferedPlan, PlanChoice};
 use crate::secrets::{read_secret, SecretKind};
 use crate::server::{self, ServeArgs};
 
@@ -334,7 +334,8 @@ enum ContractCommand {
         /// org/api/version
         #[arg(long)]
         api: String,
-        /// org/plan or org/plan/version (one the API version offers)
+        /// org/plan/version, one the API version offers (a draft or missing version is
+        /// refused); or org/plan for the version of that plan it offers.
         #[arg(long)]
         plan: String,
     },
@@ -887,19 +888,28 @@ fn contract(
         } => {
             let client = version_ref("client_version", &client_version)?;
             let target = version_ref("--api", &api_name)?;
-            let plan_ref = match plan.split('/').count() {
+            // The version, when named, goes to the API as typed: it decides whether the API
+            // version offers it, so a draft or missing one is refused rather than replaced.
+            let (plan_org, plan, plan_version) = match plan.split('/').count() {
                 3 => {
                     let r = version_ref("--plan", &plan)?;
-                    (r.org, r.name)
+                    (r.org, r.name, Some(r.version))
                 }
-                _ => pair("--plan", &plan)?,
+                _ => {
+                    let (org, name) = pair("--plan", &plan)?;
+                    (org, name, None)
+                }
             };
             let created: Value = api.post(
                 &contracts_path(&client),
-                &json!({
-                    "api_org": target.org, "api": target.name, "api_version": target.version,
-                    "plan_org": plan_ref.0, "plan": plan_ref.1,
-                }),
+                &CreateContract {
+                    api_org: Some(target.org),
+                    api: target.name,
+                    api_version: target.version,
+                    plan_org: Some(plan_org),
+                    plan,
+                    plan_version,
+                },
             )?;
             Ok(out.item(&created))
         }

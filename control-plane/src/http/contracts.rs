@@ -25,7 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Lets the client version call a published private API version through one of the plans it
-/// offers. Conflict kinds: api-version-not-published, contract-with-public-api,
+/// offers (the version named by `plan_version`, or else the one it offers of `plan`). Conflict kinds: api-version-not-published, contract-with-public-api,
 /// contract-exists. Unprocessable kinds: plan-not-offered.
 #[utoipa::path(post, path = "/v1/orgs/{org}/clients/{client}/versions/{version}/contracts",
     tag = "contracts",
@@ -46,6 +46,9 @@ async fn create_contract(
     let plan_org = body.plan_org.clone().unwrap_or_else(|| api_org.clone());
     check_slug("plan_org", &plan_org)?;
     check_slug("plan", &body.plan)?;
+    if let Some(plan_version) = &body.plan_version {
+        crate::domain::check_version("plan_version", plan_version)?;
+    }
     let contract = state
         .store
         .write(move |tx| {
@@ -60,6 +63,7 @@ async fn create_contract(
                     api_version: &body.api_version,
                     plan_org: &plan_org,
                     plan: &body.plan,
+                    plan_version: body.plan_version.as_deref(),
                 },
             )
         })

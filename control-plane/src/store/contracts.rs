@@ -5,10 +5,9 @@
 use rusqlite::{params, Connection};
 
 use super::apis::{self, not_published};
-use super::clients;
-use super::{query_opt, required, PageRequest, Tx};
+use super::{clients, plans, query_opt, required, PageRequest, Tx};
 use crate::error::Error;
-use crate::model::{ApiVersionStatus, Contract, Page};
+use crate::model::{ApiVersionStatus, Contract, OfferedPlan, Page, PlanVersionStatus};
 
 /// The parties of a contract, all ids already checked for form.
 #[derive(Debug, Clone)]
@@ -21,6 +20,8 @@ pub struct ContractTerms<'a> {
     pub api_version: &'a str,
     pub plan_org: &'a str,
     pub plan: &'a str,
+    /// None: the version of `plan` that the API version offers.
+    pub plan_version: Option<&'a str>,
 }
 
 pub fn create(tx: &mut Tx<'_>, terms: &ContractTerms<'_>) -> Result<Contract, Error> {
@@ -38,28 +39,12 @@ pub fn create(tx: &mut Tx<'_>, terms: &ContractTerms<'_>) -> Result<Contract, Er
             ),
         ));
     }
-    let Some(offered) = api
-        .plans
-        .iter()
-        .find(|p| p.org == terms.plan_org && p.plan == terms.plan)
-    else {
-        let offered: Vec<String> = api
-            .plans
-            .iter()
-            .map(|p| format!("{}/{}/{}", p.org, p.plan, p.version))
-            .collect();
-        return Err(Error::unprocessable(
-            "plan-not-offered",
-            format!(
-                "plan: api version {}/{}/{} is not offered through plan {}/{}; it offers {}",
-                terms.api_org,
-                terms.api,
-                terms.api_version,
-                terms.plan_org,
-                terms.plan,
-                offered.join(", ")
-            ),
-        ));
+    let Some(offered) = api.plans.iter().find(|p| {
+        p.org == terms.plan_org
+            && p.plan == terms.plan
+            && terms.plan_version.is_none_or(|v| p.version == v)
+    }) else {
+        return Err(plan_not_offered(tx, terms, &api.plans)?);
     };
     if let Some(existing) = find_for(tx, terms)? {
         return Err(Error::conflict(
@@ -96,6 +81,45 @@ pub fn create(tx: &mut Tx<'_>, terms: &ContractTerms<'_>) -> Result<Contract, Er
     let id = tx.last_insert_rowid() as u64;
     tx.gateway_changed();
     get(tx, terms.client_org, terms.client, terms.client_version, id)
+}
+
+/// Why the API version cannot be contracted through the plan the terms name, with what it
+/// offers instead; a named plan version that is a draft or does not exist is said to be one.
+fn plan_not_offered(
+    conn: &Connection,
+    terms: &ContractTerms<'_>,
+    offers: &[OfferedPlan],
+) -> Result<Error, Error> {
+    let api = format!("{}/{}/{}", terms.api_org, terms.api, terms.api_version);
+    let offers: Vec<String> = offers
+        .iter()
+        .map(|p| format!("{}/{}/{}", p.org, p.plan, p.version))
+        .collect();
+    let offers = offers.join(", ");
+    let Some(version) = terms.plan_version else {
+        return Ok(Error::unprocessable(
+            "plan-not-offered",
+            format!(
+                "plan: api version {api} is not offered through plan {}/{}; it offers {offers}",
+                terms.plan_org, terms.plan
+            ),
+        ));
+    };
+    let named = format!("{}/{}/{version}", terms.plan_org, terms.plan);
+    let why = match plans::find_version(conn, terms.plan_org, terms.plan, version)? {
+        None => format!(" (plan version {named} does not exist)"),
+        Some(v) if v.status == PlanVersionStatus::Draft => {
+            format!(" (plan version {named} is a draft)")
+        }
+        Some(_) => String::new(),
+    };
+    Ok(Error::unprocessable(
+        "plan-not-offered",
+        format!(
+            "plan_version: api version {api} is not offered through plan version \
+             {named}{why}; it offers {offers}"
+        ),
+    ))
 }
 
 /// The id of the contract between this client version and API version, if any.

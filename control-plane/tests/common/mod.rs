@@ -269,6 +269,43 @@ impl Server {
         None
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs another `tollgate serve` on this server's data directory and returns how it ended
+    /// and its standard error; fails the test when it is still running after `deadline`.
+    pub fn second_serve_on_same_data_dir(&self, deadline: Duration) -> std::process::Output {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .env_remove("TOLLGATE_ADMIN_TOKEN")
+            .env_remove("TOLLGATE_GATEWAY_TOKEN")
+            .env_remove("TOLLGATE_SNAPSHOT_SIGNING_KEY")
+            .env_remove("TOLLGATE_DATA_DIR")
+            .env("TOLLGATE_ISSUER", TEST_ISSUER)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + deadline;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!(
+                    "a second serve on {} kept running; stdout:\n{}",
+                    self.data_dir.display(),
+                    String::from_utf8_lossy(&output.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap()
     }
