@@ -87,6 +87,10 @@ def merge(previous: str, reports: list, command: str, machine: list[str]) -> str
     load = next((m for m in machine if m.startswith("- Load average")), "")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note = f"- Re-measured since: `{command}` on {now}, {commit[2:]}; {load[2:]}"
+    # The same command measured again replaces what its earlier run said, not beside it.
+    earlier = f"- Re-measured since: `{command}` on "
+    lines = [line for line in lines if not line.startswith(earlier)]
+    header = lines.index("## Summary") if "## Summary" in lines else len(lines)
     lines.insert(header - 1 if lines[header - 1] == "" else header, note)
     return "\n".join(lines)
 
