@@ -14,6 +14,23 @@ use super::{AppState, Json};
 use crate::error::Error;
 use crate::metrics::LeaseLabels;
 
+/// The broker, or 404 `fleet-off` when `serve` runs without `--redis`.
+fn broker(state: &AppState) -> Result<&crate::fleet::Broker, Error> {
+    state.fleet.as_deref().ok_or_else(|| Error::FeatureOff {
+        kind: "fleet-off",
+        detail: "counts are per gateway: this control plane runs without --redis".into(),
+    })
+}
+
+/// Counts and logs a Redis failure before it is answered (503 `redis-unavailable`).
+fn refused(state: &AppState, e: Error, what: &str, contract: u64) -> Error {
+    if matches!(e, Error::Unavailable { .. }) {
+        state.metrics.redis_errors.inc();
+        tracing::warn!(error = %e, contract, "{what} refused");
+    }
+    e
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_lease))
@@ -34,10 +51,7 @@ async fn post_lease(
     State(state): State<AppState>,
     Json(request): Json<LeaseRequest>,
 ) -> Result<axum::Json<LeaseAnswer>, Error> {
-    let broker = state.fleet.as_ref().ok_or_else(|| Error::FeatureOff {
-        kind: "fleet-off",
-        detail: "counts are per gateway: this control plane runs without --redis".into(),
-    })?;
+    let broker = broker(&state)?;
     request
         .check()
         .map_err(|reason| Error::invalid_field("body", reason))?;
@@ -66,13 +80,7 @@ async fn post_lease(
                 .inc();
             Ok(axum::Json(answer))
         }
-        Err(e) => {
-            if matches!(e, Error::Unavailable { .. }) {
-                state.metrics.redis_errors.inc();
-                tracing::warn!(error = %e, contract = request.contract, "lease refused");
-            }
-            Err(e)
-        }
+        Err(e) => Err(refused(&state, e, "lease", request.contract)),
     }
 }
 
@@ -88,10 +96,7 @@ async fn post_return(
     State(state): State<AppState>,
     Json(request): Json<ReturnRequest>,
 ) -> Result<axum::Json<ReturnAnswer>, Error> {
-    let broker = state.fleet.as_ref().ok_or_else(|| Error::FeatureOff {
-        kind: "fleet-off",
-        detail: "counts are per gateway: this control plane runs without --redis".into(),
-    })?;
+    let broker = broker(&state)?;
     request
         .check()
         .map_err(|reason| Error::invalid_field("body", reason))?;
@@ -109,12 +114,6 @@ async fn post_return(
                 .inc();
             Ok(axum::Json(ReturnAnswer { applied }))
         }
-        Err(e) => {
-            if matches!(e, Error::Unavailable { .. }) {
-                state.metrics.redis_errors.inc();
-                tracing::warn!(error = %e, contract = request.contract, "return refused");
-            }
-            Err(e)
-        }
+        Err(e) => Err(refused(&state, e, "return", request.contract)),
     }
 }
