@@ -807,7 +807,7 @@ fn create_contract(
 }
 
 /// The whole store as a catalogue: applying it to the same store changes nothing.
-pub fn export(conn: &rusqlite::Connection) -> Result<Catalogue, Error> {
+pub fn export(conn: &crate::store::db::Db<'_>) -> Result<Catalogue, Error> {
     let all = PageRequest::all();
     let mut catalogue = Catalogue {
         issuers: issuers::list(conn)?.iter().map(|i| i.spec()).collect(),

@@ -225,3 +225,28 @@ impl From<rusqlite::Error> for Error {
         }
     }
 }
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        // SQLSTATE classes of a server or connection in trouble; anything else (a constraint,
+        // a type, bad SQL) means the code is wrong and storage is fine.
+        let storage = match e.code() {
+            None => e.is_closed() || e.as_db_error().is_none(),
+            Some(code) => {
+                let class = &code.code()[..2];
+                matches!(class, "08" | "53" | "57" | "58" | "XX")
+                    || matches!(code.code(), "40001" | "40P01")
+            }
+        };
+        // `Display` of a server's error is only "db error"; its message says what failed.
+        let what = match e.as_db_error() {
+            Some(db) => db.to_string(),
+            None => e.to_string(),
+        };
+        if storage {
+            Error::Storage(format!("PostgreSQL: {what}"))
+        } else {
+            Error::Internal(format!("storage: {what}"))
+        }
+    }
+}

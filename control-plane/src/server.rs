@@ -18,7 +18,8 @@ use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::secrets::{self, BearerToken, SecretKind, Source};
 use crate::store::{
-    tokens, SnapshotOptions, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS, DEFAULT_RETAIN_SECONDS,
+    tokens, Database, SnapshotOptions, Store, DATABASE_FILE, DEFAULT_PAGE_KEYS,
+    DEFAULT_RETAIN_SECONDS,
 };
 use crate::tokens::{
     IssuerConfig, SigningKeys, DEFAULT_GATEWAY_AUDIENCE, DEFAULT_MANAGEMENT_AUDIENCE,
@@ -82,6 +83,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_TOKEN_FAILURES_PER_CLIENT", default_value_t = 10,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub token_failures_per_client: u32,
+    /// Keeps the catalogue in this PostgreSQL database (`postgres://USER:PASS@HOST:PORT/DB`)
+    /// instead of SQLite in the data directory; several replicas may share it. Its schema is
+    /// migrated at start.
+    #[arg(long = "database", env = "TOLLGATE_DATABASE_URL", value_name = "URL")]
+    pub database: Option<String>,
     /// Counts every contract's limits for the whole fleet of gateways in this Redis
     /// (`redis://HOST:PORT[/DB]`), granting gateways units at `/gateway/v1/leases`; snapshots
     /// then say so. Without it each gateway counts alone.
@@ -183,26 +189,35 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         fallback: args.fleet_fallback,
     });
 
-    let db_path = args.data_dir.join(DATABASE_FILE);
+    let database = match &args.database {
+        Some(url) => Database::Postgres(Box::new(crate::store::parse_postgres_url(url)?)),
+        None => Database::Sqlite(args.data_dir.join(DATABASE_FILE)),
+    };
     let store = {
         let (config, keys) = (Arc::clone(&issuer), Arc::clone(&signing_keys));
         let options = SnapshotOptions {
             page_keys: args.snapshot_page_keys,
             retain_seconds: args.snapshot_retain_seconds as i64,
         };
-        Store::open(&db_path, signing_key, options, move |tx| {
-            tokens::ensure_own_issuer(tx, &config, &keys)?;
-            if crate::store::fleet::set(tx, fleet_settings)? {
-                tracing::info!(
-                    ?fleet_settings,
-                    "fleet setting changed: a new revision tells gateways"
-                );
-            }
-            Ok(())
-        })?
+        let database = database.clone();
+        // The PostgreSQL client blocks: opening runs beside the async workers.
+        tokio::task::spawn_blocking(move || {
+            Store::open(&database, signing_key, options, move |tx| {
+                tokens::ensure_own_issuer(tx, &config, &keys)?;
+                if crate::store::fleet::set(tx, fleet_settings)? {
+                    tracing::info!(
+                        ?fleet_settings,
+                        "fleet setting changed: a new revision tells gateways"
+                    );
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening the catalogue: {e}")))??
     };
     tracing::info!(
-        database = %db_path.display(),
+        database = %database.describe(),
         revision = store.snapshot().revision,
         "catalogue opened"
     );

@@ -2,7 +2,7 @@
 //! gateways; publishing puts a version in the snapshot and claims its routes; retiring keeps it
 //! there (gateways answer 410 on its routes) until a published version claims the same route.
 
-use rusqlite::{params, Connection};
+use super::db::{self, params, Db, Row};
 use tollgate_core::index::{covering_prefixes, public_shadows_private, RouteClaim};
 use tollgate_core::snapshot::{AuthMode, Routing};
 
@@ -28,7 +28,7 @@ impl ApiVersionSpec {
     /// Validates and canonicalizes the settings every path takes (`POST`, `PUT`, `apply`) in the
     /// one shape of a create body; needs the connection to check the plans are locked.
     pub fn resolve(
-        conn: &Connection,
+        conn: &Db<'_>,
         api_org: &str,
         settings: &CreateApiVersion,
     ) -> Result<Self, Error> {
@@ -211,7 +211,7 @@ pub fn retire_version(
 /// route by (host, prefix) slot, with "any host" a slot of its own, and refuse a snapshot in
 /// which two published versions share a slot; a retired version yields its slot to a
 /// published one (the same rule as `core`'s index).
-fn routing_holder(conn: &Connection, candidate: &ApiVersion) -> Result<Option<String>, Error> {
+fn routing_holder(conn: &Db<'_>, candidate: &ApiVersion) -> Result<Option<String>, Error> {
     let mut stmt = conn.prepare(
         "SELECT org || '/' || api || '/' || version, hosts FROM api_versions
          WHERE status = 'published' AND path_prefix = ?1",
@@ -241,13 +241,13 @@ fn routing_holder(conn: &Connection, candidate: &ApiVersion) -> Result<Option<St
 /// public candidate against the private versions gateways route (published, or retired: they
 /// answer 410) at its prefix or above it; a private candidate against the published public
 /// versions at its prefix or below it. Both lookups are ranges of the routing index.
-fn shadowing(conn: &Connection, candidate: &ApiVersion) -> Result<Option<Error>, Error> {
+fn shadowing(conn: &Db<'_>, candidate: &ApiVersion) -> Result<Option<Error>, Error> {
     let prefix = candidate.routing.path_prefix.as_str();
     let mut rows = Vec::new();
     if candidate.public {
         let mut stmt = conn.prepare_cached(
             "SELECT org || '/' || api || '/' || version, path_prefix, hosts FROM api_versions
-             WHERE path_prefix = ?1 AND status IN ('published', 'retired') AND NOT public",
+             WHERE path_prefix = ?1 AND status IN ('published', 'retired') AND public = 0",
         )?;
         for above in covering_prefixes(prefix) {
             rows.extend(
@@ -261,7 +261,7 @@ fn shadowing(conn: &Connection, candidate: &ApiVersion) -> Result<Option<Error>,
         let mut stmt = conn.prepare_cached(
             "SELECT org || '/' || api || '/' || version, path_prefix, hosts FROM api_versions
              WHERE (path_prefix = ?1 OR (path_prefix >= ?2 AND path_prefix < ?3))
-               AND status = 'published' AND public",
+               AND status = 'published' AND public <> 0",
         )?;
         rows = stmt
             .query_map(
@@ -304,7 +304,7 @@ fn shadowing(conn: &Connection, candidate: &ApiVersion) -> Result<Option<Error>,
     Ok(None)
 }
 
-fn claim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String)> {
+fn claim_row(r: &Row<'_>) -> db::Result<(String, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
@@ -372,7 +372,7 @@ fn write_plans(
 }
 
 pub fn find_version(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     api: &str,
     version: &str,
@@ -436,7 +436,7 @@ pub fn find_version(
 }
 
 pub fn get_version(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     api: &str,
     version: &str,
@@ -447,7 +447,7 @@ pub fn get_version(
 }
 
 fn offered_plans(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     api: &str,
     version: &str,
@@ -469,7 +469,7 @@ fn offered_plans(
 }
 
 pub fn list_versions(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     api: &str,
     page: &PageRequest,

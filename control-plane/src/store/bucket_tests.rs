@@ -3,6 +3,7 @@
 //! tables; and a write renders only the buckets it touched.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use proptest::prelude::*;
 use tollgate_core::keys::key_hash_hex;
@@ -15,7 +16,7 @@ const CLIENTS: usize = 8;
 
 fn open(dir: &Path, page_keys: usize) -> Arc<Store> {
     Store::open(
-        &dir.join(DATABASE_FILE),
+        &Database::Sqlite(dir.join(DATABASE_FILE)),
         SnapshotSigningKey::from_base64(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap(),
         SnapshotOptions {
             page_keys,
@@ -386,7 +387,7 @@ fn reopening_reads_the_stored_buckets_and_builds_them_only_when_missing() {
     assert_eq!(stored_pages(&reopened, revision), pages);
     drop(reopened);
     // Stored buckets lost (an upgrade from before them): rebuilt from the tables, same pages.
-    let conn = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
     conn.execute_batch("DELETE FROM snapshot_buckets; UPDATE snapshot_state SET revision = NULL;")
         .unwrap();
     drop(conn);
@@ -440,9 +441,7 @@ fn concurrent_writes_commit_together_and_a_refused_one_rolls_back_alone() {
         revisions.len()
     );
     let keys: i64 = store
-        .read_blocking(
-            |conn| Ok(conn.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?),
-        )
+        .read_blocking(|conn| conn.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0)))
         .unwrap();
     assert_eq!(
         keys as usize,

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::db::{params, Db};
 use rusqlite::functions::FunctionFlags;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tollgate_core::snapshot::{ApiKeyHash, ClientVersion, Contract, Snapshot, TokenSubject};
 
@@ -22,7 +22,7 @@ use crate::error::Error;
 /// bucket of a token subject's directory record (NULL when `issuer` is NULL). Every connection
 /// that writes the catalogue needs it; a write from elsewhere (the `sqlite3` shell) fails
 /// loudly instead of leaving a bucket stale.
-pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+pub fn register_functions(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function(
         "tollgate_subject_bucket",
         2,
@@ -73,7 +73,7 @@ impl Content {
 }
 
 /// Renders buckets `lo..=hi` from the tables; buckets without records are absent.
-pub fn render_range(conn: &Connection, lo: u16, hi: u16) -> Result<BTreeMap<u16, Content>, Error> {
+pub fn render_range(conn: &Db<'_>, lo: u16, hi: u16) -> Result<BTreeMap<u16, Content>, Error> {
     type Client = (String, String, String);
     let mut records: BTreeMap<u16, BTreeMap<Client, StoredClient>> = BTreeMap::new();
     fn entry(
@@ -99,7 +99,7 @@ pub fn render_range(conn: &Connection, lo: u16, hi: u16) -> Result<BTreeMap<u16,
          WHERE bucket BETWEEN ?1 AND ?2 ORDER BY id",
     )?;
     let mut rows = stmt.query(range)?;
-    while let Some(r) = rows.next()? {
+    while let Some(r) = rows.next_row()? {
         let key = ApiKeyHash {
             sha256: r.get(5)?,
             expires_at: r.get::<_, Option<i64>>(6)?.map(|t| t.max(0) as u64),
@@ -115,7 +115,7 @@ pub fn render_range(conn: &Connection, lo: u16, hi: u16) -> Result<BTreeMap<u16,
          WHERE c.bucket BETWEEN ?1 AND ?2 AND c.client_org IS NOT NULL",
     )?;
     let mut rows = stmt.query(range)?;
-    while let Some(r) = rows.next()? {
+    while let Some(r) = rows.next_row()? {
         let subject = TokenSubject {
             issuer: r.get(4)?,
             value: r.get(5)?,
@@ -129,7 +129,7 @@ pub fn render_range(conn: &Connection, lo: u16, hi: u16) -> Result<BTreeMap<u16,
          WHERE bucket BETWEEN ?1 AND ?2",
     )?;
     let mut rows = stmt.query(range)?;
-    while let Some(r) = rows.next()? {
+    while let Some(r) = rows.next_row()? {
         let subject = TokenSubject {
             issuer: r.get(4)?,
             value: r.get(5)?,
@@ -184,7 +184,7 @@ pub fn render_range(conn: &Connection, lo: u16, hi: u16) -> Result<BTreeMap<u16,
 
 /// Renders exactly `buckets` (any set): contiguous runs are read with one range query each, so
 /// a write touching a few buckets reads a few, and one touching most reads the tables once.
-pub fn render(conn: &Connection, buckets: &BTreeSet<u16>) -> Result<BTreeMap<u16, Content>, Error> {
+pub fn render(conn: &Db<'_>, buckets: &BTreeSet<u16>) -> Result<BTreeMap<u16, Content>, Error> {
     let mut out = BTreeMap::new();
     let mut runs: Vec<(u16, u16)> = Vec::new();
     for &b in buckets {
@@ -212,7 +212,7 @@ pub fn render(conn: &Connection, buckets: &BTreeSet<u16>) -> Result<BTreeMap<u16
 /// revision. Answers the buckets that changed, with their content, and how many bytes the
 /// current versions grew (or shrank) by.
 pub fn store(
-    conn: &Connection,
+    conn: &Db<'_>,
     revision: u64,
     buckets: BTreeMap<u16, Content>,
 ) -> Result<(BTreeMap<u16, Content>, i64), Error> {
@@ -233,7 +233,7 @@ pub fn store(
     for (bucket, content) in buckets {
         let records = content.records();
         let body = content.encode()?;
-        let old: Option<Vec<u8>> = current.query_row([bucket], |r| r.get(0)).optional()?;
+        let old: Option<Vec<u8>> = current.query_opt([bucket], |r| r.get(0))?;
         let unchanged = match &old {
             Some(old) => *old == body,
             None => records == 0,
@@ -257,7 +257,7 @@ pub fn store(
 
 /// The content of buckets `lo..=hi` as of `revision` (buckets without records absent).
 pub fn contents_at(
-    conn: &Connection,
+    conn: &Db<'_>,
     revision: u64,
     lo: u16,
     hi: u16,
@@ -270,20 +270,17 @@ pub fn contents_at(
     )?;
     let mut rows = stmt.query(params![i64::from(lo), i64::from(hi), revision as i64])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    while let Some(r) = rows.next_row()? {
         let bucket = r.get::<_, i64>(0)? as u16;
-        let body = r.get_ref(1)?;
-        let body = body
-            .as_blob()
-            .map_err(|e| Error::Internal(format!("stored bucket {bucket}: {e}")))?;
-        out.push((bucket, Content::decode(bucket, body)?));
+        let body: Vec<u8> = r.get(1)?;
+        out.push((bucket, Content::decode(bucket, &body)?));
     }
     Ok(out)
 }
 
 /// The content of the given buckets as of `revision` (buckets without records absent).
 pub fn contents_of(
-    conn: &Connection,
+    conn: &Db<'_>,
     revision: u64,
     buckets: &BTreeSet<u16>,
 ) -> Result<Vec<(u16, Content)>, Error> {
@@ -294,9 +291,8 @@ pub fn contents_of(
     )?;
     let mut out = Vec::new();
     for &bucket in buckets {
-        let body: Option<Vec<u8>> = stmt
-            .query_row(params![bucket, revision as i64], |r| r.get(0))
-            .optional()?;
+        let body: Option<Vec<u8>> =
+            stmt.query_opt(params![bucket, revision as i64], |r| r.get(0))?;
         if let Some(body) = body {
             out.push((bucket, Content::decode(bucket, &body)?));
         }
@@ -305,7 +301,7 @@ pub fn contents_of(
 }
 
 /// Records per non-empty bucket as of `revision`: what its page plan is made from.
-pub fn plan_at(conn: &Connection, revision: u64, page_keys: usize) -> Result<PagePlan, Error> {
+pub fn plan_at(conn: &Db<'_>, revision: u64, page_keys: usize) -> Result<PagePlan, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT bucket, records FROM snapshot_buckets
          WHERE revision <= ?1 AND (superseded IS NULL OR superseded > ?1) AND records > 0
@@ -320,14 +316,13 @@ pub fn plan_at(conn: &Connection, revision: u64, page_keys: usize) -> Result<Pag
 }
 
 /// The shell (plans, API versions, issuers) in force at `revision`.
-pub fn shell_at(conn: &Connection, revision: u64) -> Result<Option<Snapshot>, Error> {
+pub fn shell_at(conn: &Db<'_>, revision: u64) -> Result<Option<Snapshot>, Error> {
     let body: Option<Vec<u8>> = conn
         .prepare_cached(
             "SELECT body FROM snapshot_shells WHERE revision <= ?1
              ORDER BY revision DESC LIMIT 1",
         )?
-        .query_row([revision as i64], |r| r.get(0))
-        .optional()?;
+        .query_opt([revision as i64], |r| r.get(0))?;
     body.map(|body| {
         let mut shell: Snapshot = serde_json::from_slice(&body)
             .map_err(|e| Error::Internal(format!("stored snapshot shell unreadable: {e}")))?;
@@ -338,12 +333,11 @@ pub fn shell_at(conn: &Connection, revision: u64) -> Result<Option<Snapshot>, Er
 }
 
 /// Stores `shell` as of `revision` when it differs from the one in force before.
-pub fn store_shell(conn: &Connection, revision: u64, shell: &Snapshot) -> Result<(), Error> {
+pub fn store_shell(conn: &Db<'_>, revision: u64, shell: &Snapshot) -> Result<(), Error> {
     let body = shell_body(shell)?;
     let previous: Option<Vec<u8>> = conn
         .prepare_cached("SELECT body FROM snapshot_shells ORDER BY revision DESC LIMIT 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
+        .query_opt([], |r| r.get(0))?;
     if previous.as_deref() != Some(body.as_slice()) {
         conn.prepare_cached("INSERT INTO snapshot_shells (revision, body) VALUES (?1, ?2)")?
             .execute(params![revision as i64, body])?;
@@ -412,7 +406,7 @@ pub fn assemble(
 /// Every stored bucket version and log entry rebuilt from the tables, as of `revision`: for a
 /// catalogue upgraded from before stored buckets, or changed behind the control plane's back.
 /// Older revisions can no longer be assembled or cut deltas from.
-pub fn rebuild(conn: &Connection, revision: u64, shell: &Snapshot) -> Result<(), Error> {
+pub fn rebuild(conn: &Db<'_>, revision: u64, shell: &Snapshot) -> Result<(), Error> {
     for table in [
         "dirty_buckets",
         "snapshot_buckets",
@@ -448,7 +442,7 @@ pub fn rebuild(conn: &Connection, revision: u64, shell: &Snapshot) -> Result<(),
 
 /// Buckets whose stored current version differs from a fresh render of the tables, among
 /// `lo..=hi`: drift, which no write should ever leave (the consistency check repairs it).
-pub fn drifted(conn: &Connection, lo: u16, hi: u16) -> Result<Vec<u16>, Error> {
+pub fn drifted(conn: &Db<'_>, lo: u16, hi: u16) -> Result<Vec<u16>, Error> {
     let fresh = render_range(conn, lo, hi)?;
     let mut stmt = conn.prepare_cached(
         "SELECT bucket, body FROM snapshot_buckets

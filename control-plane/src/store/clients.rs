@@ -2,7 +2,7 @@
 //! stored only as its SHA-256; every client version is in the snapshot with its key hashes, so
 //! creating one or rotating its key moves the revision.
 
-use rusqlite::{params, Connection};
+use super::db::{params, Db};
 use tollgate_core::keys::key_hash_hex;
 
 use super::orgs::{get_owned, OwnedKind};
@@ -121,15 +121,16 @@ fn insert_key(
     version: &str,
     key: &str,
 ) -> Result<i64, Error> {
-    tx.execute(
-        "INSERT INTO api_keys (org, client, version, sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    tx.query_row(
+        "INSERT INTO api_keys (org, client, version, sha256, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
         params![org, client, version, key_hash_hex(key), tx.now],
-    )?;
-    Ok(tx.last_insert_rowid())
+        |r| r.get(0),
+    )
 }
 
 pub fn find_version(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     client: &str,
     version: &str,
@@ -166,7 +167,7 @@ pub fn find_version(
 }
 
 pub fn get_version(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     client: &str,
     version: &str,
@@ -177,7 +178,7 @@ pub fn get_version(
 }
 
 pub fn list_versions(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     client: &str,
     page: &PageRequest,

@@ -2,7 +2,7 @@
 //! plans that version offers. Ids come from AUTOINCREMENT and are never reused, because a
 //! contract id names the rate-limit counter at the gateways.
 
-use rusqlite::{params, Connection};
+use super::db::{self, params, Db, Row};
 
 use super::apis::{self, not_published};
 use super::{clients, plans, query_opt, required, PageRequest, Tx};
@@ -61,10 +61,10 @@ pub fn create(tx: &mut Tx<'_>, terms: &ContractTerms<'_>) -> Result<Contract, Er
             ),
         ));
     }
-    tx.execute(
+    let id: i64 = tx.query_row(
         "INSERT INTO contracts (client_org, client, client_version, api_org, api, api_version,
                                 plan_org, plan, plan_version, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
         params![
             terms.client_org,
             terms.client,
@@ -77,8 +77,9 @@ pub fn create(tx: &mut Tx<'_>, terms: &ContractTerms<'_>) -> Result<Contract, Er
             offered.version,
             tx.now
         ],
+        |r| r.get(0),
     )?;
-    let id = tx.last_insert_rowid() as u64;
+    let id = id as u64;
     tx.gateway_changed();
     get(tx, terms.client_org, terms.client, terms.client_version, id)
 }
@@ -86,7 +87,7 @@ pub fn create(tx: &mut Tx<'_>, terms: &ContractTerms<'_>) -> Result<Contract, Er
 /// Why the API version cannot be contracted through the plan the terms name, with what it
 /// offers instead; a named plan version that is a draft or does not exist is said to be one.
 fn plan_not_offered(
-    conn: &Connection,
+    conn: &Db<'_>,
     terms: &ContractTerms<'_>,
     offers: &[OfferedPlan],
 ) -> Result<Error, Error> {
@@ -123,7 +124,7 @@ fn plan_not_offered(
 }
 
 /// The id of the contract between this client version and API version, if any.
-pub fn find_for(conn: &Connection, terms: &ContractTerms<'_>) -> Result<Option<u64>, Error> {
+pub fn find_for(conn: &Db<'_>, terms: &ContractTerms<'_>) -> Result<Option<u64>, Error> {
     query_opt(
         conn,
         "SELECT id FROM contracts
@@ -157,7 +158,7 @@ pub fn delete(
 const COLUMNS: &str = "id, client_org, client, client_version, api_org, api, api_version, \
                        plan_org, plan, plan_version, created_at";
 
-fn contract_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contract> {
+fn contract_row(r: &Row<'_>) -> db::Result<Contract> {
     Ok(Contract {
         id: r.get::<_, i64>(0)? as u64,
         client_org: r.get(1)?,
@@ -175,7 +176,7 @@ fn contract_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Contract> {
 
 /// A contract of this client version; another client version's contract is "not found".
 pub fn get(
-    conn: &Connection,
+    conn: &Db<'_>,
     client_org: &str,
     client: &str,
     client_version: &str,
@@ -196,7 +197,7 @@ pub fn get(
 }
 
 pub fn list(
-    conn: &Connection,
+    conn: &Db<'_>,
     client_org: &str,
     client: &str,
     client_version: &str,

@@ -2,14 +2,14 @@
 //! its `--redis` and `--fleet-fallback` at start, and the snapshot shell carries it, so a
 //! restart that turns fleet mode on or off, or changes the fallback, is a new revision.
 
-use rusqlite::Connection;
+use super::db::Db;
 use tollgate_core::fleet::{Fallback, FleetSettings};
 
 use super::{query_opt, Tx};
 use crate::error::Error;
 
 /// The fleet setting in force: `None` while each gateway counts alone.
-pub fn get(conn: &Connection) -> Result<Option<FleetSettings>, Error> {
+pub fn get(conn: &Db<'_>) -> Result<Option<FleetSettings>, Error> {
     let stored = query_opt(
         conn,
         "SELECT fallback FROM fleet_settings WHERE id = 1",

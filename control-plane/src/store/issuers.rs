@@ -2,7 +2,7 @@
 //! `core`'s own key decoding before it is stored, so a JWKS gateways cannot use is refused with
 //! the field that is wrong; every change moves the revision.
 
-use rusqlite::{params, Connection};
+use super::db::{params, Db};
 use tollgate_core::snapshot::Issuer;
 use tollgate_core::token::TrustedIssuers;
 
@@ -59,7 +59,7 @@ fn core_form(spec: &IssuerSpec) -> Result<Issuer, serde_json::Error> {
     }))
 }
 
-fn check_not_own(conn: &Connection, issuer: &str) -> Result<(), Error> {
+fn check_not_own(conn: &Db<'_>, issuer: &str) -> Result<(), Error> {
     let own = query_opt(
         conn,
         "SELECT issuer FROM own_issuer WHERE id = 1",
@@ -141,7 +141,7 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
     serde_json::to_string(value).map_err(|e| Error::Internal(format!("encoding: {e}")))
 }
 
-pub fn find(conn: &Connection, issuer: &str) -> Result<Option<ExternalIssuer>, Error> {
+pub fn find(conn: &Db<'_>, issuer: &str) -> Result<Option<ExternalIssuer>, Error> {
     let row = query_opt(
         conn,
         "SELECT audiences, jwks, client_claim, created_at, updated_at, max_token_lifetime
@@ -173,11 +173,11 @@ pub fn find(conn: &Connection, issuer: &str) -> Result<Option<ExternalIssuer>, E
     }))
 }
 
-pub fn get(conn: &Connection, issuer: &str) -> Result<ExternalIssuer, Error> {
+pub fn get(conn: &Db<'_>, issuer: &str) -> Result<ExternalIssuer, Error> {
     required(find(conn, issuer)?, || format!("issuer {issuer}"))
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<ExternalIssuer>, Error> {
+pub fn list(conn: &Db<'_>) -> Result<Vec<ExternalIssuer>, Error> {
     let mut stmt = conn.prepare("SELECT issuer FROM issuers ORDER BY issuer")?;
     let ids = stmt
         .query_map([], |r| r.get::<_, String>(0))?
@@ -186,7 +186,7 @@ pub fn list(conn: &Connection) -> Result<Vec<ExternalIssuer>, Error> {
 }
 
 /// Every external issuer in the snapshot's form.
-pub fn all_core(conn: &Connection) -> Result<Vec<Issuer>, Error> {
+pub fn all_core(conn: &Db<'_>) -> Result<Vec<Issuer>, Error> {
     list(conn)?
         .iter()
         .map(|i| {
@@ -247,7 +247,7 @@ pub fn add_subject(
 }
 
 pub fn list_subjects(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     client: &str,
     version: &str,
@@ -292,7 +292,7 @@ pub fn delete_subject(
 }
 
 /// `(org/client/version, issuer, value)` of every external subject.
-pub fn all_subjects(conn: &Connection) -> Result<Vec<(String, String, String)>, Error> {
+pub fn all_subjects(conn: &Db<'_>) -> Result<Vec<(String, String, String)>, Error> {
     let mut stmt = conn.prepare(
         "SELECT org || '/' || client || '/' || version, issuer, value FROM token_subjects",
     )?;

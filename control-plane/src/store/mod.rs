@@ -18,17 +18,20 @@ pub mod apis;
 mod buckets;
 pub mod clients;
 pub mod contracts;
+pub mod db;
 pub mod fleet;
 pub mod issuers;
 pub mod orgs;
 pub mod plans;
+mod postgres;
 mod snapshot;
+mod sqlite;
 pub mod tokens;
 
 use std::collections::BTreeSet;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,19 +39,77 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
-};
-use rusqlite_migration::{Migrations, M};
 use tokio::sync::watch;
 use tollgate_core::distribution::compile;
 use tollgate_core::signing::{body_digest, BodyDigest, SnapshotSigningKey};
 use tollgate_core::snapshot::Snapshot;
 
+pub use self::db::Db;
+use self::db::{params, PgConn, Row};
+pub use self::postgres::parse as parse_postgres_url;
 use crate::error::Error;
 use crate::model::{Page, PageQuery, Timestamp};
 
 pub const DATABASE_FILE: &str = "tollgate.db";
+
+/// Where the catalogue lives.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// A SQLite file (in the data directory): one control-plane process.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://USER:PASS@HOST:PORT/DB`), which several replicas
+    /// share.
+    Postgres(Box<::postgres::Config>),
+}
+
+impl Database {
+    /// Where, for logs: the file, or the server and database (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(config) => postgres::describe(config),
+        }
+    }
+}
+
+/// A connection of either database, owned by the store.
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<PgConn>),
+}
+
+impl Conn {
+    /// Runs `f` in one write transaction, committed when it answers `Ok`; nothing of it stays
+    /// otherwise. Writes never interleave: SQLite has one writer, and on PostgreSQL every write
+    /// transaction first locks the revision row, so writes of every replica commit one after
+    /// another, in revision order.
+    fn write<T>(&mut self, f: impl FnOnce(Db<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        match self {
+            Conn::Sqlite(conn) => {
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let out = f(Db::Sqlite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Conn::Postgres(conn) => conn.transaction(postgres::BEGIN_WRITE, f),
+        }
+    }
+
+    /// Runs `f` in one read transaction: all its queries see the same committed state.
+    fn read<T>(&mut self, f: impl FnOnce(Db<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        match self {
+            Conn::Sqlite(conn) => {
+                let tx = conn.transaction()?;
+                let out = f(Db::Sqlite(&tx))?;
+                // Nothing to keep: ending the read transaction releases its view of the WAL.
+                tx.finish()?;
+                Ok(out)
+            }
+            Conn::Postgres(conn) => conn.transaction(postgres::BEGIN_READ, f),
+        }
+    }
+}
 
 /// One page of a snapshot as served. Its digest is taken once, at commit; each answer is signed
 /// over it with that answer's issue time ([`Store::sign`]).
@@ -136,36 +197,22 @@ pub const STORAGE_SILENCE_LIMIT_SECONDS: Timestamp = 30;
 /// a crate adds (health checks, lazy opening, timeouts) is not needed here, and it would tie
 /// the rusqlite version to the adapter's.
 struct ReadPool {
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     returned: Condvar,
 }
 
 /// A checked-out read connection, handed back when dropped (also on a panic's unwind).
 struct Reader<'p> {
     pool: &'p ReadPool,
-    conn: Option<Connection>,
+    conn: Option<Conn>,
 }
 
 impl ReadPool {
-    fn open(path: &Path, size: usize) -> Result<ReadPool, Error> {
-        let conns = (0..size)
-            .map(|_| {
-                // Read-write at the OS level (WAL readers update the -shm index), refused any
-                // change by query_only. foreign_keys only matters to writes.
-                let conn = Connection::open_with_flags(
-                    path,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
-                conn.busy_timeout(BUSY_TIMEOUT)?;
-                conn.pragma_update(None, "query_only", "ON")?;
-                Ok(conn)
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok(ReadPool {
+    fn new(conns: Vec<Conn>) -> ReadPool {
+        ReadPool {
             idle: Mutex::new(conns),
             returned: Condvar::new(),
-        })
+        }
     }
 
     fn get(&self) -> Reader<'_> {
@@ -246,7 +293,7 @@ impl StorageHealth {
 pub type StorageFailure = String;
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     readers: ReadPool,
     health: StorageHealth,
     signing_key: SnapshotSigningKey,
@@ -301,44 +348,16 @@ pub struct CheckOutcome {
 
 /// A write in progress. Dereferences to the connection so read helpers work inside writes.
 pub struct Tx<'c> {
-    tx: Transaction<'c>,
+    db: Db<'c>,
     /// The time of this write, the same for all its steps.
     pub now: Timestamp,
     gateway_change: bool,
 }
 
-/// The database holds every key hash and credential digest: it is created 0600 whatever the
-/// umask, and an existing one (or its -wal/-shm) readable by others is made 0600. SQLite creates
-/// -wal and -shm with the database file's mode.
-fn private_database_files(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let fail = |p: &Path, e: std::io::Error| Error::Internal(format!("{}: {e}", p.display()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| fail(path, e))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let file = PathBuf::from(format!("{}{suffix}", path.display()));
-        match std::fs::metadata(&file) {
-            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| fail(&file, e))?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(&file, e)),
-        }
-    }
-    Ok(())
-}
-
-impl Deref for Tx<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        &self.tx
+impl<'c> Deref for Tx<'c> {
+    type Target = Db<'c>;
+    fn deref(&self) -> &Db<'c> {
+        &self.db
     }
 }
 
@@ -347,16 +366,6 @@ impl Tx<'_> {
     pub fn gateway_changed(&mut self) {
         self.gateway_change = true;
     }
-}
-
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("schema.sql")),
-        M::up(include_str!("schema_tokens.sql")),
-        M::up(include_str!("schema_token_lifetime.sql")),
-        M::up(include_str!("schema_buckets.sql")),
-        M::up(include_str!("schema_fleet.sql")),
-    ])
 }
 
 pub fn unix_now() -> Timestamp {
@@ -377,29 +386,19 @@ impl Store {
     /// describe (changed behind the control plane's back). [`Store::check`] compares them with
     /// the tables in the background.
     pub fn open(
-        path: &Path,
+        database: &Database,
         signing_key: SnapshotSigningKey,
         options: SnapshotOptions,
         prepare: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
     ) -> Result<Arc<Store>, Error> {
-        private_database_files(path)?;
-        let mut conn = Connection::open(path)
-            .map_err(|e| Error::Internal(format!("opening {}: {e}", path.display())))?;
-        // WAL lets reads proceed during a write; synchronous=FULL fsyncs the WAL on every commit,
-        // so an acknowledged write survives kill -9 and power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        buckets::register_functions(&conn)?;
-        migrations()
-            .to_latest(&mut conn)
-            .map_err(|e| Error::Internal(format!("migrating {}: {e}", path.display())))?;
+        let mut conn = match database {
+            Database::Sqlite(path) => Conn::Sqlite(sqlite::open(path)?),
+            Database::Postgres(config) => Conn::Postgres(Box::new(postgres::open(config)?)),
+        };
         let figures = StoreFigures::default();
-        let revision = {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let revision = conn.write(|db| {
             let mut tx = Tx {
-                tx,
+                db,
                 now: unix_now(),
                 gateway_change: false,
             };
@@ -411,7 +410,7 @@ impl Store {
             )?;
             let built = described == Some(current_revision(&tx)? as i64);
             prepare(&mut tx)?;
-            let revision = if !built {
+            if !built {
                 if tx.gateway_change && !fresh {
                     tx.execute(
                         "UPDATE gateway_revision SET revision = revision + 1 WHERE id = 1",
@@ -435,47 +434,55 @@ impl Store {
                     ms = started.elapsed().as_millis() as u64,
                     "stored snapshot buckets built from the catalogue"
                 );
-                revision
+                Ok(revision)
             } else if tx.gateway_change || has_dirty_buckets(&tx)? {
                 // Opening leaves the check to `check`: a catalogue gateways would refuse is
                 // still served (they keep their last good snapshot) and can be repaired
                 // through the API.
-                commit_revision(&tx, options, &figures, false)?.revision
+                Ok(commit_revision(&tx, options, &figures, false)?.revision)
             } else {
-                current_revision(&tx)?
-            };
-            tx.tx.commit()?;
-            revision
-        };
-        // Whatever the WAL holds (a first build writes every bucket; a process that did not
-        // close its connections leaves its frames) is copied into the database now, before
-        // any reader holds it back: otherwise the first write's commit pays for it.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        let shell = buckets::shell_at(&conn, revision)?
-            .ok_or_else(|| Error::Internal(format!("no stored shell for revision {revision}")))?;
-        let stored: i64 = conn.query_row(
-            "SELECT COALESCE(SUM(length(body)), 0) FROM snapshot_buckets WHERE superseded IS NULL",
-            [],
-            |r| r.get(0),
-        )?;
+                current_revision(&tx)
+            }
+        })?;
+        if let Conn::Sqlite(conn) = &conn {
+            sqlite::checkpoint(conn)?;
+        }
+        let (shell, stored, oldest) = conn.read(|db| {
+            let shell = buckets::shell_at(&db, revision)?.ok_or_else(|| {
+                Error::Internal(format!("no stored shell for revision {revision}"))
+            })?;
+            let stored: i64 = db.query_row(
+                "SELECT COALESCE(SUM(length(body)), 0) FROM snapshot_buckets
+                 WHERE superseded IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            let oldest: i64 = db.query_row(
+                "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
+                [revision as i64],
+                |r| r.get(0),
+            )?;
+            Ok((shell, stored, oldest as u64))
+        })?;
         figures.stored_bytes.store(stored, Ordering::Relaxed);
-        let oldest: i64 = conn.query_row(
-            "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
-            [revision as i64],
-            |r| r.get(0),
-        )?;
-        let oldest = oldest as u64;
         let (published, _) = watch::channel(Arc::new(Revision {
             revision,
             delta: None,
         }));
         // After migrations: the read connections see the schema as it will stay.
-        let readers = ReadPool::open(path, READ_CONNECTIONS)?;
+        let readers = (0..READ_CONNECTIONS)
+            .map(|_| match database {
+                Database::Sqlite(path) => sqlite::open_reader(path).map(Conn::Sqlite),
+                Database::Postgres(config) => {
+                    Ok(Conn::Postgres(Box::new(PgConn::new((**config).clone()))))
+                }
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let health = StorageHealth::default();
         health.answered_at.store(unix_now(), Ordering::Relaxed);
         Ok(Arc::new(Store {
             conn: Mutex::new(conn),
-            readers,
+            readers: ReadPool::new(readers),
             health,
             signing_key,
             options,
@@ -710,8 +717,9 @@ impl Store {
             );
             let repair = drifted.clone();
             let (_, repaired) = self.write_blocking(move |tx| {
-                let mut mark =
-                    tx.prepare_cached("INSERT OR IGNORE INTO dirty_buckets (bucket) VALUES (?1)")?;
+                let mut mark = tx.prepare_cached(
+                    "INSERT INTO dirty_buckets (bucket) VALUES (?1) ON CONFLICT DO NOTHING",
+                )?;
                 for bucket in repair {
                     mark.execute([bucket])?;
                 }
@@ -734,7 +742,7 @@ impl Store {
     }
 
     /// The one write connection.
-    fn writer(&self) -> MutexGuard<'_, Connection> {
+    fn writer(&self) -> MutexGuard<'_, Conn> {
         // A panic inside a closure rolled its transaction back on unwind; the connection is fine.
         self.conn
             .lock()
@@ -746,7 +754,7 @@ impl Store {
     pub async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, Error> + Send + 'static,
     {
         let store = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
@@ -758,20 +766,13 @@ impl Store {
         .map_err(|e| Error::Internal(format!("read task: {e}")))?
     }
 
-    fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn read_blocking<T>(&self, f: impl FnOnce(&Db<'_>) -> Result<T, Error>) -> Result<T, Error> {
         let mut reader = self.readers.get();
         let conn = reader
             .conn
             .as_mut()
             .ok_or_else(|| Error::Internal("read connection already returned".into()))?;
-        let tx = conn.transaction()?;
-        let out = f(&tx)?;
-        // Nothing to keep: ending the read transaction releases its view of the WAL.
-        tx.finish()?;
-        Ok(out)
+        conn.read(|db| f(&db))
     }
 
     /// Whether storage answers, from memory: never waits for storage or for a write. `Ok` with
@@ -912,25 +913,18 @@ impl Store {
 
     /// One transaction for `jobs`, each in its own savepoint; then the snapshot side once and
     /// one commit. Every job is finished, with its revision or the group's failure.
-    fn commit_group(&self, conn: &mut Connection, jobs: Vec<Job>) {
+    fn commit_group(&self, conn: &mut Conn, jobs: Vec<Job>) {
         let grouped = jobs.len() > 1;
         let mut finishes = Vec::with_capacity(jobs.len());
-        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = Error::from(e);
-                jobs.into_iter()
-                    .for_each(|job| (job.finish)(Err(e.shared())));
-                return;
-            }
-        };
-        let outcome = (|| -> Result<GroupEnd, Error> {
+        // Taken when the transaction began: jobs still here after a failure never ran.
+        let mut waiting = Some(jobs);
+        let outcome = conn.write(|db| -> Result<GroupEnd, Error> {
             let mut tx = Tx {
-                tx,
+                db,
                 now: unix_now(),
                 gateway_change: false,
             };
-            let mut jobs = jobs.into_iter();
+            let mut jobs = waiting.take().unwrap_or_default().into_iter();
             while let Some(Job { run, finish, .. }) = jobs.next() {
                 match run_in_savepoint(&mut tx, run, grouped) {
                     Ok(None) => finishes.push(finish),
@@ -944,16 +938,14 @@ impl Store {
                 }
             }
             if !tx.gateway_change && !has_dirty_buckets(&tx)? {
-                let revision = current_revision(&tx)?;
-                tx.tx.commit()?;
-                return Ok(GroupEnd::Unchanged(revision));
+                return Ok(GroupEnd::Unchanged(current_revision(&tx)?));
             }
             // In a group every write was checked in its savepoint: the last check covered
             // exactly what commits.
             let committed = commit_revision(&tx, self.options, &self.figures, !grouped)?;
-            tx.tx.commit()?;
             Ok(GroupEnd::Committed(Box::new(committed)))
-        })();
+        });
+        finishes.extend(waiting.into_iter().flatten().map(|job| job.finish));
         match outcome {
             Ok(GroupEnd::Unchanged(revision)) => {
                 finishes.into_iter().for_each(|finish| finish(Ok(revision)));
@@ -1041,13 +1033,7 @@ enum WriteSlot<T> {
 /// What gateways would make of the pending change so far (the buckets dirty in this
 /// transaction and the shell): `Err` with 409 `gateway-would-reject` when they would refuse it.
 fn check_pending(tx: &Tx<'_>) -> Result<(), Error> {
-    let dirty = {
-        let mut stmt = tx.prepare_cached("SELECT bucket FROM dirty_buckets")?;
-        let dirty = stmt
-            .query_map([], |r| Ok(r.get::<_, i64>(0)? as u16))?
-            .collect::<Result<BTreeSet<u16>, _>>()?;
-        dirty
-    };
+    let dirty = dirty_buckets(tx)?;
     let rendered = buckets::render(tx, &dirty)?;
     let shell = snapshot::render_shell(tx, current_revision(tx)? + 1)?;
     let defined: Vec<u16> = rendered.keys().copied().collect();
@@ -1063,7 +1049,7 @@ fn check_pending(tx: &Tx<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-fn current_revision(conn: &Connection) -> Result<u64, Error> {
+fn current_revision(conn: &Db<'_>) -> Result<u64, Error> {
     let revision: i64 = conn.query_row(
         "SELECT revision FROM gateway_revision WHERE id = 1",
         [],
@@ -1072,17 +1058,22 @@ fn current_revision(conn: &Connection) -> Result<u64, Error> {
     Ok(revision as u64)
 }
 
-fn has_dirty_buckets(conn: &Connection) -> Result<bool, Error> {
-    Ok(
-        conn.query_row("SELECT EXISTS (SELECT 1 FROM dirty_buckets)", [], |r| {
-            r.get(0)
-        })?,
-    )
+fn has_dirty_buckets(conn: &Db<'_>) -> Result<bool, Error> {
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM dirty_buckets)", [], |r| {
+        r.get(0)
+    })
+}
+
+/// The buckets the write in progress touched so far (filled by the schema's triggers).
+fn dirty_buckets(conn: &Db<'_>) -> Result<BTreeSet<u16>, Error> {
+    conn.prepare_cached("SELECT bucket FROM dirty_buckets")?
+        .query_map([], |r| r.get(0))?
+        .collect()
 }
 
 /// Whether pages and deltas of `revision` can still be assembled: it is the latest, or was in
 /// force within the last `retain_seconds` (what pruning keeps).
-fn servable(conn: &Connection, revision: u64) -> Result<bool, Error> {
+fn servable(conn: &Db<'_>, revision: u64) -> Result<bool, Error> {
     let (oldest, latest): (Option<i64>, Option<i64>) = conn.query_row(
         "SELECT (SELECT MIN(revision) FROM snapshot_revisions),
                 (SELECT revision FROM snapshot_state WHERE id = 1)",
@@ -1129,13 +1120,7 @@ fn commit_revision(
         |row| row.get(0),
     )?;
     let revision = revision as u64;
-    let dirty = {
-        let mut stmt = tx.prepare_cached("SELECT bucket FROM dirty_buckets")?;
-        let dirty = stmt
-            .query_map([], |r| Ok(r.get::<_, i64>(0)? as u16))?
-            .collect::<Result<BTreeSet<u16>, _>>()?;
-        dirty
-    };
+    let dirty = dirty_buckets(tx)?;
     tx.execute("DELETE FROM dirty_buckets", [])?;
     let rendered = buckets::render(tx, &dirty)?;
     figures
@@ -1170,6 +1155,14 @@ fn commit_revision(
         "UPDATE snapshot_state SET revision = ?1 WHERE id = 1",
         [revision as i64],
     )?;
+    if tx.is_postgres() {
+        // Delivered to every listening replica when this transaction commits.
+        tx.query_row(
+            "SELECT pg_notify(?1, ?2)",
+            [postgres::REVISION_CHANNEL, &revision.to_string()],
+            |_| Ok(()),
+        )?;
+    }
     tracing::debug!(
         revision,
         buckets = dirty.len(),
@@ -1299,13 +1292,13 @@ pub fn required<T>(found: Option<T>, what: impl FnOnce() -> String) -> Result<T,
 }
 
 /// `query_row` that answers `None` for no row.
-pub fn query_opt<T, P: rusqlite::Params>(
-    conn: &Connection,
+pub fn query_opt<T>(
+    conn: &Db<'_>,
     sql: &str,
-    params: P,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    params: impl db::Params,
+    f: impl FnOnce(&Row<'_>) -> Result<T, Error>,
 ) -> Result<Option<T>, Error> {
-    Ok(conn.query_row(sql, params, f).optional()?)
+    conn.query_opt(sql, params, f)
 }
 
 #[cfg(test)]
@@ -1317,9 +1310,9 @@ mod tests {
 
     #[test]
     fn migrations_are_valid() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         buckets::register_functions(&conn).unwrap();
-        migrations().to_latest(&mut conn).unwrap();
+        sqlite::migrations().to_latest(&mut conn).unwrap();
     }
 
     fn storage_failure() -> Result<(), Error> {
@@ -1329,9 +1322,9 @@ mod tests {
         )))
     }
 
-    fn store(dir: &Path) -> Arc<Store> {
+    fn store(dir: &std::path::Path) -> Arc<Store> {
         Store::open(
-            &dir.join(DATABASE_FILE),
+            &Database::Sqlite(dir.join(DATABASE_FILE)),
             SnapshotSigningKey::from_base64(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap(),
             SnapshotOptions::default(),
             |_| Ok(()),

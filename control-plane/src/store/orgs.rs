@@ -1,7 +1,7 @@
 //! Organizations and the things they own by id: plans, APIs and clients. None of these reach
 //! gateways by themselves (only their versions do), so nothing here moves the revision.
 
-use rusqlite::{params, Connection};
+use super::db::{self, params, Db, Row};
 
 use super::{query_opt, required, PageRequest, Tx};
 use crate::error::Error;
@@ -24,7 +24,7 @@ pub fn rename_org(tx: &mut Tx<'_>, id: &str, name: &str) -> Result<Org, Error> {
     get_org(tx, id)
 }
 
-pub fn find_org(conn: &Connection, id: &str) -> Result<Option<Org>, Error> {
+pub fn find_org(conn: &Db<'_>, id: &str) -> Result<Option<Org>, Error> {
     query_opt(
         conn,
         "SELECT id, name, created_at FROM orgs WHERE id = ?1",
@@ -39,11 +39,11 @@ pub fn find_org(conn: &Connection, id: &str) -> Result<Option<Org>, Error> {
     )
 }
 
-pub fn get_org(conn: &Connection, id: &str) -> Result<Org, Error> {
+pub fn get_org(conn: &Db<'_>, id: &str) -> Result<Org, Error> {
     required(find_org(conn, id)?, || format!("org {id}"))
 }
 
-pub fn list_orgs(conn: &Connection, page: &PageRequest) -> Result<Page<Org>, Error> {
+pub fn list_orgs(conn: &Db<'_>, page: &PageRequest) -> Result<Page<Org>, Error> {
     let mut stmt =
         conn.prepare("SELECT id, name, created_at FROM orgs WHERE id > ?1 ORDER BY id LIMIT ?2")?;
     let rows = stmt
@@ -128,7 +128,7 @@ pub fn rename_owned(
 }
 
 pub fn find_owned(
-    conn: &Connection,
+    conn: &Db<'_>,
     kind: OwnedKind,
     org: &str,
     id: &str,
@@ -144,14 +144,14 @@ pub fn find_owned(
     )
 }
 
-pub fn get_owned(conn: &Connection, kind: OwnedKind, org: &str, id: &str) -> Result<Owned, Error> {
+pub fn get_owned(conn: &Db<'_>, kind: OwnedKind, org: &str, id: &str) -> Result<Owned, Error> {
     required(find_owned(conn, kind, org, id)?, || {
         format!("{} {org}/{id}", kind.word())
     })
 }
 
 pub fn list_owned(
-    conn: &Connection,
+    conn: &Db<'_>,
     kind: OwnedKind,
     org: &str,
     page: &PageRequest,
@@ -173,7 +173,7 @@ pub fn list_owned(
     Ok(page.page(rows))
 }
 
-fn owned_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Owned> {
+fn owned_row(r: &Row<'_>) -> db::Result<Owned> {
     Ok(Owned {
         org: r.get(0)?,
         id: r.get(1)?,

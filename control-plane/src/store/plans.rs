@@ -1,7 +1,7 @@
 //! Plan versions: drafts are edited freely; `lock` makes one immutable forever, and from then on
 //! it is in every snapshot and may be offered by APIs and used by contracts.
 
-use rusqlite::{params, Connection};
+use super::db::{params, Db};
 use tollgate_core::snapshot::RateLimit;
 
 use super::orgs::{get_owned, OwnedKind};
@@ -107,7 +107,7 @@ fn write_limits(
 }
 
 pub fn find_version(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     plan: &str,
     version: &str,
@@ -138,7 +138,7 @@ pub fn find_version(
 }
 
 pub fn get_version(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     plan: &str,
     version: &str,
@@ -149,7 +149,7 @@ pub fn get_version(
 }
 
 /// A plan version that must be locked to be used (offered by an API, named by a contract).
-pub fn get_locked(conn: &Connection, plan: &VersionRef) -> Result<PlanVersion, Error> {
+pub fn get_locked(conn: &Db<'_>, plan: &VersionRef) -> Result<PlanVersion, Error> {
     let found = get_version(conn, &plan.org, &plan.name, &plan.version)?;
     if found.status != PlanVersionStatus::Locked {
         return Err(Error::conflict(
@@ -161,7 +161,7 @@ pub fn get_locked(conn: &Connection, plan: &VersionRef) -> Result<PlanVersion, E
 }
 
 pub fn list_versions(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     plan: &str,
     page: &PageRequest,
@@ -186,7 +186,7 @@ pub fn list_versions(
 
 /// Limits sorted by period (the primary key order is not period order).
 pub fn read_limits(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     plan: &str,
     version: &str,

@@ -9,7 +9,7 @@
 #[cfg(test)]
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use rusqlite::Connection;
+use super::db::Db;
 use tollgate_core::keydir::bucket_of;
 #[cfg(test)]
 use tollgate_core::keys::parse_digest_hex;
@@ -24,7 +24,7 @@ use crate::error::Error;
 /// What every page of a revision repeats: locked plan versions, published and retired API
 /// versions, trusted token issuers, and whether counts are fleet-wide. Small (it grows with the
 /// API programme, not with clients), so every gateway-visible write renders it whole.
-pub fn render_shell(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
+pub fn render_shell(conn: &Db<'_>, revision: u64) -> Result<Snapshot, Error> {
     let mut snapshot = Snapshot::empty(revision);
 
     let mut stmt = conn.prepare_cached(
@@ -90,7 +90,7 @@ pub fn render_shell(conn: &Connection, revision: u64) -> Result<Snapshot, Error>
     Ok(snapshot)
 }
 
-fn own_issuer(conn: &Connection) -> Result<Option<snapshot::Issuer>, Error> {
+fn own_issuer(conn: &Db<'_>) -> Result<Option<snapshot::Issuer>, Error> {
     super::tokens::own_issuer(conn)?
         .map(|value| {
             serde_json::from_value::<snapshot::Issuer>(value)
@@ -104,7 +104,7 @@ fn own_issuer(conn: &Connection) -> Result<Option<snapshot::Issuer>, Error> {
 /// versions without a directory record (no key, no token subject) are left out with their
 /// contracts: no request can act as them.
 #[cfg(test)]
-pub fn render(conn: &Connection, revision: u64) -> Result<Snapshot, Error> {
+pub fn render(conn: &Db<'_>, revision: u64) -> Result<Snapshot, Error> {
     let mut snapshot = render_shell(conn, revision)?;
     let mut clients: BTreeMap<String, (Vec<ApiKeyHash>, Vec<TokenSubject>)> = BTreeMap::new();
     let mut stmt = conn.prepare(

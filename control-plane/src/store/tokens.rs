@@ -4,7 +4,7 @@
 //! Everything gateways see (the issuer, its keys, which client versions have credentials)
 //! moves the revision; secrets are stored only as SHA-256 and compared in constant time.
 
-use rusqlite::{params, Connection};
+use super::db::{params, Db, ToValue};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -89,15 +89,15 @@ pub fn drop_expired_keys(tx: &mut Tx<'_>) -> Result<usize, Error> {
 }
 
 /// When the next retired key is due to be unpublished.
-pub fn next_key_drop(conn: &Connection) -> Result<Option<i64>, Error> {
-    Ok(conn.query_row(
+pub fn next_key_drop(conn: &Db<'_>) -> Result<Option<i64>, Error> {
+    conn.query_row(
         "SELECT MIN(drop_at) FROM token_keys WHERE drop_at IS NOT NULL",
         [],
         |r| r.get(0),
-    )?)
+    )
 }
 
-pub fn current_kid(conn: &Connection) -> Result<Option<String>, Error> {
+pub fn current_kid(conn: &Db<'_>) -> Result<Option<String>, Error> {
     query_opt(
         conn,
         "SELECT kid FROM token_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
@@ -106,7 +106,7 @@ pub fn current_kid(conn: &Connection) -> Result<Option<String>, Error> {
     )
 }
 
-pub fn list_keys(conn: &Connection) -> Result<Vec<TokenKey>, Error> {
+pub fn list_keys(conn: &Db<'_>) -> Result<Vec<TokenKey>, Error> {
     let mut stmt = conn.prepare(
         "SELECT kid, created_at, retired_at, drop_at FROM token_keys ORDER BY created_at, kid",
     )?;
@@ -124,7 +124,7 @@ pub fn list_keys(conn: &Connection) -> Result<Vec<TokenKey>, Error> {
 }
 
 /// The own issuer as the snapshot carries it: `None` before the first start configured it.
-pub fn own_issuer(conn: &Connection) -> Result<Option<Value>, Error> {
+pub fn own_issuer(conn: &Db<'_>) -> Result<Option<Value>, Error> {
     let Some((issuer, audience)) = query_opt(
         conn,
         "SELECT issuer, audience FROM own_issuer WHERE id = 1",
@@ -158,7 +158,7 @@ pub const CREDENTIAL_CLAIM: &str = "client_id";
 /// issuer's token subjects in the snapshot. A credential past its grace is no longer among
 /// them (the expiry sweep deletes it and moves the revision).
 pub fn client_credentials_in_force(
-    conn: &Connection,
+    conn: &Db<'_>,
     now: i64,
 ) -> Result<Vec<(String, String)>, Error> {
     let mut stmt = conn.prepare(
@@ -192,12 +192,12 @@ pub fn drop_expired_credentials(tx: &mut Tx<'_>) -> Result<usize, Error> {
 }
 
 /// When the next credentials reach the end of their grace.
-pub fn next_credentials_expiry(conn: &Connection) -> Result<Option<i64>, Error> {
-    Ok(conn.query_row(
+pub fn next_credentials_expiry(conn: &Db<'_>) -> Result<Option<i64>, Error> {
+    conn.query_row(
         "SELECT MIN(expires_at) FROM oauth_credentials WHERE expires_at IS NOT NULL",
         [],
         |r| r.get(0),
-    )?)
+    )
 }
 
 fn new_secret() -> Result<String, Error> {
@@ -263,7 +263,7 @@ fn check_grace(grace_seconds: u64) -> Result<(), Error> {
 }
 
 pub fn list_client_credentials(
-    conn: &Connection,
+    conn: &Db<'_>,
     org: &str,
     client: &str,
     version: &str,
@@ -277,7 +277,7 @@ pub fn list_client_credentials(
 }
 
 fn credentials_where(
-    conn: &Connection,
+    conn: &Db<'_>,
     condition: &str,
     args: &[&str],
 ) -> Result<Vec<CredentialsInfo>, Error> {
@@ -286,13 +286,19 @@ fn credentials_where(
          ORDER BY created_at, client_id"
     ))?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(CredentialsInfo {
-                client_id: r.get(0)?,
-                created_at: r.get(1)?,
-                expires_at: r.get(2)?,
-            })
-        })?
+        .query_map(
+            args.iter()
+                .map(|a| a as &dyn ToValue)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            |r| {
+                Ok(CredentialsInfo {
+                    client_id: r.get(0)?,
+                    created_at: r.get(1)?,
+                    expires_at: r.get(2)?,
+                })
+            },
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -380,7 +386,7 @@ pub fn create_service_account(
     })
 }
 
-pub fn find_service_account(conn: &Connection, id: &str) -> Result<Option<ServiceAccount>, Error> {
+pub fn find_service_account(conn: &Db<'_>, id: &str) -> Result<Option<ServiceAccount>, Error> {
     let Some((scopes, created_at)) = query_opt(
         conn,
         "SELECT scopes, created_at FROM service_accounts WHERE id = ?1",
@@ -400,13 +406,13 @@ pub fn find_service_account(conn: &Connection, id: &str) -> Result<Option<Servic
     }))
 }
 
-pub fn get_service_account(conn: &Connection, id: &str) -> Result<ServiceAccount, Error> {
+pub fn get_service_account(conn: &Db<'_>, id: &str) -> Result<ServiceAccount, Error> {
     required(find_service_account(conn, id)?, || {
         format!("service account {id}")
     })
 }
 
-pub fn list_service_accounts(conn: &Connection) -> Result<Vec<ServiceAccount>, Error> {
+pub fn list_service_accounts(conn: &Db<'_>) -> Result<Vec<ServiceAccount>, Error> {
     let mut stmt = conn.prepare("SELECT id FROM service_accounts ORDER BY id")?;
     let ids = stmt
         .query_map([], |r| r.get::<_, String>(0))?
@@ -441,7 +447,7 @@ pub enum CredentialOwner {
 /// Checks a `client_id` and secret. The secret's digest is compared in constant time, and an
 /// unknown `client_id` costs the same comparison, so timing tells nothing about either.
 pub fn authenticate(
-    conn: &Connection,
+    conn: &Db<'_>,
     client_id: &str,
     secret: &str,
     now: i64,
