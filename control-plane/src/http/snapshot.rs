@@ -86,7 +86,9 @@ async fn get_snapshot(
     let mut updates = state.store.subscribe();
     let current = Arc::clone(&updates.borrow_and_update());
     let held = query.since.or_else(|| held_revision(&headers));
-    let Some(held) = held.filter(|held| *held == current.revision) else {
+    // A gateway may hold a revision newer than this replica has seen yet (it polled another):
+    // it waits here like a gateway that is current, and is never answered an older revision.
+    let Some(held) = held.filter(|held| *held >= current.revision) else {
         return newer(&state, query.since, current, "full").await;
     };
     let wait = query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
@@ -97,7 +99,7 @@ async fn get_snapshot(
     state.metrics.long_polls_waiting.inc();
     let mut shutdown = state.shutdown.clone();
     let newer_snapshot = tokio::select! {
-        changed = updates.wait_for(|s| s.revision != held) => changed.ok().map(|s| Arc::clone(&s)),
+        changed = updates.wait_for(|s| s.revision > held) => changed.ok().map(|s| Arc::clone(&s)),
         _ = tokio::time::sleep(Duration::from_secs(wait)) => None,
         _ = shutdown.wait_for(|stopping| *stopping) => None,
     };

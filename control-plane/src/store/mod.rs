@@ -480,7 +480,7 @@ impl Store {
             .collect::<Result<Vec<_>, Error>>()?;
         let health = StorageHealth::default();
         health.answered_at.store(unix_now(), Ordering::Relaxed);
-        Ok(Arc::new(Store {
+        let store = Arc::new(Store {
             conn: Mutex::new(conn),
             readers: ReadPool::new(readers),
             health,
@@ -495,7 +495,11 @@ impl Store {
             figures,
             queue: Mutex::new(VecDeque::new()),
             next_job: AtomicU64::new(0),
-        }))
+        });
+        if let Database::Postgres(config) = database {
+            store.follow((**config).clone());
+        }
+        Ok(store)
     }
 
     /// The latest revision's plans, API versions and issuers (no clients, no contracts).
@@ -665,6 +669,98 @@ impl Store {
         deltas.retain(|_, (at, _)| *at == to);
         deltas.insert(since, (to, Arc::clone(&page)));
         Ok(Some(page))
+    }
+
+    /// Makes `revision` the one in force here, unless a newer one already is (on PostgreSQL,
+    /// [`Store::follow`] may publish another replica's newer revision before this replica's
+    /// writer publishes its own).
+    fn publish(&self, revision: u64, delta: Option<Arc<SignedPage>>, shell: Snapshot) {
+        let mut shell = Some(shell);
+        self.published.send_if_modified(|current| {
+            if current.revision >= revision {
+                return false;
+            }
+            if let Some(shell) = shell.take() {
+                *self.shell.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(shell);
+            }
+            *current = Arc::new(Revision { revision, delta });
+            true
+        });
+    }
+
+    /// On PostgreSQL, follows what other replicas commit: listens for their announcements
+    /// (`pg_notify` at commit) and, since one sent while the listener was disconnected is
+    /// lost, also looks every second. Runs until the store is dropped.
+    fn follow(self: &Arc<Self>, config: ::postgres::Config) {
+        let store = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-follow".into())
+            .spawn(move || {
+                let mut listener: Option<::postgres::Client> = None;
+                loop {
+                    if listener.as_ref().is_none_or(|l| l.is_closed()) {
+                        listener = config.connect(::postgres::NoTls).ok().and_then(|mut c| {
+                            c.batch_execute(&format!("LISTEN {}", postgres::REVISION_CHANNEL))
+                                .ok()
+                                .map(|()| c)
+                        });
+                    }
+                    match listener.as_mut() {
+                        Some(l) => {
+                            use ::postgres::fallible_iterator::FallibleIterator;
+                            let mut notifications = l.notifications();
+                            // Those that came together make one catch-up.
+                            let announced = matches!(
+                                notifications.timeout_iter(FOLLOW_INTERVAL).next(),
+                                Ok(Some(_))
+                            );
+                            if announced {
+                                while let Ok(Some(_)) = notifications.iter().next() {}
+                            }
+                        }
+                        None => std::thread::sleep(FOLLOW_INTERVAL),
+                    }
+                    let Some(store) = store.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = store.catch_up() {
+                        tracing::warn!(error = %e, "could not read the revision other replicas committed");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start following other replicas");
+        }
+    }
+
+    /// Publishes the latest committed revision when it is newer than the one in force here.
+    fn catch_up(&self) -> Result<(), Error> {
+        let held = self.snapshot().revision;
+        let outcome = self.read_blocking(|db| {
+            let latest: Option<i64> = db.query_row(
+                "SELECT revision FROM snapshot_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )?;
+            let Some(latest) = latest.map(|l| l as u64).filter(|l| *l > held) else {
+                return Ok(None);
+            };
+            let shell = buckets::shell_at(db, latest)?
+                .ok_or_else(|| Error::Internal(format!("no stored shell for revision {latest}")))?;
+            let oldest: i64 = db.query_row(
+                "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
+                [latest as i64],
+                |r| r.get(0),
+            )?;
+            Ok(Some((latest, shell, oldest as u64)))
+        });
+        self.health.record_read(&outcome);
+        if let Some((revision, shell, oldest)) = outcome? {
+            self.oldest_servable.store(oldest, Ordering::Relaxed);
+            self.publish(revision, None, shell);
+            tracing::info!(revision, "revision committed by another replica");
+        }
+        Ok(())
     }
 
     /// Wakes on every newly committed revision.
@@ -958,9 +1054,7 @@ impl Store {
                 self.oldest_servable
                     .store(committed.oldest_servable, Ordering::Relaxed);
                 let Committed { shell, delta, .. } = *committed;
-                *self.shell.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(shell);
-                self.published
-                    .send_replace(Arc::new(Revision { revision, delta }));
+                self.publish(revision, delta, shell);
                 tracing::info!(
                     revision,
                     writes = finishes.len(),
@@ -1011,6 +1105,10 @@ enum GroupEnd {
     Unchanged(u64),
     Committed(Box<Committed>),
 }
+
+/// How often a replica on PostgreSQL looks for revisions other replicas committed, when no
+/// announcement came.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The most writes one group commit takes.
 const MAX_GROUP: usize = 64;
