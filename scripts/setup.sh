@@ -8,7 +8,12 @@
 #   - wrk (Debian's package), the load generator of the window-boundary test; also skipped
 #     with --demo;
 #   - redis-server (Debian's package), the real Redis the control plane's fleet tests
-#     (control-plane/tests/fleet.rs) start on loopback ports; also skipped with --demo.
+#     (control-plane/tests/fleet.rs) start on loopback ports; also skipped with --demo;
+#   - postgresql (Debian's package, version 15), whose server binaries the PostgreSQL tests
+#     (control-plane/tests/postgres_schema.rs, tests/e2e/postgres.py) run as private clusters
+#     on loopback ports; also skipped with --demo. The package also creates a cluster of its
+#     own on port 5432 (started where services may start, not in a container), which the tests
+#     never use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,4 +66,10 @@ if $for_tests && [ ! -x /usr/bin/redis-server ]; then
     section "setup: redis-server (control-plane/tests/fleet.rs runs a real Redis)"
     apt-get update
     apt-get install -y redis-server
+fi
+
+if $for_tests && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    section "setup: postgresql (the PostgreSQL tests run private clusters of its server)"
+    apt-get update
+    apt-get install -y postgresql
 fi

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+pub mod postgres_server;
 pub mod redis_server;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
