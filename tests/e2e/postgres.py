@@ -71,7 +71,7 @@ class Postgres:
         self.bin = server_bin_dir()
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.cluster = Path(tempfile.mkdtemp(prefix="tollgate-postgres-"))
+        self.cluster = Path(tempfile.mkdtemp(prefix="tollgate-e2e-postgres-"))
         self.port = free_port()
         self.log_path = workdir / "postgres.log"
         LOGS.add(self.log_path)
