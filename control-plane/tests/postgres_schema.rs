@@ -89,65 +89,124 @@ fn schema_applies_with_the_initial_rows() {
     );
 }
 
-#[test]
-fn tables_columns_and_indexes_are_sqlites() {
-    let mut pg = postgres("same_shape");
-    let lite = sqlite();
+/// SQLite's tables, leaving out its own.
+const LITE_TABLES: &str = "SELECT name FROM sqlite_master
+    WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '_rusqlite_migration'";
 
-    // table_xinfo: table_info leaves out generated columns (`api_keys.bucket`).
-    let mut lite_columns = lite
-        .prepare(
-            "SELECT m.name, c.name FROM sqlite_master m, pragma_table_xinfo(m.name) c
-             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
-               AND m.name <> '_rusqlite_migration' ORDER BY m.name, c.cid",
-        )
-        .unwrap()
-        .query_map([], |r| {
-            Ok(format!(
-                "{}.{}",
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?
-            ))
-        })
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let pg_columns: Vec<String> = pg
-        .query(
-            "SELECT table_name || '.' || column_name FROM information_schema.columns
-             WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    lite_columns.retain(|c| !c.starts_with("sqlite_sequence."));
-    assert_eq!(pg_columns, lite_columns);
-
-    // Named indexes; those of primary keys and UNIQUE constraints are named by each database.
-    let lite_indexes: BTreeSet<String> = lite
-        .prepare(
-            "SELECT tbl_name || ' ' || name FROM sqlite_master
-             WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex_%'",
-        )
+fn lite_rows(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    conn.prepare(sql)
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
-        .unwrap();
-    let pg_indexes: BTreeSet<String> = pg
-        .query(
-            "SELECT i.tablename || ' ' || i.indexname FROM pg_indexes i
-             WHERE i.schemaname = 'public' AND NOT EXISTS (
-                 SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
-            &[],
-        )
+        .unwrap()
+}
+
+fn pg_rows(client: &mut postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn tables_columns_keys_and_indexes_are_sqlites() {
+    let mut pg = postgres("same_shape");
+    let lite = sqlite();
+
+    // table_xinfo: table_info leaves out generated columns (`api_keys.bucket`). A primary key
+    // column is NOT NULL on PostgreSQL; SQLite lets a TEXT one hold NULL, which no write does.
+    let lite_columns = lite_rows(
+        &lite,
+        &format!(
+            "SELECT t.name || '.' || c.name || ' '
+                 || CASE c.type WHEN 'INTEGER' THEN 'bigint' WHEN 'TEXT' THEN 'text'
+                                WHEN 'BLOB' THEN 'bytea' ELSE c.type END
+                 || CASE WHEN c.\"notnull\" OR c.pk > 0 THEN ' not null' ELSE '' END
+             FROM ({LITE_TABLES}) t, pragma_table_xinfo(t.name) c ORDER BY t.name, c.cid"
+        ),
+    );
+    let pg_columns = pg_rows(
+        &mut pg,
+        "SELECT table_name || '.' || column_name || ' ' || data_type
+             || CASE WHEN is_nullable = 'NO' THEN ' not null' ELSE '' END
+         FROM information_schema.columns
+         WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
+    );
+    assert_eq!(pg_columns, lite_columns);
+
+    let lite_keys: BTreeSet<String> = lite_rows(
+        &lite,
+        &format!(
+            "SELECT t.name || ' primary key (' || (SELECT group_concat(name, ', ') FROM
+                 (SELECT name FROM pragma_table_xinfo(t.name) WHERE pk > 0 ORDER BY pk)) || ')'
+             FROM ({LITE_TABLES}) t
+             WHERE EXISTS (SELECT 1 FROM pragma_table_xinfo(t.name) WHERE pk > 0)
+             UNION ALL
+             SELECT t.name || ' unique (' || (SELECT group_concat(name, ', ') FROM
+                 (SELECT name FROM pragma_index_info(l.name) ORDER BY seqno)) || ')'
+             FROM ({LITE_TABLES}) t, pragma_index_list(t.name) l WHERE l.origin = 'u'
+             UNION ALL
+             SELECT t.name || ' foreign key (' || group_concat(f.\"from\", ', ')
+                 || ') references ' || f.\"table\" || ' (' || group_concat(f.\"to\", ', ') || ')'
+             FROM ({LITE_TABLES}) t, pragma_foreign_key_list(t.name) f GROUP BY t.name, f.id"
+        ),
+    )
+    .into_iter()
+    .collect();
+    let pg_keys: BTreeSet<String> = pg_rows(
+        &mut pg,
+        "SELECT c.conrelid::regclass::text
+             || CASE c.contype WHEN 'p' THEN ' primary key (' WHEN 'u' THEN ' unique ('
+                               ELSE ' foreign key (' END
+             || (SELECT string_agg(a.attname, ', ' ORDER BY k.n)
+                 FROM unnest(c.conkey) WITH ORDINALITY AS k (attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) || ')'
+             || CASE WHEN c.contype <> 'f' THEN '' ELSE
+                 ' references ' || c.confrelid::regclass::text || ' ('
+                 || (SELECT string_agg(a.attname, ', ' ORDER BY k.n)
+                     FROM unnest(c.confkey) WITH ORDINALITY AS k (attnum, n)
+                     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum)
+                 || ')' END
+         FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+         WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f')",
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(pg_keys, lite_keys);
+    for key in [
+        "api_keys primary key (id)",
+        "api_keys unique (sha256)",
+        "contracts foreign key (plan_org, plan, plan_version) \
+         references plan_versions (org, plan, version)",
+        "snapshot_changes primary key (revision, bucket)",
+    ] {
+        assert!(pg_keys.contains(key), "{key} in {pg_keys:#?}");
+    }
+
+    // Named indexes, with their partial-index conditions; those of primary keys and UNIQUE
+    // constraints are named by each database and compared above.
+    let lite_indexes: BTreeSet<String> = lite_rows(
+        &lite,
+        "SELECT tbl_name || ' ' || name || ' ' || (sql LIKE '% WHERE %') FROM sqlite_master
+         WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex_%'",
+    )
+    .into_iter()
+    .collect();
+    let pg_indexes: BTreeSet<String> = pg_rows(
+        &mut pg,
+        "SELECT i.tablename || ' ' || i.indexname || ' ' || (i.indexdef LIKE '% WHERE %')::int
+         FROM pg_indexes i
+         WHERE i.schemaname = 'public' AND NOT EXISTS (
+             SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+    )
+    .into_iter()
+    .collect();
     assert_eq!(pg_indexes, lite_indexes);
+    assert!(pg_indexes.contains("snapshot_buckets snapshot_buckets_emptied 1"));
+    assert!(pg_indexes.contains("api_keys api_keys_bucket 0"));
 }
 
 #[test]

@@ -14,6 +14,7 @@ import harness
 from harness import WASM, EchoUpstream, Envoy, envoy_bootstrap
 from fleet import FleetPool, redis_server
 from live import TOLLGATE, ControlPlane, LiveProcesses
+from postgres import Postgres
 
 
 # A module constant named KEY or *_KEY, or a test parameter named *key, holding a string at
@@ -119,6 +120,21 @@ def fleets(
         yield pool
     finally:
         pool.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A private PostgreSQL cluster (tests/e2e/postgres.py) for the session: each test creates
+    databases of its own in it (`postgres.create_database(name)`); a test may stop, kill or
+    restart the server, and leaves it running. Deleted when the session ends."""
+    try:
+        server = Postgres(tmp_path_factory.mktemp("postgres"))
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield server.start()
+    finally:
+        server.destroy()
 
 
 EnvoyFactory = Callable[..., Envoy]

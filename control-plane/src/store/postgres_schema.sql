@@ -263,7 +263,8 @@ CREATE INDEX token_subjects_bucket ON token_subjects (bucket);
 -- The bucket of a token subject's directory record: core::keydir::bucket_of of
 -- core::token::subject_digest, that is the first two bytes (big-endian) of the SHA-256 of
 -- "tollgate-token-subject\0" followed by the issuer and the value, each as its UTF-8 length
--- (8 bytes, little-endian) and its UTF-8 bytes. NULL when `issuer` is NULL (no own issuer).
+-- (8 bytes, little-endian) and its UTF-8 bytes. NULL when `issuer` is NULL (no own issuer);
+-- also when `value` is, which SQLite's refuses (no column it is called with allows NULL).
 -- On SQLite the control plane registers this function on every connection; here it is part of
 -- the schema, so a write from `psql` keeps the buckets right too.
 CREATE FUNCTION tollgate_length_prefixed(part TEXT) RETURNS BYTEA
@@ -320,13 +321,15 @@ CREATE TRIGGER token_subjects_bucket BEFORE INSERT OR UPDATE OF issuer, value ON
 CREATE TRIGGER token_subjects_touched AFTER INSERT OR UPDATE OR DELETE ON token_subjects
     FOR EACH ROW EXECUTE FUNCTION tollgate_record_touched();
 
--- A client credential's bucket: of its `client_id` at the own issuer. As for token subjects,
--- also recomputed when the columns it depends on change.
+-- A client credential's bucket: of its `client_id` at the own issuer, none for a service
+-- account's. As for token subjects, also recomputed when the columns it depends on change.
 CREATE FUNCTION tollgate_credential_bucket() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.client_org IS NOT NULL THEN
         NEW.bucket := tollgate_subject_bucket(
             (SELECT issuer FROM own_issuer WHERE id = 1), NEW.client_id);
+    ELSE
+        NEW.bucket := NULL;
     END IF;
     RETURN NEW;
 END
