@@ -26,6 +26,9 @@ cargo clippy -p tollgate-filter --target wasm32-wasip1 -- -D warnings
 section "cargo test (native)"
 cargo test --workspace
 
+section "cargo test (control plane on PostgreSQL: every server of its tests keeps the catalogue there)"
+TOLLGATE_TEST_BACKEND=postgres cargo test -p tollgate-control-plane --tests
+
 section "build target/tollgate.wasm"
 scripts/build-wasm.sh
 

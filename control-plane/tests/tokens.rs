@@ -724,6 +724,11 @@ fn an_external_issuer_carries_its_maximum_token_lifetime_to_the_gateways() {
 /// upgrade: it gets a revision of its own, so gateways holding the old one fetch it.
 #[test]
 fn upgrading_a_catalogue_moves_its_revision_to_the_credential_bound_snapshot() {
+    if !common::on_sqlite(
+        "a PostgreSQL catalogue starts at the current schema; no older one exists",
+    ) {
+        return;
+    }
     let s = Server::start();
     s.seed();
     let (id, _) = credentials(&s);

@@ -20,6 +20,45 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 /// The `iss` of the test servers' tokens (`TOLLGATE_ISSUER`).
 pub const TEST_ISSUER: &str = "http://tollgate.test";
 
+/// With `TOLLGATE_TEST_BACKEND=postgres` every test server keeps its catalogue in PostgreSQL
+/// (a database of its own on the test binary's shared private cluster, the same one each time
+/// the server restarts on `data_dir`); otherwise in SQLite in `data_dir`, as by default.
+pub fn backend_database(data_dir: &Path) -> Option<String> {
+    if std::env::var("TOLLGATE_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let name: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("t_{name}");
+    let cluster = postgres_server::shared();
+    let mut client = postgres_server::connect(cluster.port).unwrap();
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .unwrap()
+        .is_some();
+    Some(if exists {
+        cluster.url(&name)
+    } else {
+        cluster.create_database(&name)
+    })
+}
+
+/// Whether the test servers keep their catalogue in SQLite; on PostgreSQL a test of SQLite's
+/// own files says it does not apply and why.
+pub fn on_sqlite(why: &str) -> bool {
+    let sqlite = backend_database(Path::new("/")).is_none();
+    if !sqlite {
+        println!("not on PostgreSQL: {why}");
+    }
+    sqlite
+}
+
+/// The database name the server on `data_dir` uses on PostgreSQL.
+pub fn backend_database_name(data_dir: &Path) -> Option<String> {
+    backend_database(data_dir).map(|url| url.rsplit('/').next().unwrap().to_owned())
+}
+
 pub struct Server {
     child: Child,
     pub base: String,
@@ -171,6 +210,10 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        match backend_database(&data_dir) {
+            Some(url) => command.env("TOLLGATE_DATABASE_URL", url),
+            None => command.env_remove("TOLLGATE_DATABASE_URL"),
+        };
         for (k, v) in env {
             command.env(k, v);
         }
@@ -196,7 +239,18 @@ impl Server {
                 );
             }
         };
-        let read = |name: &str| std::fs::read_to_string(data_dir.join(name)).unwrap_or_default();
+        // A secret given in the environment is not written to the data directory.
+        let read = |name: &str| {
+            let var = match name {
+                "admin-token" => "TOLLGATE_ADMIN_TOKEN",
+                "gateway-token" => "TOLLGATE_GATEWAY_TOKEN",
+                _ => "TOLLGATE_SNAPSHOT_SIGNING_KEY",
+            };
+            match env.iter().find(|(k, _)| *k == var) {
+                Some((_, v)) => (*v).to_owned(),
+                None => std::fs::read_to_string(data_dir.join(name)).unwrap_or_default(),
+            }
+        };
         Server {
             child,
             base,

@@ -176,6 +176,28 @@ impl PostgresServer {
         }
     }
 
+    /// Database `db` as `pg_dump` writes it: every row, as text.
+    pub fn dump(&self, db: &str) -> String {
+        let out = std::process::Command::new(self.bin.join("pg_dump"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                USER,
+                db,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump {db}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// What the server wrote to its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
