@@ -24,7 +24,7 @@ pub const TEST_ISSUER: &str = "http://tollgate.test";
 /// (a database of its own on the test binary's shared private cluster, the same one each time
 /// the server restarts on `data_dir`); otherwise in SQLite in `data_dir`, as by default.
 pub fn backend_database(data_dir: &Path) -> Option<String> {
-    if std::env::var("TOLLGATE_TEST_BACKEND").as_deref() != Ok("postgres") {
+    if !on_postgres() {
         return None;
     }
     use sha2::{Digest, Sha256};
@@ -47,11 +47,14 @@ pub fn backend_database(data_dir: &Path) -> Option<String> {
 /// Whether the test servers keep their catalogue in SQLite; on PostgreSQL a test of SQLite's
 /// own files says it does not apply and why.
 pub fn on_sqlite(why: &str) -> bool {
-    let sqlite = backend_database(Path::new("/")).is_none();
-    if !sqlite {
+    if on_postgres() {
         println!("not on PostgreSQL: {why}");
     }
-    sqlite
+    !on_postgres()
+}
+
+fn on_postgres() -> bool {
+    std::env::var("TOLLGATE_TEST_BACKEND").as_deref() == Ok("postgres")
 }
 
 /// The database name the server on `data_dir` uses on PostgreSQL.
