@@ -1,7 +1,7 @@
 //! `tollgate serve`: secrets, storage, HTTP listener, graceful shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +85,10 @@ pub struct ServeArgs {
     pub token_failures_per_client: u32,
     /// Keeps the catalogue in this PostgreSQL database (`postgres://USER:PASS@HOST:PORT/DB`)
     /// instead of SQLite in the data directory; several replicas may share it. Its schema is
-    /// migrated at start.
+    /// migrated at start. Every replica must then be given the same TOLLGATE_ADMIN_TOKEN,
+    /// TOLLGATE_GATEWAY_TOKEN, TOLLGATE_SNAPSHOT_SIGNING_KEY and TOLLGATE_SECRETS_KEY (at least
+    /// 32 random characters; it seals the token signing keys stored in the database) in its
+    /// environment: it refuses to start without them.
     #[arg(long = "database", env = "TOLLGATE_DATABASE_URL", value_name = "URL")]
     pub database: Option<String>,
     /// Counts every contract's limits for the whole fleet of gateways in this Redis
@@ -116,26 +119,32 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         lock = %args.data_dir.join(data_dir_lock::LOCK_FILE).display(),
         "data directory locked for this process"
     );
-    let mut values = Vec::new();
-    for kind in SecretKind::ALL {
-        let (value, source) = secrets::load_or_generate(kind, &args.data_dir)?;
-        match source {
-            Source::Env => tracing::info!(secret = kind.file_name(), "from {}", kind.env_var()),
-            Source::File(path) => {
-                tracing::info!(secret = kind.file_name(), "from {}", path.display())
+    let database = match &args.database {
+        Some(url) => Database::Postgres(Box::new(crate::store::parse_postgres_url(url)?)),
+        None => Database::Sqlite(args.data_dir.join(DATABASE_FILE)),
+    };
+    let (values, signing_keys) = match database {
+        // Replicas share their secrets and token signing keys: the environment and the database.
+        Database::Postgres(_) => {
+            let shared = secrets::shared_from_env()?;
+            for kind in SecretKind::ALL {
+                tracing::info!(secret = kind.file_name(), "from {}", kind.env_var());
             }
-            Source::Generated(path) => {
-                // Printed on stdout as well: the operator needs to know where to look.
-                println!("generated {} in {}", kind.file_name(), path.display());
-                tracing::info!(
-                    secret = kind.file_name(),
-                    "generated into {}",
-                    path.display()
-                );
-            }
+            tracing::info!(
+                "token signing keys: in the database, sealed with {}",
+                secrets::SECRETS_KEY_ENV
+            );
+            (
+                shared.values.to_vec(),
+                SigningKeys::sealed(shared.secrets_key),
+            )
         }
-        values.push(value);
-    }
+        Database::Sqlite(_) => (
+            data_dir_secrets(&args.data_dir)?,
+            SigningKeys::load(&args.data_dir)?,
+        ),
+    };
+    let signing_keys = Arc::new(signing_keys);
     let [admin_token, gateway_token, signing_seed] =
         <[String; 3]>::try_from(values).map_err(|_| Error::Internal("secrets".into()))?;
     if admin_token == gateway_token {
@@ -181,7 +190,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         management_audience: args.management_audience.clone(),
         token_lifetime_seconds: args.token_lifetime,
     });
-    let signing_keys = Arc::new(SigningKeys::load(&args.data_dir)?);
 
     // Connects lazily: a Redis that is down at start only makes grants answer 503.
     let fleet = args.redis.as_deref().map(Broker::connect).transpose()?;
@@ -189,10 +197,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         fallback: args.fleet_fallback,
     });
 
-    let database = match &args.database {
-        Some(url) => Database::Postgres(Box::new(crate::store::parse_postgres_url(url)?)),
-        None => Database::Sqlite(args.data_dir.join(DATABASE_FILE)),
-    };
     let store = {
         let (config, keys) = (Arc::clone(&issuer), Arc::clone(&signing_keys));
         let options = SnapshotOptions {
@@ -271,6 +275,32 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     })
     .await;
     Ok(())
+}
+
+/// The secrets of a control plane on SQLite: each from its environment variable, else its file
+/// in the data directory, else generated into that file.
+fn data_dir_secrets(data_dir: &Path) -> Result<Vec<String>, Error> {
+    let mut values = Vec::new();
+    for kind in SecretKind::ALL {
+        let (value, source) = secrets::load_or_generate(kind, data_dir)?;
+        match source {
+            Source::Env => tracing::info!(secret = kind.file_name(), "from {}", kind.env_var()),
+            Source::File(path) => {
+                tracing::info!(secret = kind.file_name(), "from {}", path.display())
+            }
+            Source::Generated(path) => {
+                // Printed on stdout as well: the operator needs to know where to look.
+                println!("generated {} in {}", kind.file_name(), path.display());
+                tracing::info!(
+                    secret = kind.file_name(),
+                    "generated into {}",
+                    path.display()
+                );
+            }
+        }
+        values.push(value);
+    }
+    Ok(values)
 }
 
 /// Unpublishes retired signing keys once every token they signed has expired, and deletes

@@ -1,9 +1,13 @@
-//! tollgate's own token issuer: Ed25519 signing keys kept in the data directory, the JWTs
-//! `/oauth/token` hands out, and the check of management tokens on `/v1`.
+//! tollgate's own token issuer: its Ed25519 signing keys, the JWTs `/oauth/token` hands out,
+//! and the check of management tokens on `/v1`.
 //!
-//! Private keys live only in `<data dir>/token-signing-keys` (mode 0600, one `kid seed` line
-//! per key) and are never logged; their public halves are in the database, published as JWKS at
-//! `/.well-known/jwks.json` and in the snapshot's `issuers`, so gateways verify tokens locally.
+//! Private keys are never logged. On SQLite they live only in `<data dir>/token-signing-keys`
+//! (mode 0600, one `kid seed` line per key). On PostgreSQL every replica signs with the same
+//! keys, so they are in the database, each seed sealed with the secrets key
+//! (`TOLLGATE_SECRETS_KEY`) and bound to its `kid`; a replica opens a key the first time it
+//! signs with it, so a rotation on one replica is picked up by the others at their next token.
+//! The public halves are in the database, published as JWKS at `/.well-known/jwks.json` and in
+//! the snapshot's `issuers`, so gateways verify tokens locally.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -20,7 +24,7 @@ use tollgate_core::snapshot::Snapshot;
 use tollgate_core::token::{TokenRejected, TrustedIssuers};
 
 use crate::error::Error;
-use crate::secrets::random_token;
+use crate::secrets::{random_token, SecretsKey, SECRETS_KEY_ENV};
 
 pub const KEYS_FILE: &str = "token-signing-keys";
 pub const DEFAULT_TOKEN_LIFETIME_SECONDS: u64 = 3600;
@@ -47,9 +51,25 @@ pub struct IssuerConfig {
     pub token_lifetime_seconds: u64,
 }
 
-/// The own issuer's private keys, by `kid`.
+/// Where the private halves are kept.
+enum Vault {
+    /// The data directory's key file (SQLite).
+    File(PathBuf),
+    /// The database, sealed (PostgreSQL): the `sealed` column of `token_keys`.
+    Sealed(SecretsKey),
+}
+
+/// A key `SigningKeys::generate` made: its `kid`, its public key (base64url, a JWK's `x`) and,
+/// when keys are kept in the database, its sealed seed to store beside them.
+pub struct NewKey {
+    pub kid: String,
+    pub x: String,
+    pub sealed: Option<String>,
+}
+
+/// The own issuer's private keys, by `kid`: those in use, in memory.
 pub struct SigningKeys {
-    path: PathBuf,
+    vault: Vault,
     keys: Mutex<BTreeMap<String, SigningKey>>,
 }
 
@@ -86,22 +106,51 @@ impl SigningKeys {
             Err(e) => return Err(Error::Internal(format!("reading {}: {e}", path.display()))),
         }
         Ok(SigningKeys {
-            path,
+            vault: Vault::File(path),
             keys: Mutex::new(keys),
         })
     }
 
-    pub fn has(&self, kid: &str) -> bool {
-        self.lock().contains_key(kid)
+    /// Keys kept sealed in the database with `secrets_key`; none open yet.
+    pub fn sealed(secrets_key: SecretsKey) -> SigningKeys {
+        SigningKeys {
+            vault: Vault::Sealed(secrets_key),
+            keys: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether the private half of `kid` is at hand, opening `sealed` (as stored beside the
+    /// key) when keys are kept in the database. A sealed key this replica's secrets key does
+    /// not open is an error: the replicas were given different secrets keys.
+    pub fn open(&self, kid: &str, sealed: Option<&str>) -> Result<bool, Error> {
+        if self.lock().contains_key(kid) {
+            return Ok(true);
+        }
+        let (Vault::Sealed(secrets_key), Some(sealed)) = (&self.vault, sealed) else {
+            return Ok(false);
+        };
+        let seed: [u8; 32] = secrets_key
+            .open(kid, sealed)
+            .and_then(|seed| seed.try_into().ok())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "{SECRETS_KEY_ENV} does not open token signing key {kid} stored in the \
+                     database: every replica must be given the same {SECRETS_KEY_ENV}"
+                ))
+            })?;
+        self.lock()
+            .insert(kid.to_owned(), SigningKey::from_bytes(&seed));
+        Ok(true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SigningKey>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new key from the OS CSPRNG, saved before it is used: answers its `kid` and public key
-    /// (base64url, a JWK's `x`). Keys not in `keep` are forgotten at the same time.
-    pub fn generate(&self, keep: &[String]) -> Result<(String, String), Error> {
+    /// A new key from the OS CSPRNG. In the data directory it is saved before it is used, and
+    /// keys not in `keep` are forgotten at the same time; in the database the caller stores
+    /// `sealed` in the transaction that publishes the key.
+    pub fn generate(&self, keep: &[String]) -> Result<NewKey, Error> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed)
             .map_err(|e| Error::Internal(format!("the OS random source failed: {e}")))?;
@@ -115,42 +164,15 @@ impl SigningKeys {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         next.insert(kid.clone(), key);
-        self.save(&next)?;
-        *keys = next;
-        Ok((kid, x))
-    }
-
-    /// Writes the file whole (temporary file, fsync, rename), mode 0600.
-    fn save(&self, keys: &BTreeMap<String, SigningKey>) -> Result<(), Error> {
-        let tmp = self.path.with_extension("tmp");
-        let fail = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", tmp.display()));
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(fail(e)),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        let mut text = String::new();
-        for (kid, key) in keys {
-            text.push_str(&format!(
-                "{kid} {}\n",
-                URL_SAFE_NO_PAD.encode(key.to_bytes())
-            ));
-        }
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(fail)?;
-        fs::rename(&tmp, &self.path).map_err(fail)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(dir) = fs::File::open(dir) {
-                let _ = dir.sync_all();
+        let sealed = match &self.vault {
+            Vault::File(path) => {
+                save(path, &next)?;
+                None
             }
-        }
-        Ok(())
+            Vault::Sealed(secrets_key) => Some(secrets_key.seal(&kid, &seed)?),
+        };
+        *keys = next;
+        Ok(NewKey { kid, x, sealed })
     }
 
     /// A compact JWS (EdDSA) of `claims`, with `kid` in its header.
@@ -171,6 +193,39 @@ impl SigningKeys {
             URL_SAFE_NO_PAD.encode(signature.to_bytes())
         ))
     }
+}
+
+/// Writes the file whole (temporary file, fsync, rename), mode 0600.
+fn save(path: &Path, keys: &BTreeMap<String, SigningKey>) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let fail = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", tmp.display()));
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    let mut text = String::new();
+    for (kid, key) in keys {
+        text.push_str(&format!(
+            "{kid} {}\n",
+            URL_SAFE_NO_PAD.encode(key.to_bytes())
+        ));
+    }
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(fail)?;
+    fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(dir) = fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// A JWK of the own issuer's public key.

@@ -184,7 +184,21 @@ fn credentials_give_a_token_that_verifies_against_the_snapshot_issuers() {
     );
     assert_eq!(old.status, 401);
 
-    // Secrets are stored hashed and never logged; the signing key file is private.
+    // Secrets are stored hashed and never logged; the signing key file is private (on
+    // PostgreSQL there is none: the key is in the database, sealed).
+    for secret in [&secret, &secret2] {
+        assert!(!s.logs().contains(secret.as_str()));
+    }
+    assert!(!s.logs().contains(&access_token));
+    if let Some(db) = common::backend_database_name(&s.data_dir) {
+        let dump = common::postgres_server::shared().dump(&db);
+        for secret in [&secret, &secret2] {
+            assert!(!dump.contains(secret.as_str()), "a client secret in {db}");
+        }
+        assert!(dump.contains("\tv1."), "the sealed signing key in {db}");
+        assert!(!s.data_dir.join("token-signing-keys").exists());
+        return;
+    }
     let db = s.data_dir.join("tollgate.db");
     for secret in [&secret, &secret2] {
         assert!(!file_contains(&db, secret.as_bytes()));
@@ -192,9 +206,7 @@ fn credentials_give_a_token_that_verifies_against_the_snapshot_issuers() {
             &db.with_extension("db-wal"),
             secret.as_bytes()
         ));
-        assert!(!s.logs().contains(secret.as_str()));
     }
-    assert!(!s.logs().contains(&access_token));
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(s.data_dir.join("token-signing-keys"))
             .unwrap()
@@ -736,8 +748,10 @@ fn upgrading_a_catalogue_moves_its_revision_to_the_credential_bound_snapshot() {
     let s = s.kill9_change_and_restart(|dir| {
         // Back to schema version 2, as the previous release left it.
         let db = rusqlite::Connection::open(dir.join("tollgate.db")).unwrap();
-        // Version 5 (the fleet setting) and 4 (stored snapshot buckets) undone first.
-        db.execute_batch("DROP TABLE fleet_settings").unwrap();
+        // Version 6 (sealed keys), 5 (the fleet setting) and 4 (stored snapshot buckets)
+        // undone first.
+        db.execute_batch("ALTER TABLE token_keys DROP COLUMN sealed; DROP TABLE fleet_settings")
+            .unwrap();
         let triggers: Vec<String> = db
             .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
             .unwrap()

@@ -221,11 +221,11 @@ async fn issue(
         });
     }
     let credential = client_id.clone();
-    let (owner, kid) = state
+    let (owner, key) = state
         .store
         .read(move |conn| {
             let owner = tokens::authenticate(conn, &client_id, &secret, now as i64)?;
-            Ok((owner, tokens::current_kid(conn)?))
+            Ok((owner, tokens::current_key(conn)?))
         })
         .await?;
     let Some(owner) = owner else {
@@ -238,7 +238,14 @@ async fn issue(
         );
         return Err(oauth("invalid_client", "client authentication failed"));
     };
-    let kid = kid.ok_or_else(|| Error::Internal("the own issuer has no signing key".into()))?;
+    let (kid, sealed) =
+        key.ok_or_else(|| Error::Internal("the own issuer has no signing key".into()))?;
+    // Another replica may have rotated: its new key is opened here, once.
+    if !state.signing_keys.open(&kid, sealed.as_deref())? {
+        return Err(Error::Internal(format!(
+            "no private key for token key {kid}"
+        )));
+    }
     let (subject, audience, allowed) = match owner {
         CredentialOwner::ClientVersion(id) => (
             id,

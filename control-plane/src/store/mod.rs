@@ -447,23 +447,11 @@ impl Store {
         if let Conn::Sqlite(conn) = &conn {
             sqlite::checkpoint(conn)?;
         }
-        let (shell, stored, oldest) = conn.read(|db| {
-            let shell = buckets::shell_at(&db, revision)?.ok_or_else(|| {
-                Error::Internal(format!("no stored shell for revision {revision}"))
-            })?;
-            let stored: i64 = db.query_row(
-                "SELECT COALESCE(SUM(length(body)), 0) FROM snapshot_buckets
-                 WHERE superseded IS NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            let oldest: i64 = db.query_row(
-                "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
-                [revision as i64],
-                |r| r.get(0),
-            )?;
-            Ok((shell, stored, oldest as u64))
-        })?;
+        let InForce {
+            shell,
+            stored_bytes: stored,
+            oldest_servable: oldest,
+        } = conn.read(|db| in_force(&db, revision))?;
         figures.stored_bytes.store(stored, Ordering::Relaxed);
         let (published, _) = watch::channel(Arc::new(Revision {
             revision,
@@ -745,19 +733,16 @@ impl Store {
             let Some(latest) = latest.map(|l| l as u64).filter(|l| *l > held) else {
                 return Ok(None);
             };
-            let shell = buckets::shell_at(db, latest)?
-                .ok_or_else(|| Error::Internal(format!("no stored shell for revision {latest}")))?;
-            let oldest: i64 = db.query_row(
-                "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
-                [latest as i64],
-                |r| r.get(0),
-            )?;
-            Ok(Some((latest, shell, oldest as u64)))
+            Ok(Some((latest, in_force(db, latest)?)))
         });
         self.health.record_read(&outcome);
-        if let Some((revision, shell, oldest)) = outcome? {
-            self.oldest_servable.store(oldest, Ordering::Relaxed);
-            self.publish(revision, None, shell);
+        if let Some((revision, in_force)) = outcome? {
+            self.figures
+                .stored_bytes
+                .store(in_force.stored_bytes, Ordering::Relaxed);
+            self.oldest_servable
+                .store(in_force.oldest_servable, Ordering::Relaxed);
+            self.publish(revision, None, in_force.shell);
             tracing::info!(revision, "revision committed by another replica");
         }
         Ok(())
@@ -1180,6 +1165,34 @@ fn servable(conn: &Db<'_>, revision: u64) -> Result<bool, Error> {
     )?;
     let revision = revision as i64;
     Ok(oldest.is_some_and(|o| o <= revision) && latest.is_some_and(|l| revision <= l))
+}
+
+/// What a replica serves once `revision` is in force: its stored shell, the size of the stored
+/// snapshot and the oldest revision a delta can still start from.
+struct InForce {
+    shell: Snapshot,
+    stored_bytes: i64,
+    oldest_servable: u64,
+}
+
+fn in_force(db: &Db<'_>, revision: u64) -> Result<InForce, Error> {
+    let shell = buckets::shell_at(db, revision)?
+        .ok_or_else(|| Error::Internal(format!("no stored shell for revision {revision}")))?;
+    let stored_bytes: i64 = db.query_row(
+        "SELECT COALESCE(SUM(length(body)), 0) FROM snapshot_buckets WHERE superseded IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    let oldest: i64 = db.query_row(
+        "SELECT COALESCE(MIN(revision), ?1) FROM snapshot_revisions",
+        [revision as i64],
+        |r| r.get(0),
+    )?;
+    Ok(InForce {
+        shell,
+        stored_bytes,
+        oldest_servable: oldest as u64,
+    })
 }
 
 /// What a write that changed gateways' view left to publish.

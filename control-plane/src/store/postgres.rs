@@ -19,7 +19,10 @@ pub(super) const BEGIN_WRITE: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
 pub(super) const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// The catalogue schema, in order; the database records how many it has applied.
-const MIGRATIONS: &[&str] = &[include_str!("postgres_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres_schema.sql"),
+    include_str!("postgres_schema_sealed_keys.sql"),
+];
 
 /// The advisory lock migrations hold ("tollgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;

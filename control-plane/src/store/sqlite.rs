@@ -18,6 +18,7 @@ pub(super) fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema_token_lifetime.sql")),
         M::up(include_str!("schema_buckets.sql")),
         M::up(include_str!("schema_fleet.sql")),
+        M::up(include_str!("schema_sealed_keys.sql")),
     ])
 }
 

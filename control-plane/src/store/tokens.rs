@@ -19,7 +19,7 @@ use crate::model::{
     TokenKey,
 };
 use crate::secrets::random_token;
-use crate::tokens::{public_jwk, IssuerConfig, SigningKeys, MANAGEMENT_SCOPES};
+use crate::tokens::{public_jwk, IssuerConfig, NewKey, SigningKeys, MANAGEMENT_SCOPES};
 
 /// Brings the stored issuer in line with `serve`'s configuration and makes sure a current key
 /// with a private half exists (generated on first start). Moves the revision only on change.
@@ -42,11 +42,12 @@ pub fn ensure_own_issuer(
         )?;
         tx.gateway_changed();
     }
-    match current_kid(tx)? {
-        Some(kid) if keys.has(&kid) => {}
-        _ => {
-            rotate_key(tx, keys, config.token_lifetime_seconds)?;
-        }
+    let usable = match current_key(tx)? {
+        Some((kid, sealed)) => keys.open(&kid, sealed.as_deref())?,
+        None => false,
+    };
+    if !usable {
+        rotate_key(tx, keys, config.token_lifetime_seconds)?;
     }
     Ok(())
 }
@@ -59,15 +60,15 @@ pub fn rotate_key(
     lifetime_seconds: u64,
 ) -> Result<RotatedTokenKey, Error> {
     let published: Vec<String> = list_keys(tx)?.into_iter().map(|k| k.kid).collect();
-    let (kid, x) = keys.generate(&published)?;
+    let NewKey { kid, x, sealed } = keys.generate(&published)?;
     let drop_at = tx.now + (lifetime_seconds + LEEWAY_SECONDS) as i64;
     tx.execute(
         "UPDATE token_keys SET retired_at = ?1, drop_at = ?2 WHERE retired_at IS NULL",
         params![tx.now, drop_at],
     )?;
     tx.execute(
-        "INSERT INTO token_keys (kid, x, created_at) VALUES (?1, ?2, ?3)",
-        params![kid, x, tx.now],
+        "INSERT INTO token_keys (kid, x, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![kid, x, sealed, tx.now],
     )?;
     tx.gateway_changed();
     Ok(RotatedTokenKey {
@@ -97,12 +98,15 @@ pub fn next_key_drop(conn: &Db<'_>) -> Result<Option<i64>, Error> {
     )
 }
 
-pub fn current_kid(conn: &Db<'_>) -> Result<Option<String>, Error> {
+/// The key tokens are signed with now: its `kid` and, where keys are kept in the database, its
+/// sealed seed.
+pub fn current_key(conn: &Db<'_>) -> Result<Option<(String, Option<String>)>, Error> {
     query_opt(
         conn,
-        "SELECT kid FROM token_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
+        "SELECT kid, sealed FROM token_keys WHERE retired_at IS NULL
+         ORDER BY created_at DESC LIMIT 1",
         [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
 }
 

@@ -23,6 +23,32 @@ pub const TEST_ISSUER: &str = "http://tollgate.test";
 /// With `TOLLGATE_TEST_BACKEND=postgres` every test server keeps its catalogue in PostgreSQL
 /// (a database of its own on the test binary's shared private cluster, the same one each time
 /// the server restarts on `data_dir`); otherwise in SQLite in `data_dir`, as by default.
+/// The secrets a server on PostgreSQL must be given in its environment.
+pub const SECRETS_KEY_ENV: &str = "TOLLGATE_SECRETS_KEY";
+const REPLICA_SECRETS: [&str; 4] = [
+    "TOLLGATE_ADMIN_TOKEN",
+    "TOLLGATE_GATEWAY_TOKEN",
+    "TOLLGATE_SNAPSHOT_SIGNING_KEY",
+    SECRETS_KEY_ENV,
+];
+
+/// The value of `var` for the server of `data_dir` on PostgreSQL: random on first use, kept
+/// beside (not in) the data directory so a restart is given the same.
+fn replica_secret(data_dir: &Path, var: &str) -> String {
+    let dir = data_dir.with_extension("secrets");
+    let path = dir.join(var);
+    if let Ok(value) = std::fs::read_to_string(&path) {
+        return value;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).unwrap();
+    use base64::Engine;
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    std::fs::write(&path, &value).unwrap();
+    value
+}
+
 pub fn backend_database(data_dir: &Path) -> Option<String> {
     if !on_postgres() {
         return None;
@@ -213,9 +239,18 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        command.env_remove(SECRETS_KEY_ENV);
         match backend_database(&data_dir) {
-            Some(url) => command.env("TOLLGATE_DATABASE_URL", url),
-            None => command.env_remove("TOLLGATE_DATABASE_URL"),
+            Some(url) => {
+                command.env("TOLLGATE_DATABASE_URL", url);
+                // A replica on PostgreSQL takes every secret from its environment.
+                for var in REPLICA_SECRETS {
+                    command.env(var, replica_secret(&data_dir, var));
+                }
+            }
+            None => {
+                command.env_remove("TOLLGATE_DATABASE_URL");
+            }
         };
         for (k, v) in env {
             command.env(k, v);
@@ -251,6 +286,7 @@ impl Server {
             };
             match env.iter().find(|(k, _)| *k == var) {
                 Some((_, v)) => (*v).to_owned(),
+                None if on_postgres() => replica_secret(&data_dir, var),
                 None => std::fs::read_to_string(data_dir.join(name)).unwrap_or_default(),
             }
         };
@@ -537,16 +573,23 @@ impl Server {
         created["api_key"].as_str().unwrap().to_owned()
     }
 
-    /// Runs the CLI against this server with its admin token from the data directory.
+    /// Runs the CLI against this server with its admin token from the data directory (on
+    /// PostgreSQL, where no secret is in the data directory, the admin token and the snapshot
+    /// signing key from the environment, as an operator of replicas runs it).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(args)
             .env("TOLLGATE_SERVER", &self.base)
             .env("TOLLGATE_DATA_DIR", &self.data_dir)
-            .env_remove("TOLLGATE_ADMIN_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .env_remove("TOLLGATE_ADMIN_TOKEN");
+        if on_postgres() {
+            command.env("TOLLGATE_ADMIN_TOKEN", &self.admin_token).env(
+                "TOLLGATE_SNAPSHOT_SIGNING_KEY",
+                replica_secret(&self.data_dir, "TOLLGATE_SNAPSHOT_SIGNING_KEY"),
+            );
+        }
+        command.stdin(Stdio::null()).output().unwrap()
     }
 }
 
