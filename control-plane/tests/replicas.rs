@@ -311,3 +311,77 @@ fn a_replica_given_another_secrets_key_refuses_to_start() {
         1
     );
 }
+
+#[test]
+fn while_postgresql_is_down_replicas_say_degraded_and_serve_what_they_hold() {
+    // A cluster of its own: this test stops it.
+    let mut cluster = postgres_server::PostgresServer::start();
+    let url = cluster.create_database("replicas_down");
+    let env = [
+        ("TOLLGATE_DATABASE_URL", url.as_str()),
+        ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TOLLGATE_GATEWAY_TOKEN", GATEWAY_TOKEN),
+        ("TOLLGATE_SNAPSHOT_SIGNING_KEY", SNAPSHOT_KEY),
+        (SECRETS_KEY_ENV, SECRETS_KEY),
+    ];
+    let (a, b) = (Server::start_with_env(&env), Server::start_with_env(&env));
+    a.seed();
+    propagation(&a, &b);
+    let held = b.revision();
+    let health = |s: &Server| s.request("GET", "/healthz", None, None, &[]);
+    assert_eq!(health(&a).json()["status"], "ok");
+
+    cluster.stop();
+    let stopped = Instant::now();
+    for s in [&a, &b] {
+        common::wait_until(Duration::from_secs(20), "/healthz to say degraded", || {
+            health(s).status == 503
+        });
+    }
+    println!(
+        "both replicas degraded {:?} after PostgreSQL stopped",
+        stopped.elapsed()
+    );
+    let degraded = health(&b);
+    assert_eq!(degraded.json()["status"], "degraded", "{}", degraded.body);
+    assert_eq!(degraded.json()["revision"], held);
+    assert!(degraded.json()["detail"].is_string(), "{}", degraded.body);
+    // A gateway holding the revision is told it is current; a write fails, naming storage.
+    let poll = b.request(
+        "GET",
+        &format!("/v1/snapshot?since={held}"),
+        Some(GATEWAY_TOKEN),
+        None,
+        &[],
+    );
+    assert_eq!(poll.status, 304, "{}", poll.body);
+    let refused = a.post("/v1/orgs", json!({"id": "beta", "name": "Beta"}));
+    assert!(refused.status >= 500, "{}", refused.body);
+
+    cluster.restart();
+    let restarted = Instant::now();
+    for s in [&a, &b] {
+        common::wait_until(Duration::from_secs(30), "/healthz to say ok again", || {
+            health(s).status == 200
+        });
+    }
+    println!(
+        "both replicas ok {:?} after PostgreSQL restarted",
+        restarted.elapsed()
+    );
+    let written = b.post("/v1/orgs", json!({"id": "beta", "name": "Beta"}));
+    assert_eq!(
+        written.status,
+        201,
+        "{}\n{}",
+        written.body,
+        b.logs()
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    propagation(&b, &a);
+    assert_eq!(Server::ok(a.get("/v1/orgs/beta"))["id"], "beta");
+}

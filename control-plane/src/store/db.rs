@@ -461,8 +461,18 @@ impl PgConn {
 
     /// Runs `f` between `begin` (`BEGIN …` and what must come first) and `COMMIT`, or
     /// `ROLLBACK` when it fails.
+    ///
+    /// A connection that died while idle (PostgreSQL restarted, a proxy dropped it) is only
+    /// found out by the `begin` that uses it; nothing has begun then, so `begin` runs once more
+    /// on a new connection.
     pub fn transaction<T>(&self, begin: &str, f: impl FnOnce(Db<'_>) -> Result<T>) -> Result<T> {
-        self.batch(begin)?;
+        if let Err(e) = self.batch(begin) {
+            if self.client.borrow().is_some() {
+                return Err(e);
+            }
+            tracing::info!(error = %e, "PostgreSQL connection lost while idle: connecting again");
+            self.batch(begin)?;
+        }
         self.in_transaction.set(true);
         let outcome = f(Db::Postgres(self));
         let end = self.batch(if outcome.is_ok() {

@@ -873,6 +873,11 @@ impl Store {
         Ok(answered_at)
     }
 
+    /// When storage last answered a read or a write (unix seconds).
+    pub fn storage_answered_at(&self) -> Timestamp {
+        self.health.answered_at.load(Ordering::Relaxed)
+    }
+
     /// Whether the latest write failed on storage (and no write committed since).
     pub fn writes_failing(&self) -> bool {
         self.health
