@@ -348,9 +348,12 @@ def gateway_bootstrap(
     poller: dict[str, Any] | None = None,
     admin: str | None = "127.0.0.1:0",
     extra_args: tuple[str, ...] = (),
+    replicas: tuple[ControlPlane, ...] = (),
 ) -> str:
     """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
     trusting its snapshot public key (derived from the same environment / data directory).
+    `replicas` (other control planes on the same database, with the same secrets) join it in
+    the gateway's one control-plane cluster.
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
     (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; None keeps
@@ -376,14 +379,43 @@ def gateway_bootstrap(
         timeout=60,
     )
     assert out.returncode == 0, f"tollgate envoy-config failed: {out.stderr}"
-    if not poller:
+    if not poller and not replicas:
         return out.stdout
     bootstrap = yaml.safe_load(out.stdout)
+    if replicas:
+        _every_replica_in_the_control_plane_cluster(bootstrap, [control_plane, *replicas])
     for plugin in _plugin_configs(bootstrap):
         value = json.loads(plugin["configuration"]["value"])
-        value["control_plane"].update(poller)
+        value["control_plane"].update(poller or {})
         plugin["configuration"]["value"] = json.dumps(value)
     return yaml.safe_dump(bootstrap)
+
+
+CONTROL_PLANE_CLUSTER = "tollgate_control_plane"
+
+
+def _every_replica_in_the_control_plane_cluster(bootstrap: dict[str, Any], replicas: list[ControlPlane]) -> None:
+    """Every replica an endpoint of the bootstrap's control-plane cluster, health-checked on
+    `/healthz`. Stands in for `envoy-config --control-plane URL` given once per replica (issue
+    14, under way) until the binary does it; then the URLs go to envoy-config instead."""
+    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == CONTROL_PLANE_CLUSTER]
+    endpoints = []
+    for replica in replicas:
+        host, port = replica.url.removeprefix("http://").rsplit(":", 1)
+        endpoints.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}})
+    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "1s",
+            # Else 60 s between checks until traffic reaches the cluster, and the first check
+            # times out while the main thread compiles the module.
+            "no_traffic_interval": "1s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": "/healthz"},
+        }
+    ]
 
 
 def _plugin_configs(node: Any) -> list[dict[str, Any]]:
@@ -541,6 +573,13 @@ class LiveProcesses:
         control_plane = self._control_plane(port, env, args)
         return control_plane.start() if start else control_plane
 
+    def replicas(self, postgres: Postgres, count: int = 2) -> list[ControlPlane]:
+        """`count` running control planes on one fresh database of `postgres`: replicas, each
+        with its own data directory and port, all with the same secrets."""
+        env = replica_secrets()
+        database = fresh_database(postgres, "replicas")
+        return [self._control_plane(0, env, ("--database", database)).start() for _ in range(count)]
+
     def _control_plane(self, port: int, env: dict[str, str] | None, args: tuple[str, ...]) -> ControlPlane:
         n = len(self.control_planes)
         control_plane = ControlPlane(self.workdir / f"control-plane-{n}" / "data", port, env, args)
@@ -557,12 +596,21 @@ class LiveProcesses:
         poller: dict[str, Any] | None = None,
         admin: str | None = "127.0.0.1:0",
         extra_args: tuple[str, ...] = (),
+        replicas: tuple[ControlPlane, ...] = (),
     ) -> Envoy:
-        """A gateway of `control_plane`, started as an operator would: the bootstrap of
-        `tollgate envoy-config`, the gateway token in Envoy's environment, its own directory as
-        the working directory."""
+        """A gateway of `control_plane` (and its `replicas`, in one cluster), started as an
+        operator would: the bootstrap of `tollgate envoy-config`, the gateway token in Envoy's
+        environment, its own directory as the working directory."""
         bootstrap = gateway_bootstrap(
-            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin, extra_args
+            control_plane,
+            self.upstream_port,
+            failure_mode,
+            unmatched,
+            control_plane_url,
+            poller,
+            admin,
+            extra_args,
+            replicas,
         )
         workdir = self.workdir / f"gateway-{len(self.gateways)}"
         workdir.mkdir(parents=True, exist_ok=True)
