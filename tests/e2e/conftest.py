@@ -143,6 +143,21 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         server.destroy()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backend: the test's control planes keep their catalogue where TOLLGATE_TEST_BACKEND says "
+        "(SQLite unless it is postgres); set on every test that uses the `live` fixture",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # scripts/test.sh runs the tests marked so a second time, on PostgreSQL.
+    for item in items:
+        if "live" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backend)
+
+
 EnvoyFactory = Callable[..., Envoy]
 
 
