@@ -96,11 +96,12 @@ def long_polls_waiting(replica: ControlPlane) -> float:
 
 def polled(pair: Pair) -> ControlPlane:
     """The replica holding the gateway's long poll (its one poller holds one at a time)."""
-    found: list[ControlPlane] = wait_until(
-        lambda: (waiting := [r for r in pair.both if r.running() and long_polls_waiting(r) == 1]) and len(waiting) == 1 and waiting,
-        REPLICA_DEADLINE_S,
-        "exactly one replica to hold the gateway's long poll",
-    )
+
+    def holding() -> list[ControlPlane] | None:
+        waiting = [r for r in pair.both if r.running() and long_polls_waiting(r) == 1]
+        return waiting if len(waiting) == 1 else None
+
+    found: list[ControlPlane] = wait_until(holding, REPLICA_DEADLINE_S, "exactly one replica to hold the gateway's long poll")
     return found[0]
 
 
