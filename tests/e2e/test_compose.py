@@ -3,7 +3,9 @@ the compose file is valid for Debian's `docker-compose config`, envoy/compose.ya
 what `tollgate envoy-config` prints for the compose topology and the compose file's demo
 secrets (so the two cannot drift apart), and the real Envoy 1.40 accepts it in validate mode.
 Two gateways share limits: the control plane counts through the `redis` service, and the
-second Envoy runs the same configuration as the first.
+second Envoy runs the same configuration as the first. The `postgres` profile adds two replicas
+on one PostgreSQL and a gateway of both: its one-shot services' scripts (the secrets check and
+the `envoy-config` command) run here natively, and Envoy accepts the configuration they make.
 """
 
 from __future__ import annotations
@@ -46,14 +48,30 @@ def tollgate() -> Path:
     return TOLLGATE
 
 
-def test_compose_file_is_valid_for_docker_compose() -> None:
+# The services of `docker compose up` without a profile; the postgres profile leaves them be.
+DEFAULT_SERVICES = {"redis", "control-plane", "seed", "wasm", "upstream", "envoy", "envoy-2"}
+# What every replica of the postgres profile must share, from the environment of compose.
+REPLICA_SECRETS = [
+    "TOLLGATE_ADMIN_TOKEN",
+    "TOLLGATE_GATEWAY_TOKEN",
+    "TOLLGATE_SNAPSHOT_SIGNING_KEY",
+    "TOLLGATE_SECRETS_KEY",
+]
+DEMO_SIGNING_KEY = "wsdIFa15p3XKrBpsSXVDsCE-SvWK0AMwDGni9YT4oJ8"
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "postgres"]], ids=["default", "postgres"])
+def test_compose_file_is_valid_for_docker_compose(profile: list[str]) -> None:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is missing: scripts/setup.sh installs it", pytrace=False)
+    # Without the replicas' secrets in the environment: the file itself never needs them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     result = subprocess.run(
-        ["docker-compose", "--file", str(COMPOSE_FILE), "config", "--quiet"],
+        ["docker-compose", "--file", str(COMPOSE_FILE), *profile, "config", "--quiet"],
         cwd=REPO,
         capture_output=True,
         text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
 
@@ -121,3 +139,106 @@ def test_envoy_accepts_the_compose_config(tmp_path: Path, wasm: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "configuration" in result.stdout + result.stderr and "OK" in result.stdout + result.stderr
+
+
+# --- profile postgres ------------------------------------------------------------------------
+
+
+def compose_script(text: str) -> str:
+    """A compose command string as the shell gets it (`$$` is compose's escape of `$`)."""
+    return text.replace("$$", "$")
+
+
+def test_the_postgres_profile_leaves_the_default_services_alone(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == DEFAULT_SERVICES
+    for name in set(services) - default:
+        assert services[name]["profiles"] == ["postgres"], name
+    for name in default:
+        assert set(services[name].get("depends_on", {})) <= default, name
+
+
+def test_two_replicas_share_one_postgres_and_the_secrets_of_the_environment(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:15"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    databases = set()
+    for name in ("tollgate-a", "tollgate-b"):
+        replica = services[name]
+        command = replica["command"]
+        assert command[0] == "serve", command
+        databases.add(command[command.index("--database") + 1])
+        # Names only: compose passes the values of its own environment, never demo values.
+        assert replica["environment"] == REPLICA_SECRETS, name
+        assert replica["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        assert replica["depends_on"]["replica-secrets"] == {"condition": "service_completed_successfully"}
+    (database,) = databases
+    assert database.startswith("postgres://") and "@postgres:5432/" in database
+    assert set(services["tollgate-a"]["ports"]).isdisjoint(services["tollgate-b"]["ports"])
+    assert services["envoy-postgres"]["environment"] == ["TOLLGATE_GATEWAY_TOKEN"]
+
+
+def test_replicas_do_not_start_without_every_shared_secret(compose: dict[str, Any]) -> None:
+    check = compose["services"]["replica-secrets"]
+    assert check["environment"] == REPLICA_SECRETS
+    shell, flag, script = check["entrypoint"]
+    everything = {name: f"value-of-{name}" for name in REPLICA_SECRETS}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [shell, flag, compose_script(script)], env={**clean, **env}, capture_output=True, text=True, timeout=30
+        )
+
+    assert run(everything).returncode == 0
+    for name in REPLICA_SECRETS:
+        refused = run({**{k: v for k, v in everything.items() if k != name}, name: ""})
+        assert refused.returncode == 1, name
+        assert name in refused.stderr, refused.stderr
+    refused = run({})
+    assert all(name in refused.stderr for name in REPLICA_SECRETS), refused.stderr
+
+
+def test_the_postgres_gateway_follows_both_replicas_and_envoy_accepts_it(
+    compose: dict[str, Any], tollgate: Path, tmp_path: Path, wasm: Path
+) -> None:
+    services = compose["services"]
+    generator = services["gateway-config-postgres"]
+    config_volume = next(v for v in generator["volumes"] if v.endswith(":/etc/tollgate"))
+    assert f"{config_volume}:ro" in services["envoy-postgres"]["volumes"]
+    assert services["envoy-postgres"]["depends_on"]["gateway-config-postgres"] == {
+        "condition": "service_completed_successfully"
+    }
+    # The generator's own command, run here: the binary, the .wasm and the output moved to
+    # local paths, the signing key given as compose would pass it.
+    shell, flag, script = generator["entrypoint"]
+    config = tmp_path / "envoy.yaml"
+    script = (
+        compose_script(script)
+        .replace("tollgate envoy-config", f"{tollgate} envoy-config")
+        .replace(WASM_IN_CONTAINER, str(wasm))
+        .replace("/etc/tollgate/envoy.yaml", str(config))
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    env["TOLLGATE_SNAPSHOT_SIGNING_KEY"] = DEMO_SIGNING_KEY
+    subprocess.run([shell, flag, script], env=env, check=True, timeout=60, cwd=tmp_path)
+    bootstrap = yaml.safe_load(config.read_text())
+    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "tollgate_control_plane"]
+    endpoints = [
+        e["endpoint"]["address"]["socket_address"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert endpoints == [
+        {"address": "tollgate-a", "port_value": 7100},
+        {"address": "tollgate-b", "port_value": 7100},
+    ]
+    assert cluster["health_checks"][0]["http_health_check"]["path"] == "/healthz"
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "--config-path", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -114,9 +114,16 @@ struct EnvoyConfigArgs {
     /// The service behind the gateway, host:port.
     #[arg(long)]
     upstream: String,
-    /// The control plane the gateway polls.
-    #[arg(long, default_value = "http://127.0.0.1:7100")]
-    control_plane: String,
+    /// The control plane the gateway polls, http://host:port. Repeat it for each replica of a
+    /// control plane on PostgreSQL: all go into one Envoy cluster, health-checked on /healthz,
+    /// and the gateway's calls go to the live ones.
+    #[arg(
+        long = "control-plane",
+        value_name = "URL",
+        action = clap::ArgAction::Append,
+        default_value = "http://127.0.0.1:7100"
+    )]
+    control_planes: Vec<String>,
     /// Envoy worker threads; Envoy takes this on its command line, so it is printed there.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
@@ -456,7 +463,7 @@ fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<St
         wasm: &wasm,
         listen: &args.listen,
         upstream: &args.upstream,
-        control_plane: &args.control_plane,
+        control_planes: &args.control_planes,
         admin: &args.admin,
         snapshot_public_keys: &keys,
         unmatched: &args.unmatched,
