@@ -353,7 +353,7 @@ def gateway_bootstrap(
     """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
     trusting its snapshot public key (derived from the same environment / data directory).
     `replicas` (other control planes on the same database, with the same secrets) join it in
-    the gateway's one control-plane cluster.
+    the gateway's one control-plane cluster (`--control-plane` once per replica).
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
     (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; None keeps
@@ -368,6 +368,7 @@ def gateway_bootstrap(
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--control-plane", control_plane_url or control_plane.url,
+            *[arg for replica in replicas for arg in ("--control-plane", replica.url)],
             *(["--admin", admin] if admin else []),
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
@@ -379,43 +380,14 @@ def gateway_bootstrap(
         timeout=60,
     )
     assert out.returncode == 0, f"tollgate envoy-config failed: {out.stderr}"
-    if not poller and not replicas:
+    if not poller:
         return out.stdout
     bootstrap = yaml.safe_load(out.stdout)
-    if replicas:
-        _every_replica_in_the_control_plane_cluster(bootstrap, [control_plane, *replicas])
     for plugin in _plugin_configs(bootstrap):
         value = json.loads(plugin["configuration"]["value"])
-        value["control_plane"].update(poller or {})
+        value["control_plane"].update(poller)
         plugin["configuration"]["value"] = json.dumps(value)
     return yaml.safe_dump(bootstrap)
-
-
-CONTROL_PLANE_CLUSTER = "tollgate_control_plane"
-
-
-def _every_replica_in_the_control_plane_cluster(bootstrap: dict[str, Any], replicas: list[ControlPlane]) -> None:
-    """Every replica an endpoint of the bootstrap's control-plane cluster, health-checked on
-    `/healthz`. Stands in for `envoy-config --control-plane URL` given once per replica (issue
-    14, under way) until the binary does it; then the URLs go to envoy-config instead."""
-    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == CONTROL_PLANE_CLUSTER]
-    endpoints = []
-    for replica in replicas:
-        host, port = replica.url.removeprefix("http://").rsplit(":", 1)
-        endpoints.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}})
-    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": endpoints}]
-    cluster["health_checks"] = [
-        {
-            "timeout": "1s",
-            "interval": "1s",
-            # Else 60 s between checks until traffic reaches the cluster, and the first check
-            # times out while the main thread compiles the module.
-            "no_traffic_interval": "1s",
-            "unhealthy_threshold": 1,
-            "healthy_threshold": 1,
-            "http_health_check": {"path": "/healthz"},
-        }
-    ]
 
 
 def _plugin_configs(node: Any) -> list[dict[str, Any]]:
