@@ -2,7 +2,8 @@
 # The project's test command (`make test`, and CI through .ci/run): installs what is missing,
 # checks formatting and lints on both targets, runs the native tests, builds the filter and the
 # control plane binary once, then runs the end-to-end suite against real Envoy 1.40 (static mode,
-# and live mode with the real control plane). Exits non-zero on the first failure.
+# and live mode with the real control plane), and its live-mode tests once more with the control
+# planes on PostgreSQL. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,10 @@ cargo build -p tollgate-control-plane
 
 section "end-to-end tests (Envoy 1.40, --concurrency 2, real control plane)"
 .venv/bin/python -m pytest tests/e2e "$@"
+
+# The schema fuzz (minutes, the same HTTP input on either backend) and test_replicas.py (always
+# on PostgreSQL) ran above; the fleet tests keep SQLite.
+section "end-to-end tests of live mode again, the control planes on PostgreSQL (TOLLGATE_TEST_BACKEND=postgres)"
+TOLLGATE_TEST_BACKEND=postgres .venv/bin/python -m pytest tests/e2e -m backend \
+  --ignore=tests/e2e/test_management_api_fuzz.py --ignore=tests/e2e/test_replicas.py "$@"
 bench/run --quick >/dev/null  # issue 6: the benchmark harness must keep working; timings are not asserted

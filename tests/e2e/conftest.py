@@ -13,7 +13,7 @@ import pytest
 import harness
 from harness import WASM, EchoUpstream, Envoy, envoy_bootstrap
 from fleet import FleetPool, redis_server
-from live import TOLLGATE, ControlPlane, LiveProcesses
+from live import TOLLGATE, ControlPlane, LiveProcesses, on_postgres
 from postgres import Postgres
 
 
@@ -93,11 +93,17 @@ def tollgate_binary(wasm: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def live(
-    upstream: EchoUpstream, tollgate_binary: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    upstream: EchoUpstream,
+    tollgate_binary: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveProcesses]:
     """Starts control planes and live-mode gateways in front of the echo upstream; every one
-    is stopped when the module's tests are done, however they ended."""
-    processes = LiveProcesses(upstream.port, tmp_path_factory.mktemp("live"))
+    is stopped when the module's tests are done, however they ended. With
+    `TOLLGATE_TEST_BACKEND=postgres` each control plane keeps its catalogue in a fresh database
+    of the session's PostgreSQL (the `postgres` fixture, started only then)."""
+    postgres = request.getfixturevalue("postgres") if on_postgres() else None
+    processes = LiveProcesses(upstream.port, tmp_path_factory.mktemp("live"), postgres)
     try:
         yield processes
     finally:
@@ -135,6 +141,21 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         yield server.start()
     finally:
         server.destroy()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backend: the test's control planes keep their catalogue where TOLLGATE_TEST_BACKEND says "
+        "(SQLite unless it is postgres); set on every test that uses the `live` fixture",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # scripts/test.sh runs the tests marked so a second time, on PostgreSQL.
+    for item in items:
+        if "live" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backend)
 
 
 EnvoyFactory = Callable[..., Envoy]

@@ -5,19 +5,27 @@ loopback port with its own data directory) and Envoys started from the bootstrap
 The control plane can be killed (SIGKILL) and restarted on the same data directory and port, so
 the gateways that point at it find it again; every process is stopped by its fixture, and as a
 last resort by harness at interpreter exit.
+
+The catalogue is in SQLite in the data directory, or with `TOLLGATE_TEST_BACKEND=postgres` (the
+variable the Rust tests read too) in a fresh database of the session's private PostgreSQL for
+each control plane, its secrets then given in the environment as replicas on PostgreSQL need
+them. Tests of the SQLite data directory itself are marked `sqlite_only(why)`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pytest
 import requests
 import yaml
 
@@ -34,6 +42,9 @@ from harness import (
     wait_until,
 )
 
+if TYPE_CHECKING:  # postgres.py imports fleet.py, which imports this module
+    from postgres import Postgres
+
 TOLLGATE = REPO / "target" / "debug" / "tollgate"
 
 # The poller retries with capped backoff (10 s at most, DESIGN.md §4): after an outage a
@@ -48,6 +59,44 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env.update(extra)
     return env
+
+
+# --- the backend ---------------------------------------------------------------------------
+
+
+def on_postgres() -> bool:
+    """Whether live-mode control planes keep their catalogue in PostgreSQL."""
+    return os.environ.get("TOLLGATE_TEST_BACKEND") == "postgres"
+
+
+def sqlite_only(why: str) -> pytest.MarkDecorator:
+    """Marks a test of SQLite's data directory (its files, its lock, secrets generated into it):
+    on PostgreSQL it says it does not apply, and why."""
+    return pytest.mark.skipif(on_postgres(), reason=f"not on PostgreSQL: {why}")
+
+
+# Shared secrets a replica on PostgreSQL requires from its environment (every replica of one
+# database the same); TOLLGATE_SECRETS_KEY encrypts the token-signing keys stored there.
+REPLICA_SECRETS = (
+    "TOLLGATE_ADMIN_TOKEN",
+    "TOLLGATE_GATEWAY_TOKEN",
+    "TOLLGATE_SNAPSHOT_SIGNING_KEY",
+    "TOLLGATE_SECRETS_KEY",
+)
+
+
+def replica_secrets() -> dict[str, str]:
+    """Fresh values of REPLICA_SECRETS (32 random bytes each, base64url), registered for the
+    session's log check."""
+    return {name: remember_secret(secrets.token_urlsafe(32)) for name in REPLICA_SECRETS}
+
+
+_databases = itertools.count()
+
+
+def fresh_database(postgres: Postgres, prefix: str = "live") -> str:
+    """The URL of a new database in `postgres`, named apart from every other of the session."""
+    return postgres.create_database(f"{prefix}_{next(_databases)}")
 
 
 # --- the control plane ---------------------------------------------------------------------
@@ -67,7 +116,7 @@ class ControlPlaneFailedToStart(RuntimeError):
 class ControlPlane:
     """`tollgate serve` on `data_dir`. `port=0` lets the first start pick a port; restarts keep
     it. `env` (e.g. secrets) applies to every start; `start(env=…)` adds to it for one run.
-    `args` go to `tollgate serve` on every start (e.g. `--redis URL`)."""
+    `args` go to `tollgate serve` on every start (e.g. `--redis URL`, `--database URL`)."""
 
     def __init__(
         self,
@@ -121,6 +170,12 @@ class ControlPlane:
         for name in SECRETS:
             remember_secret(self.secret(name))
         return self
+
+    @property
+    def database(self) -> str | None:
+        """The `--database` URL this control plane keeps its catalogue in, if PostgreSQL."""
+        args = list(self.args)
+        return args[args.index("--database") + 1] if "--database" in args else None
 
     def _listening(self, offset: int) -> str | None:
         assert self.process is not None
@@ -293,9 +348,12 @@ def gateway_bootstrap(
     poller: dict[str, Any] | None = None,
     admin: str | None = "127.0.0.1:0",
     extra_args: tuple[str, ...] = (),
+    replicas: tuple[ControlPlane, ...] = (),
 ) -> str:
     """The YAML bootstrap `tollgate envoy-config` prints for a gateway of `control_plane`,
     trusting its snapshot public key (derived from the same environment / data directory).
+    `replicas` (other control planes on the same database, with the same secrets) join it in
+    the gateway's one control-plane cluster (`--control-plane` once per replica).
     `control_plane_url` points the gateway elsewhere (e.g. a fault-injecting proxy in front of
     the control plane); `poller` overrides fields of the plugins' `control_plane` settings
     (e.g. `poll_timeout_seconds`); `admin` is `--admin` (these tests ask for TCP; None keeps
@@ -310,6 +368,7 @@ def gateway_bootstrap(
             "--listen", "127.0.0.1:0",
             "--upstream", f"127.0.0.1:{upstream_port}",
             "--control-plane", control_plane_url or control_plane.url,
+            *[arg for replica in replicas for arg in ("--control-plane", replica.url)],
             *(["--admin", admin] if admin else []),
             "--failure-mode", failure_mode,
             "--unmatched", unmatched,
@@ -462,11 +521,14 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 class LiveProcesses:
-    """The control planes and gateways one test module starts; `stop_all` ends every one."""
+    """The control planes and gateways one test module starts; `stop_all` ends every one.
+    With `postgres`, each control plane gets a fresh database there and the replica secrets in
+    its environment (what the test passes in `env` wins)."""
 
-    def __init__(self, upstream_port: int, workdir: Path) -> None:
+    def __init__(self, upstream_port: int, workdir: Path, postgres: Postgres | None = None) -> None:
         self.upstream_port = upstream_port
         self.workdir = workdir
+        self.postgres = postgres
         self.control_planes: list[ControlPlane] = []
         self.gateways: list[Envoy] = []
 
@@ -477,11 +539,25 @@ class LiveProcesses:
         start: bool = True,
         args: tuple[str, ...] = (),
     ) -> ControlPlane:
+        if self.postgres is not None:
+            env = {**replica_secrets(), **(env or {})}
+            args = ("--database", fresh_database(self.postgres), *args)
+        control_plane = self._control_plane(port, env, args)
+        return control_plane.start() if start else control_plane
+
+    def replicas(self, postgres: Postgres, count: int = 2) -> list[ControlPlane]:
+        """`count` running control planes on one fresh database of `postgres`: replicas, each
+        with its own data directory and port, all with the same secrets."""
+        env = replica_secrets()
+        database = fresh_database(postgres, "replicas")
+        return [self._control_plane(0, env, ("--database", database)).start() for _ in range(count)]
+
+    def _control_plane(self, port: int, env: dict[str, str] | None, args: tuple[str, ...]) -> ControlPlane:
         n = len(self.control_planes)
         control_plane = ControlPlane(self.workdir / f"control-plane-{n}" / "data", port, env, args)
         control_plane.data_dir.parent.mkdir(parents=True)
         self.control_planes.append(control_plane)
-        return control_plane.start() if start else control_plane
+        return control_plane
 
     def gateway(
         self,
@@ -492,12 +568,21 @@ class LiveProcesses:
         poller: dict[str, Any] | None = None,
         admin: str | None = "127.0.0.1:0",
         extra_args: tuple[str, ...] = (),
+        replicas: tuple[ControlPlane, ...] = (),
     ) -> Envoy:
-        """A gateway of `control_plane`, started as an operator would: the bootstrap of
-        `tollgate envoy-config`, the gateway token in Envoy's environment, its own directory as
-        the working directory."""
+        """A gateway of `control_plane` (and its `replicas`, in one cluster), started as an
+        operator would: the bootstrap of `tollgate envoy-config`, the gateway token in Envoy's
+        environment, its own directory as the working directory."""
         bootstrap = gateway_bootstrap(
-            control_plane, self.upstream_port, failure_mode, unmatched, control_plane_url, poller, admin, extra_args
+            control_plane,
+            self.upstream_port,
+            failure_mode,
+            unmatched,
+            control_plane_url,
+            poller,
+            admin,
+            extra_args,
+            replicas,
         )
         workdir = self.workdir / f"gateway-{len(self.gateways)}"
         workdir.mkdir(parents=True, exist_ok=True)

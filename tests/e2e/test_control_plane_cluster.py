@@ -26,7 +26,13 @@ from live import (
     answered,
     get,
     snapshot_metrics,
+    sqlite_only,
     wait_all_workers_enforce,
+)
+
+pytestmark = sqlite_only(
+    "these replicas are copies of one SQLite data directory; replicas on one PostgreSQL database "
+    "behind one cluster are test_replicas.py's"
 )
 
 CLUSTER = "tollgate_control_plane"
