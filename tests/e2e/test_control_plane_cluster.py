@@ -13,7 +13,6 @@ PostgreSQL are tested by the PostgreSQL suite.
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
 
 import pytest
@@ -25,6 +24,7 @@ from live import (
     LiveProcesses,
     answered,
     get,
+    replica_secrets,
     snapshot_metrics,
     sqlite_only,
     wait_all_workers_enforce,
@@ -46,16 +46,6 @@ MARKED_DOWN_DEADLINE_S = 5.0
 class Keys:
     before = ""  # issued before the kill: both replicas hold it
     after = ""  # issued by the survivor after the kill
-
-
-def replica_secrets() -> dict[str, str]:
-    """What every replica of one control plane shares, given in the environment."""
-    return {
-        "TOLLGATE_ADMIN_TOKEN": secrets.token_urlsafe(24),
-        "TOLLGATE_GATEWAY_TOKEN": secrets.token_urlsafe(24),
-        # An Ed25519 seed: 32 bytes, unpadded base64url.
-        "TOLLGATE_SNAPSHOT_SIGNING_KEY": secrets.token_urlsafe(32),
-    }
 
 
 def cluster_hosts(envoy: Envoy) -> dict[str, dict[str, str]]:
