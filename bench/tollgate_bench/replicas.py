@@ -5,7 +5,8 @@ At each N (1k, 100k and 1M keys+contracts; --quick: 1k) the bench builds the sam
 twice, as part 4 does (scale.py: the org, plan and API through the HTTP API, the clients, keys
 and contracts written in bulk, bulk.py): once in a SQLite file, once in a PostgreSQL database
 of a private PostgreSQL 15 cluster (postgres.py, durability as shipped). The real `tollgate
-serve` opens each (the first open builds the stored snapshot buckets) and is checked: its
+serve` opens each (the first open builds the stored snapshot buckets), again (measured once
+the background consistency check of that start has ended), and is checked: its
 revision is the bulk write's, a bulk client's contract reads back through `/v1`, and the first
 write's delta carries a bulk key. Then, in interleaved rounds (the two backends alternate,
 first one then the other), 1 and then 8 writers each create and delete a contract of their own
@@ -110,6 +111,18 @@ def check_delta_has_key(cp: live.ControlPlane, held: int, n: int) -> None:
     expect(found, f"{cp.name}: the delta after a contract for client {n} lacks its key")
 
 
+CHECKED = "stored snapshot checked against the catalogue"
+
+
+def start_checked(cp: live.ControlPlane) -> None:
+    """Starts `cp` and waits for the consistency check every start runs in the background
+    (every stored bucket rendered again: seconds of CPU and reads at a million keys) to end, so
+    that it does not share the measured writes' time."""
+    done = cp.log_path.read_text(errors="replace").count(CHECKED) if cp.log_path.exists() else 0
+    cp.start(deadline_s=LOAD_DEADLINE_S)
+    wait_until(lambda: cp.log_path.read_text(errors="replace").count(CHECKED) > done, LOAD_DEADLINE_S, f"{cp.name}'s consistency check", interval_s=0.2)
+
+
 def catalogue(bench: Bench, n: int, cluster: postgres.Cluster | None) -> Catalogue:
     backend = "SQLite" if cluster is None else "PostgreSQL"
     name = f"replicas-{backend.lower()}-{n}"
@@ -129,7 +142,7 @@ def catalogue(bench: Bench, n: int, cluster: postgres.Cluster | None) -> Catalog
     opened.build_ms = None if built is None else built.ms
     check_opened(cp, n, seeded + 1)
     cp.stop()
-    cp.start(deadline_s=LOAD_DEADLINE_S)
+    start_checked(cp)
     opened.reopen_s = cp.start_seconds
     check_opened(cp, n, seeded + 1)
     held = cp.revision()
@@ -208,27 +221,21 @@ STATEMENT = re.compile(r"\[(\d+)\] LOG:  (?:statement|execute [^:]*): (.*)")
 
 @dataclass
 class Statements:
-    """What the server executed for a few writes on one replica, from its statement log."""
+    """What the server executed for some writes on one replica, from its statement log."""
 
     writes: int
     write_connection: int  # statements on the connection that took the revision row's lock
     others: int  # on the replica's other connections (readers, the follower) meanwhile
 
 
-def count_statements(bench: Bench, cluster: postgres.Cluster, c: Catalogue, writes: int) -> Statements:
-    """`writes` contracts created or deleted one at a time on `c` with every statement logged
-    (not timed: logging costs), counted per server process."""
-    client = bulk.client_id(c.n)
-    c.cp.delete_contract(ORG, client, c.cp.contract(ORG, client, API, PLAN))  # statements prepared
+def count_statements(bench: Bench, cluster: postgres.Cluster, c: Catalogue, writers: int, seconds: float) -> Statements:
+    """`writers` writers for `seconds` on `c` (as in the measured runs) with every statement
+    logged (not timed: logging costs), counted per server process."""
+    write_storm([c.cp], writers, c.n, 0.2)  # every statement prepared
     offset = cluster.log_path.stat().st_size
     cluster.log_statements(True)
     try:
-        made = 0
-        for i in range(writes):
-            if i % 2 == 0:
-                made = c.cp.contract(ORG, client, API, PLAN)
-            else:
-                c.cp.delete_contract(ORG, client, made)
+        run = write_storm([c.cp], writers, c.n, seconds)
     finally:
         cluster.log_statements(False)
     with open(cluster.log_path, "rb") as log:
@@ -243,7 +250,8 @@ def count_statements(bench: Bench, cluster: postgres.Cluster, c: Catalogue, writ
     expect(writer is not None, "no statement log line took the revision row's lock")
     mine = len(by_pid[writer])  # type: ignore[index]
     others = sum(len(v) for pid, v in by_pid.items() if pid != writer)
-    bench.log(f"replicas {c.n:,}: {mine / writes:.1f} statements per write on the write connection, {others / writes:.1f} on others")
+    writes = len(run.ms)
+    bench.log(f"replicas {c.n:,}, {writers} writer(s): {mine / writes:.1f} statements per write on the write connection, {others / writes:.1f} on others")
     return Statements(writes, mine, others)
 
 
@@ -276,7 +284,8 @@ def waiting_long_polls(cp: live.ControlPlane) -> int:
 
 def propagation(bench: Bench, a: Catalogue, cluster_url: str) -> Propagation:
     n = a.n
-    b = live.ControlPlane(bench, f"replicas-postgresql-{n}-b", database=cluster_url).start(deadline_s=LOAD_DEADLINE_S)
+    b = live.ControlPlane(bench, f"replicas-postgresql-{n}-b", database=cluster_url)
+    start_checked(b)
     expect(b.revision() == a.cp.revision(), f"replica B opened at revision {b.revision()}, A is at {a.cp.revision()}")
     upstream = live.upstream(bench)
     gateway = live.gateway(bench, b.url, f"replicas-{n}-gateway", upstream.ports["upstream"], WORKERS, cpus=None)
@@ -374,7 +383,7 @@ def run(bench: Bench) -> SectionReport:
         sqlite_cp = measured[-1][0].cp
         sqlite_cp.stop()
         pg = measured[-1][1]
-        statements = count_statements(bench, cluster, pg, 6 if bench.quick else 20)
+        statements = {w: count_statements(bench, cluster, pg, w, 0.5 if bench.quick else 2.0) for w in WRITER_COUNTS}
         assert pg.cp.database_url is not None
         spread = propagation(bench, pg, pg.cp.database_url)
         pg.cp.stop()
@@ -387,7 +396,7 @@ def row_stats(w: Writes) -> list[str]:
     return [f"{len(w.ms):,}", f"{w.rate:.0f}", f"{percentile(w.ms, 50):.1f}", f"{percentile(w.ms, 99):.1f}", f"{max(w.ms):.1f}"]
 
 
-def report(bench: Bench, version: str, measured: list[list[Catalogue]], p: Propagation, statements: Statements, rounds: int, seconds: float) -> SectionReport:
+def report(bench: Bench, version: str, measured: list[list[Catalogue]], p: Propagation, statements: dict[int, Statements], rounds: int, seconds: float) -> SectionReport:
     build = "debug" if bench.quick else "release"
     digest = hashlib.sha256(live.tollgate_binary(bench).read_bytes()).hexdigest()[:12]
     open_rows = [
@@ -452,7 +461,8 @@ def report(bench: Bench, version: str, measured: list[list[Catalogue]], p: Propa
         f"one contract, plus {SPARE} with a key and no contract, written in bulk (SQLite: one transaction; PostgreSQL: one "
         "transaction of `COPY … FROM STDIN` through `psql`, the schema's triggers and generated columns doing their part; "
         "`bench/tollgate_bench/bulk.py`). Every control plane was checked to open at the bulk write's revision, to read a "
-        "bulk client's contract back through `/v1`, and to carry a bulk key in the delta of its first write.",
+        "bulk client's contract back through `/v1`, and to carry a bulk key in the delta of its first write. Writes are measured once the background consistency "
+        "check that every start runs (every stored bucket rendered again) has ended, on every control plane.",
         "",
         "### Opening the bulk catalogue",
         "",
@@ -476,13 +486,18 @@ def report(bench: Bench, version: str, measured: list[list[Catalogue]], p: Propa
         table(["keys", "writers", "WAL fsyncs per write", "ms per fsync", "fsync ms per write", "WAL KiB per write"], wal_rows),
         "",
         "From `pg_stat_wal` (`track_wal_io_timing` on) across each writer count's runs above: *fsyncs* are the WAL "
-        "flushes commits wait for (`wal_sync`), *ms per fsync* their mean time (`wal_sync_time`). At "
-        f"{n:,} keys, {statements.writes} more writes one at a time with every statement logged "
-        f"(not timed) executed {statements.write_connection / statements.writes:.1f} statements each on the write "
-        f"connection (the one that took the revision row's lock; each one request and answer between the control plane "
-        f"and PostgreSQL, as the client is synchronous and keeps its statements prepared), and "
-        f"{statements.others / statements.writes:.1f} per write on the replica's other connections meanwhile (its "
-        "follower reading the revision it was told of, reads).",
+        "flushes commits wait for (`wal_sync`), *ms per fsync* their mean time (`wal_sync_time`).",
+        "",
+        table(
+            ["writers", "writes", "statements per write: write connection", "other connections"],
+            [[f"{w}", f"{x.writes}", f"{x.write_connection / x.writes:.1f}", f"{x.others / x.writes:.1f}"] for w, x in statements.items()],
+        ),
+        "",
+        f"At {n:,} keys, after those runs, each writer count again for a moment with every statement PostgreSQL executed "
+        "logged (`log_statement = all`; not timed, logging costs), counted per server process: the *write connection* is the "
+        "one that took the revision row's lock, where each statement is one request and answer between the control plane "
+        "and PostgreSQL (the client is synchronous and keeps its statements prepared); *other connections* are the "
+        "replica's readers and its follower, whatever they ran meanwhile.",
         "",
         f"### Across replicas at {n:,} keys (PostgreSQL)",
         "",
