@@ -17,13 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import exactness, fleet, production, propagation, request_cost, scale
+from . import exactness, fleet, production, propagation, replicas, request_cost, scale
 from .context import NOOP_WASM, REPO, TOLLGATE_WASM, Bench, CpuLayout
 from .envoy import envoy_binary, envoy_version
 from .processes import Supervisor, raise_on_termination_signals
 from .report import SectionReport, document, machine_lines
 
-# Issue 11 §3's headline, issue 6's parts in order, then issue 13's fleet-wide counting.
+# Issue 11 §3's headline, issue 6's parts in order, then issue 13's fleet-wide counting and
+# issue 14's replicas on PostgreSQL.
 SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
     "production": production.run,
     "cost": request_cost.run,
@@ -31,6 +32,7 @@ SECTIONS: dict[str, Callable[[Bench], SectionReport]] = {
     "propagation": propagation.run,
     "scale": scale.run,
     "fleet": fleet.run,
+    "replicas": replicas.run,
 }
 PENDING: list[str] = []  # parts of issue 6 not measured yet
 WASM_MAGIC = b"\0asm"

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -32,6 +33,9 @@ SECRETS = {
     # An Ed25519 seed (32 bytes, base64url): envoy-config puts its public key in the bootstrap.
     "TOLLGATE_SNAPSHOT_SIGNING_KEY": "YmVuY2gtc25hcHNob3Qtc2lnbmluZy1rZXktMDEyMzQ",
 }
+# What a replica on PostgreSQL also needs (issue 14): the key that seals the secrets replicas
+# keep in the shared database. Random per run, the same for every replica of the run.
+POSTGRES_SECRETS = {"TOLLGATE_SECRETS_KEY": secrets.token_urlsafe(32)}
 LISTENING = re.compile(rb"tollgate control plane listening on http://(\S+)")
 
 
@@ -66,13 +70,16 @@ def gateway_env() -> dict[str, str]:
 
 
 class ControlPlane:
-    """`tollgate serve --data-dir <dir> [args]`; `start` returns once /healthz answers."""
+    """`tollgate serve --data-dir <dir> [--database URL] [args]`; `start` returns once /healthz
+    answers. With `database` (a `postgres://` URL) the catalogue is in PostgreSQL, which
+    several control planes (replicas, each with a data directory of its own) may share."""
 
-    def __init__(self, bench: Bench, name: str, debug: bool = False, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, bench: Bench, name: str, debug: bool = False, args: tuple[str, ...] = (), database: str | None = None) -> None:
         self.bench = bench
         self.name = name
         # More `serve` options, e.g. `--redis URL` for fleet-wide counting.
         self.args = args
+        self.database_url = database
         # RUST_LOG=tollgate_control_plane=debug: per-revision render_ms/verify_ms in the log.
         self.debug = debug
         self.binary = tollgate_binary(bench)
@@ -90,6 +97,7 @@ class ControlPlane:
 
     @property
     def database(self) -> Path:
+        """The SQLite file (without `database`)."""
         return self.data_dir / "tollgate.db"
 
     def start(self, cpus: str | None = None, deadline_s: float = START_DEADLINE_S) -> "ControlPlane":
@@ -97,6 +105,9 @@ class ControlPlane:
         started = time.monotonic()
         argv = [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), *self.args]
         env = clean_env()
+        if self.database_url is not None:
+            argv += ["--database", self.database_url]
+            env.update(POSTGRES_SECRETS)
         if self.debug:
             env["RUST_LOG"] = "tollgate_control_plane=debug"
         self.process = self.bench.supervisor.start(argv, self.log_path, cpus=cpus, env=env, append=True)
