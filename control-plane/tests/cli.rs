@@ -930,3 +930,42 @@ fn every_cli_verb_is_exercised_by_a_test_here() {
         "CLI verbs no test here runs: {untested:?}"
     );
 }
+
+/// Every subcommand and every argument of `tollgate` (the tree `--help` shows, walked from the
+/// root) says what it is, so `--help` is enough to use a verb.
+#[test]
+fn every_subcommand_and_argument_has_a_description() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let empty = |text: Option<&clap::builder::StyledStr>| {
+            text.is_none_or(|t| t.to_string().trim().is_empty())
+        };
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            if empty(arg.get_help()) {
+                let name = arg
+                    .get_long()
+                    .map(|l| format!("--{l}"))
+                    .unwrap_or_else(|| format!("<{}>", arg.get_id()));
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        // clap's `help` has a description and mirrors the tree below it.
+        let subcommands = command.get_subcommands();
+        for sub in subcommands.filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if empty(sub.get_about()) {
+                missing.push(sub_path.clone());
+            }
+            walk(sub, &sub_path, missing);
+        }
+    }
+    let mut command = tollgate_control_plane::cli::Cli::command();
+    command.build();
+    let mut missing = Vec::new();
+    walk(&command, "tollgate", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "without a description in --help:\n{}",
+        missing.join("\n")
+    );
+}

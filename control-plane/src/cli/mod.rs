@@ -149,17 +149,30 @@ struct EnvoyConfigArgs {
 
 #[derive(Debug, Subcommand)]
 enum OrgCommand {
+    /// Create an organization.
     Create {
+        /// Its id: lowercase letters, digits and `-`, at most 64 (e.g. `acme`).
+        #[arg(value_name = "ID")]
         id: String,
+        /// Display name (default: the id).
         #[arg(long)]
         name: Option<String>,
     },
+    /// List every organization.
     List,
+    /// Show one organization.
     Get {
+        /// Its id.
+        #[arg(value_name = "ID")]
         id: String,
     },
+    /// Change an organization's display name (its id stays).
     Rename {
+        /// Its id.
+        #[arg(value_name = "ID")]
         id: String,
+        /// The new display name.
+        #[arg(value_name = "NAME")]
         name: String,
     },
 }
@@ -169,17 +182,34 @@ enum OrgCommand {
 enum OwnedCommand {
     /// Create `org/id`.
     Create {
-        /// org/id
+        /// `org/id`; the id is lowercase letters, digits and `-`, at most 64.
+        #[arg(value_name = "ORG/ID")]
         name: String,
+        /// Display name (default: the id).
         #[arg(long = "name")]
         display_name: Option<String>,
     },
     /// List an org's.
-    List { org: String },
+    List {
+        /// The organization's id.
+        #[arg(value_name = "ORG")]
+        org: String,
+    },
     /// Show `org/id`.
-    Get { name: String },
-    /// Rename `org/id`.
-    Rename { name: String, display_name: String },
+    Get {
+        /// `org/id`.
+        #[arg(value_name = "ORG/ID")]
+        name: String,
+    },
+    /// Change the display name of `org/id` (its id stays).
+    Rename {
+        /// `org/id`.
+        #[arg(value_name = "ORG/ID")]
+        name: String,
+        /// The new display name.
+        #[arg(value_name = "NAME")]
+        display_name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,29 +225,41 @@ enum PlanCommand {
 enum PlanVersionCommand {
     /// Create a draft `org/plan/version`.
     Create {
+        /// `org/plan/version`; the version is letters, digits, `.`, `_` and `-` (e.g. `2`).
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
         /// A limit such as `10000/day` (periods: second, minute, hour, day, month); repeatable.
         #[arg(long = "limit")]
         limits: Vec<String>,
-        /// Start from the limits of this existing version.
-        #[arg(long)]
+        /// Start from the limits of this existing version of the plan (its version name).
+        #[arg(long, value_name = "VERSION")]
         copy_from: Option<String>,
     },
     /// Replace a draft's limits.
     Update {
+        /// `org/plan/version`, a draft.
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
+        /// A limit such as `10000/day`; repeatable; the draft keeps only these.
         #[arg(long = "limit")]
         limits: Vec<String>,
     },
-    /// Lock a draft forever.
+    /// Lock a draft forever: only locked versions can be offered.
     Lock {
+        /// `org/plan/version`, a draft with at least one limit.
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
     },
     /// List versions of `org/plan`.
     List {
+        /// `org/plan`.
+        #[arg(value_name = "ORG/PLAN")]
         plan: String,
     },
+    /// Show a plan version: its status and limits.
     Get {
+        /// `org/plan/version`.
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
     },
 }
@@ -257,27 +299,42 @@ struct ApiVersionSettings {
 enum ApiVersionCommand {
     /// Create a draft `org/api/version`.
     Create {
+        /// `org/api/version`; the version is letters, digits, `.`, `_` and `-` (e.g. `1`).
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
         #[command(flatten)]
         settings: ApiVersionSettings,
     },
-    /// Replace a draft's settings.
+    /// Replace a draft's settings (a flag left out takes its default, as on create).
     Update {
+        /// `org/api/version`, a draft.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
         #[command(flatten)]
         settings: ApiVersionSettings,
     },
+    /// Publish a draft: gateways route its path prefix from the next snapshot.
     Publish {
+        /// `org/api/version`, a draft.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
     },
+    /// Retire a published version: gateways answer 410 on its route until another takes it.
     Retire {
+        /// `org/api/version`, a published one.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
     },
     /// List versions of `org/api`.
     List {
+        /// `org/api`.
+        #[arg(value_name = "ORG/API")]
         api: String,
     },
+    /// Show an API version: its status, routing and offered plans.
     Get {
+        /// `org/api/version`.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
     },
 }
@@ -295,30 +352,43 @@ enum ClientCommand {
 enum ClientVersionCommand {
     /// Create `org/client/version`; prints its API key once.
     Create {
+        /// `org/client/version`; the version is letters, digits, `.`, `_` and `-`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
     /// Issue a new key; the old one works for the grace period.
     RotateKey {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        #[arg(long)]
+        /// Seconds every earlier key keeps working (0 ends them now; at most 30 days).
+        #[arg(long, value_name = "SECONDS")]
         grace_seconds: u64,
     },
     /// Revoke one key now (its id from `client version get`): gateways refuse it with the
     /// next revision, whatever grace it had.
     RevokeKey {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        #[arg(long)]
+        /// The key's id, as `client version get` lists it.
+        #[arg(long, value_name = "ID")]
         key_id: i64,
     },
     /// Issue OAuth client credentials (for POST /oauth/token); prints the secret once.
     Credentials {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        /// How long earlier credentials keep working.
-        #[arg(long, default_value_t = 0)]
+        /// Seconds earlier credentials keep working (default 0: they stop now; at most 30
+        /// days).
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
         grace_seconds: u64,
     },
     /// Revoke every credential: its tokens stop working at the gateways.
     RevokeCredentials {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
     /// Identities at external issuers that act as this client version.
@@ -326,9 +396,14 @@ enum ClientVersionCommand {
     Subject(SubjectCommand),
     /// List versions of `org/client`.
     List {
+        /// `org/client`.
+        #[arg(value_name = "ORG/CLIENT")]
         client: String,
     },
+    /// Show a client version: its keys (ids and expiry, never the keys themselves).
     Get {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
 }
@@ -337,26 +412,39 @@ enum ClientVersionCommand {
 enum ContractCommand {
     /// Contract `org/client/version` with an API version through one of its plans.
     Create {
+        /// `org/client/version`: the caller.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
-        /// org/api/version
-        #[arg(long)]
+        /// `org/api/version`: what it may call.
+        #[arg(long, value_name = "ORG/API/VERSION")]
         api: String,
-        /// org/plan/version, one the API version offers (a draft or missing version is
-        /// refused); or org/plan for the version of that plan it offers.
-        #[arg(long)]
+        /// `org/plan/version`, one the API version offers (a draft or missing version is
+        /// refused); or `org/plan` for the version of that plan it offers.
+        #[arg(long, value_name = "ORG/PLAN[/VERSION]")]
         plan: String,
     },
     /// List a client version's contracts.
     List {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
     },
+    /// Show one contract.
     Get {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
+        /// The contract's id, as `contract list` shows it.
+        #[arg(value_name = "ID")]
         id: u64,
     },
-    /// Revoke a contract.
+    /// Revoke a contract: gateways answer 403 to its calls from the next revision.
     Delete {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
+        /// The contract's id, as `contract list` shows it.
+        #[arg(value_name = "ID")]
         id: u64,
     },
 }
