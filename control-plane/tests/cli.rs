@@ -969,3 +969,43 @@ fn every_subcommand_and_argument_has_a_description() {
         missing.join("\n")
     );
 }
+
+/// `serve --help` lists what changes the server, not the flags of the client commands.
+#[test]
+fn serve_help_lists_only_what_serve_uses() {
+    let output = std::process::Command::new(common::BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&output);
+    for serves in ["--listen", "--data-dir", "--database", "--redis"] {
+        assert!(help.contains(serves), "{serves} missing from:\n{help}");
+    }
+    for client_only in ["--server", "TOLLGATE_SERVER", "--json"] {
+        assert!(!help.contains(client_only), "{client_only} in:\n{help}");
+    }
+    let refused = std::process::Command::new(common::BIN)
+        .args(["serve", "--json"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "serve --json was accepted");
+}
+
+/// `--server` and `--json` mean the same before and after a client command's name; after it
+/// they win.
+#[test]
+fn client_flags_work_before_and_after_the_command() {
+    let s = Server::start();
+    run(&s, &["org", "create", "acme"]);
+    let after: serde_json::Value =
+        serde_json::from_str(&run(&s, &["org", "list", "--json"])).unwrap();
+    assert_eq!(after[0]["id"], "acme", "{after}");
+    let nowhere = "http://127.0.0.1:9";
+    let listed = run(
+        &s,
+        &["--server", nowhere, "org", "list", "--server", &s.base],
+    );
+    assert!(listed.contains("acme"), "{listed}");
+    let refused = refused(&s, &["org", "list", "--server", nowhere]);
+    assert!(refused.contains("127.0.0.1:9"), "{refused}");
+}

@@ -30,34 +30,55 @@ use crate::server::{self, ServeArgs};
     about = "API management inside Envoy: control plane and CLI"
 )]
 pub struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Clone, Args)]
-struct GlobalArgs {
-    /// Control plane to talk to.
+    /// The control plane the client commands talk to, http://host:port.
+    // Not global, so `serve --help` does not offer it: the client commands take it after their
+    // name too (`ClientArgs`).
     #[arg(
         long,
-        global = true,
         env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:7100"
+        default_value = DEFAULT_SERVER,
+        value_name = "URL"
     )]
     server: String,
-    /// Data directory: where `serve` keeps its database and secrets, and where the CLI finds
-    /// the admin token when TOLLGATE_ADMIN_TOKEN is unset.
+    /// Client commands print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Data directory: where `serve` keeps its database, secrets and lock, and where the other
+    /// commands find the admin token and snapshot signing key when their variables are unset.
     #[arg(
         long,
         global = true,
         env = "TOLLGATE_DATA_DIR",
-        default_value = "./.tollgate"
+        default_value = "./.tollgate",
+        value_name = "DIR"
     )]
     data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7100";
+
+/// `--server` and `--json` where they are given after a client command's name. Unset, the
+/// values before it apply (`tollgate --json org list` and `tollgate org list --json` agree).
+#[derive(Debug, Clone, Args)]
+struct ClientArgs {
+    /// The control plane to talk to, http://host:port (default: --server before the command's
+    /// name, else TOLLGATE_SERVER, else http://127.0.0.1:7100).
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+}
+
+/// A command run against a control plane through its API: its `--server`/`--json` and its verb.
+#[derive(Debug, Args)]
+struct Remote<C: Subcommand> {
+    #[command(flatten)]
+    args: ClientArgs,
+    #[command(subcommand)]
+    command: C,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,37 +86,34 @@ enum Command {
     /// Run the control plane.
     Serve(ServeArgs),
     /// Organizations.
-    #[command(subcommand)]
-    Org(OrgCommand),
+    Org(Remote<OrgCommand>),
     /// Plans and plan versions.
-    #[command(subcommand)]
-    Plan(PlanCommand),
+    Plan(Remote<PlanCommand>),
     /// APIs and API versions.
-    #[command(subcommand)]
-    Api(ApiCommand),
+    Api(Remote<ApiCommand>),
     /// Clients, client versions and their API keys.
-    #[command(subcommand)]
-    Client(ClientCommand),
+    Client(Remote<ClientCommand>),
     /// Contracts between client versions and API versions.
-    #[command(subcommand)]
-    Contract(ContractCommand),
+    Contract(Remote<ContractCommand>),
     /// External token issuers gateways trust (Keycloak, Entra ID, Auth0…).
-    #[command(subcommand)]
-    Issuer(IssuerCommand),
+    Issuer(Remote<IssuerCommand>),
     /// The own token issuer's signing keys.
-    #[command(subcommand)]
-    TokenKey(TokenKeyCommand),
+    TokenKey(Remote<TokenKeyCommand>),
     /// Service accounts: client credentials for management tokens.
-    #[command(subcommand)]
-    ServiceAccount(ServiceAccountCommand),
+    ServiceAccount(Remote<ServiceAccountCommand>),
     /// Converge the catalogue towards a YAML document (idempotent; never deletes).
     Apply {
-        /// The catalogue file; `-` reads standard input.
+        /// The catalogue file (YAML); `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Print the whole catalogue as YAML that `apply` accepts.
-    Export,
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a complete Envoy bootstrap for a live-mode gateway in front of one upstream.
     EnvoyConfig(EnvoyConfigArgs),
     /// Print the public key of the snapshot signing key (env TOLLGATE_SNAPSHOT_SIGNING_KEY or
@@ -451,9 +469,9 @@ enum ContractCommand {
 
 pub fn main(cli: Cli) -> ExitCode {
     let command = match cli.command {
-        Command::Serve(args) => return serve(args, cli.global.data_dir),
+        Command::Serve(args) => return serve(args, cli.data_dir),
         Command::SnapshotPublicKey => {
-            return match snapshot_public_key(&cli.global.data_dir) {
+            return match snapshot_public_key(&cli.data_dir) {
                 Ok(key) => {
                     println!("{key}");
                     ExitCode::SUCCESS
@@ -465,7 +483,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::EnvoyConfig(args) => {
-            return match envoy_config(&args, &cli.global.data_dir) {
+            return match envoy_config(&args, &cli.data_dir) {
                 Ok(config) => {
                     print!("{config}");
                     ExitCode::SUCCESS
@@ -478,7 +496,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         other => other,
     };
-    match run(&cli.global, command) {
+    match run(&cli.server, cli.json, &cli.data_dir, command) {
         Ok(output) => {
             if !output.is_empty() {
                 println!("{output}");
@@ -577,35 +595,64 @@ fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<St
     ))
 }
 
-fn run(global: &GlobalArgs, command: Command) -> Result<String, ClientError> {
-    let token = read_secret(SecretKind::AdminToken, &global.data_dir)
+fn run(
+    server: &str,
+    json: bool,
+    data_dir: &std::path::Path,
+    command: Command,
+) -> Result<String, ClientError> {
+    // The flags after the command's name, else those before it.
+    let client = match &command {
+        Command::Org(c) => &c.args,
+        Command::Plan(c) => &c.args,
+        Command::Api(c) => &c.args,
+        Command::Client(c) => &c.args,
+        Command::Contract(c) => &c.args,
+        Command::Issuer(c) => &c.args,
+        Command::TokenKey(c) => &c.args,
+        Command::ServiceAccount(c) => &c.args,
+        Command::Apply { client, .. } | Command::Export { client } => client,
+        Command::Serve(_) | Command::EnvoyConfig(_) | Command::SnapshotPublicKey => {
+            return Ok(String::new())
+        }
+    };
+    let server = client.server.as_deref().unwrap_or(server);
+    let out = Output {
+        json: json || client.json,
+    };
+    let token = read_secret(SecretKind::AdminToken, data_dir)
         .map_err(|e| ClientError::Other(e.to_string()))?
         .ok_or_else(|| {
             ClientError::Other(format!(
                 "no admin token: set TOLLGATE_ADMIN_TOKEN or pass --data-dir to where the \
                  server wrote admin-token (looked in {})",
-                global.data_dir.display()
+                data_dir.display()
             ))
         })?;
-    let api = ApiClient::new(&global.server, &token);
-    let out = Output { json: global.json };
+    let api = ApiClient::new(server, &token);
     match command {
         Command::Serve(_) | Command::EnvoyConfig(_) | Command::SnapshotPublicKey => {
             Ok(String::new())
         }
-        Command::Org(c) => org(&api, &out, c),
-        Command::Plan(PlanCommand::Owned(c)) => owned(&api, &out, "plans", c),
-        Command::Plan(PlanCommand::Version(c)) => plan_version(&api, &out, c),
-        Command::Api(ApiCommand::Owned(c)) => owned(&api, &out, "apis", c),
-        Command::Api(ApiCommand::Version(c)) => api_version(&api, &out, c),
-        Command::Client(ClientCommand::Owned(c)) => owned(&api, &out, "clients", c),
-        Command::Client(ClientCommand::Version(c)) => client_version(&api, &out, c),
-        Command::Contract(c) => contract(&api, &out, c),
-        Command::Issuer(c) => tokens::issuer(&api, &out, c),
-        Command::TokenKey(c) => tokens::token_key(&api, &out, c),
-        Command::ServiceAccount(c) => tokens::service_account(&api, &out, c),
-        Command::Apply { file } => apply(&api, &out, &file),
-        Command::Export => export(&api, &out),
+        Command::Org(c) => org(&api, &out, c.command),
+        Command::Plan(c) => match c.command {
+            PlanCommand::Owned(c) => owned(&api, &out, "plans", c),
+            PlanCommand::Version(c) => plan_version(&api, &out, c),
+        },
+        Command::Api(c) => match c.command {
+            ApiCommand::Owned(c) => owned(&api, &out, "apis", c),
+            ApiCommand::Version(c) => api_version(&api, &out, c),
+        },
+        Command::Client(c) => match c.command {
+            ClientCommand::Owned(c) => owned(&api, &out, "clients", c),
+            ClientCommand::Version(c) => client_version(&api, &out, c),
+        },
+        Command::Contract(c) => contract(&api, &out, c.command),
+        Command::Issuer(c) => tokens::issuer(&api, &out, c.command),
+        Command::TokenKey(c) => tokens::token_key(&api, &out, c.command),
+        Command::ServiceAccount(c) => tokens::service_account(&api, &out, c.command),
+        Command::Apply { file, .. } => apply(&api, &out, &file),
+        Command::Export { .. } => export(&api, &out),
     }
 }
 
