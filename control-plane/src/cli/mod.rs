@@ -9,7 +9,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Value};
 use tollgate_core::signing::SnapshotSigningKey;
 use tollgate_core::snapshot::{AuthMode, Routing};
@@ -30,7 +31,8 @@ use crate::server::{self, ServeArgs};
     about = "API management inside Envoy: control plane and CLI"
 )]
 pub struct Cli {
-    /// The control plane the client commands talk to, http://host:port.
+    /// The control plane the client commands talk to, http://host:port; also what
+    /// `envoy-config` points the gateway at when no --control-plane is given.
     // Not global, so `serve --help` does not offer it: the client commands take it after their
     // name too (`ClientArgs`).
     #[arg(
@@ -55,6 +57,19 @@ pub struct Cli {
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
+    /// `--server` was on the command line before the subcommand (not from the environment).
+    #[arg(skip)]
+    server_given: bool,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message on a mistake.
+    pub fn from_command_line() -> Self {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.server_given = matches.value_source("server") == Some(ValueSource::CommandLine);
+        cli
+    }
 }
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7100";
@@ -132,16 +147,16 @@ struct EnvoyConfigArgs {
     /// The service behind the gateway, host:port.
     #[arg(long)]
     upstream: String,
-    /// The control plane the gateway polls, http://host:port. Repeat it for each replica of a
-    /// control plane on PostgreSQL: all go into one Envoy cluster, health-checked on /healthz,
-    /// and the gateway's calls go to the live ones.
-    #[arg(
-        long = "control-plane",
-        value_name = "URL",
-        action = clap::ArgAction::Append,
-        default_value = "http://127.0.0.1:7100"
-    )]
+    /// The control plane the gateway polls, http://host:port (default: the CLI's --server,
+    /// TOLLGATE_SERVER, else http://127.0.0.1:7100). Repeat it for each replica of a control
+    /// plane on PostgreSQL: all go into one Envoy cluster, health-checked on /healthz, and the
+    /// gateway's calls go to the live ones.
+    #[arg(long = "control-plane", value_name = "URL", action = clap::ArgAction::Append)]
     control_planes: Vec<String>,
+    /// The control plane as the client commands name it; used only when no --control-plane is
+    /// given, and refused beside one (the gateway's control planes are --control-plane).
+    #[arg(long, value_name = "URL", conflicts_with = "control_planes")]
+    server: Option<String>,
     /// Envoy worker threads; Envoy takes this on its command line, so it is printed there.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
@@ -483,7 +498,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::EnvoyConfig(args) => {
-            return match envoy_config(&args, &cli.data_dir) {
+            return match envoy_config(&args, &cli.server, cli.server_given, &cli.data_dir) {
                 Ok(config) => {
                     print!("{config}");
                     ExitCode::SUCCESS
@@ -557,7 +572,29 @@ fn snapshot_public_key(data_dir: &std::path::Path) -> Result<String, String> {
 
 /// The bootstrap as YAML, with the command line to run it. It holds no secret: the gateway
 /// trusts the control plane's public key and reads the gateway token from its environment.
-fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<String, String> {
+/// `server` is the CLI's (`--server` before the subcommand, TOLLGATE_SERVER or the default).
+fn envoy_config(
+    args: &EnvoyConfigArgs,
+    server: &str,
+    server_given: bool,
+    data_dir: &std::path::Path,
+) -> Result<String, String> {
+    // The gateway's control planes are --control-plane; without one, the control plane this
+    // CLI talks to, so `tollgate envoy-config` agrees with `tollgate org list` about where the
+    // control plane is. Both on the command line is refused rather than one silently losing.
+    if server_given && !args.control_planes.is_empty() {
+        return Err(
+            "--server and --control-plane: the gateway's control planes are \
+                    --control-plane; --server is used only without one, so give one of them"
+                .to_owned(),
+        );
+    }
+    let (control_planes, from_server) = if args.control_planes.is_empty() {
+        let server = args.server.as_deref().unwrap_or(server);
+        (vec![server.to_owned()], true)
+    } else {
+        (args.control_planes.clone(), false)
+    };
     let keys = if args.snapshot_public_keys.is_empty() {
         vec![snapshot_public_key(data_dir)?]
     } else {
@@ -569,13 +606,19 @@ fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<St
         wasm: &wasm,
         listen: &args.listen,
         upstream: &args.upstream,
-        control_planes: &args.control_planes,
+        control_planes: &control_planes,
         admin: &args.admin,
         snapshot_public_keys: &keys,
         unmatched: &args.unmatched,
         failure_mode: &args.failure_mode,
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| {
+        if from_server {
+            format!("{e} (no --control-plane was given, so the CLI's --server / TOLLGATE_SERVER was used)")
+        } else {
+            e.to_string()
+        }
+    })?;
     let yaml = yaml_serde::to_string(&bootstrap).map_err(|e| e.to_string())?;
     let admin = match bootstrap["admin"]["address"]["pipe"]["path"].as_str() {
         Some(path) => format!(
