@@ -10,7 +10,7 @@ use tollgate_core::snapshot::{Period, RateLimit, Routing};
 
 use crate::error::Error;
 
-/// Org, plan, API and client ids: `[a-z0-9][a-z0-9-]{0,63}` (DESIGN.md §1).
+/// Org, plan, API and client ids: `[a-z0-9][a-z0-9-]{0,63}`.
 pub fn check_slug(field: &str, value: &str) -> Result<(), Error> {
     let bytes = value.as_bytes();
     let ok = !bytes.is_empty()

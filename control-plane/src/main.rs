@@ -1,8 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use tollgate_control_plane::cli::Cli;
 
 fn main() -> ExitCode {
-    tollgate_control_plane::cli::main(Cli::parse())
+    tollgate_control_plane::cli::main(Cli::from_command_line())
 }

@@ -930,3 +930,224 @@ fn every_cli_verb_is_exercised_by_a_test_here() {
         "CLI verbs no test here runs: {untested:?}"
     );
 }
+
+/// Every subcommand and every argument of `tollgate` (the tree `--help` shows, walked from the
+/// root) says what it is, so `--help` is enough to use a verb.
+#[test]
+fn every_subcommand_and_argument_has_a_description() {
+    use clap::CommandFactory;
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let empty = |text: Option<&clap::builder::StyledStr>| {
+            text.is_none_or(|t| t.to_string().trim().is_empty())
+        };
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            if empty(arg.get_help()) {
+                let name = arg
+                    .get_long()
+                    .map(|l| format!("--{l}"))
+                    .unwrap_or_else(|| format!("<{}>", arg.get_id()));
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        // clap's `help` has a description and mirrors the tree below it.
+        let subcommands = command.get_subcommands();
+        for sub in subcommands.filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if empty(sub.get_about()) {
+                missing.push(sub_path.clone());
+            }
+            walk(sub, &sub_path, missing);
+        }
+    }
+    let mut command = tollgate_control_plane::cli::Cli::command();
+    command.build();
+    let mut missing = Vec::new();
+    walk(&command, "tollgate", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "without a description in --help:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// `serve --help` lists what changes the server, not the flags of the client commands.
+#[test]
+fn serve_help_lists_only_what_serve_uses() {
+    let output = std::process::Command::new(common::BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&output);
+    for serves in ["--listen", "--data-dir", "--database", "--redis"] {
+        assert!(help.contains(serves), "{serves} missing from:\n{help}");
+    }
+    for client_only in ["--server", "TOLLGATE_SERVER", "--json"] {
+        assert!(!help.contains(client_only), "{client_only} in:\n{help}");
+    }
+    let refused = std::process::Command::new(common::BIN)
+        .args(["serve", "--json"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "serve --json was accepted");
+}
+
+/// Runs `tollgate envoy-config` for a gateway on 127.0.0.1:10000 with `extra` arguments and
+/// environment; needs no server (the public key is given).
+fn envoy_config(env: &[(&str, &str)], extra: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(common::BIN);
+    command
+        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_DATA_DIR")
+        .env_remove("TOLLGATE_SNAPSHOT_SIGNING_KEY")
+        .envs(env.iter().copied())
+        .args(extra.iter().take_while(|a| **a != "envoy-config"))
+        .args([
+            "envoy-config",
+            "--wasm",
+            "target/tollgate.wasm",
+            "--listen",
+            "127.0.0.1:10000",
+            "--upstream",
+            "127.0.0.1:8080",
+            "--snapshot-public-key",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ])
+        .args(extra.iter().skip_while(|a| **a != "envoy-config").skip(1));
+    command.output().unwrap()
+}
+
+/// The control-plane cluster's endpoints (`host:port`) and the authority the gateway sends it,
+/// which the poller's and the filter's configurations and the health check must agree on.
+fn control_plane_of(bootstrap: &str) -> (Vec<String>, String) {
+    let b: serde_json::Value = yaml_serde::from_str(bootstrap).unwrap();
+    let cluster = b["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tollgate_control_plane")
+        .unwrap();
+    let endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let a = &e["endpoint"]["address"]["socket_address"];
+            format!("{}:{}", a["address"].as_str().unwrap(), a["port_value"])
+        })
+        .collect();
+    let mut authorities: Vec<&str> = bootstrap
+        .split(r#""authority":""#)
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert_eq!(
+        authorities.len(),
+        2,
+        "the poller's and the filter's: {bootstrap}"
+    );
+    authorities.push(
+        cluster["health_checks"][0]["http_health_check"]["host"]
+            .as_str()
+            .unwrap(),
+    );
+    authorities.dedup();
+    assert_eq!(authorities.len(), 1, "{authorities:?}");
+    (endpoints, authorities[0].to_owned())
+}
+
+/// One rule: `--control-plane` names the gateway's control planes; without it, the control
+/// plane the CLI talks to (`--server`, else TOLLGATE_SERVER, else the default).
+#[test]
+fn envoy_config_without_control_plane_points_at_the_cli_server() {
+    let cp =
+        |env: &[(&str, &str)], extra: &[&str]| control_plane_of(&stdout(&envoy_config(env, extra)));
+    let only_env = [("TOLLGATE_SERVER", "http://cp.example:7443")];
+    assert_eq!(
+        cp(&only_env, &[]),
+        (
+            vec!["cp.example:7443".to_owned()],
+            "cp.example:7443".to_owned()
+        ),
+        "only TOLLGATE_SERVER set"
+    );
+    let ours = (vec!["cp-b:7100".to_owned()], "cp-b:7100".to_owned());
+    assert_eq!(
+        cp(&only_env, &["--server", "http://cp-b:7100", "envoy-config"]),
+        ours
+    );
+    assert_eq!(
+        cp(&only_env, &["envoy-config", "--server", "http://cp-b:7100"]),
+        ours
+    );
+    assert_eq!(
+        cp(
+            &only_env,
+            &["envoy-config", "--control-plane", "http://cp-b:7100"]
+        ),
+        ours
+    );
+    assert_eq!(
+        cp(&[], &[]),
+        (
+            vec!["127.0.0.1:7100".to_owned()],
+            "127.0.0.1:7100".to_owned()
+        ),
+        "nothing set"
+    );
+    let both = envoy_config(
+        &[],
+        &[
+            "envoy-config",
+            "--server",
+            "http://a:7100",
+            "--control-plane",
+            "http://b:7100",
+        ],
+    );
+    assert!(
+        !both.status.success(),
+        "--server beside --control-plane was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("--control-plane"), "{stderr}");
+    let before = envoy_config(
+        &only_env,
+        &[
+            "--server",
+            "http://a:7100",
+            "envoy-config",
+            "--control-plane",
+            "http://b:7100",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&before.stderr);
+    assert!(
+        !before.status.success() && stderr.contains("--control-plane"),
+        "{stderr}"
+    );
+    let wrong = envoy_config(&[("TOLLGATE_SERVER", "https://cp.example")], &[]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && stderr.contains("TOLLGATE_SERVER"),
+        "{stderr}"
+    );
+}
+
+/// `--server` and `--json` mean the same before and after a client command's name; after it
+/// they win.
+#[test]
+fn client_flags_work_before_and_after_the_command() {
+    let s = Server::start();
+    run(&s, &["org", "create", "acme"]);
+    let after: serde_json::Value =
+        serde_json::from_str(&run(&s, &["org", "list", "--json"])).unwrap();
+    assert_eq!(after[0]["id"], "acme", "{after}");
+    let nowhere = "http://127.0.0.1:9";
+    let listed = run(
+        &s,
+        &["--server", nowhere, "org", "list", "--server", &s.base],
+    );
+    assert!(listed.contains("acme"), "{listed}");
+    let refused = refused(&s, &["org", "list", "--server", nowhere]);
+    assert!(refused.contains("127.0.0.1:9"), "{refused}");
+}

@@ -1,4 +1,5 @@
-//! Lifecycle rules of DESIGN.md §1/§3, each observed through the HTTP API of a real server.
+//! Lifecycle rules (control-plane/README.md, "Lifecycle rules"), each observed through the HTTP
+//! API of a real server.
 
 // Test helpers may unwrap and panic: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

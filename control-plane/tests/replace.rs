@@ -1,6 +1,6 @@
-//! `PUT` takes what `GET` returns (DESIGN.md §3, issue 12 §3): every resource with a `PUT`
-//! survives a GET → edit → PUT round trip; a read-only field repeated unchanged is accepted, one
-//! that differs is 400 `invalid-field` naming it; an unknown field is 400 `invalid-body`; and a
+//! `PUT` takes what `GET` returns (control-plane/README.md, issue 12 §3): every resource with a
+//! `PUT` survives a GET → edit → PUT round trip; a read-only field repeated unchanged is accepted,
+//! one that differs is 400 `invalid-field` naming it; an unknown field is 400 `invalid-body`; and a
 //! lifecycle conflict (409) is answered before any complaint about read-only fields.
 
 // Test helpers may unwrap and panic: a failure there is a failed test.

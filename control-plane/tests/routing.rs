@@ -1,6 +1,6 @@
-//! Publish rules for routing (DESIGN.md §2, issue 18 items 1-2): a public route never shadows a
-//! private one for any host, in either order of publishing, through the API and `apply`; host
-//! names are checked and stored in the form gateways read requests in.
+//! Publish rules for routing (control-plane/README.md, issue 18 items 1-2): a public route never
+//! shadows a private one for any host, in either order of publishing, through the API and `apply`;
+//! host names are checked and stored in the form gateways read requests in.
 
 // Test helpers may unwrap and panic: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -9,7 +9,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Value};
 use tollgate_core::signing::SnapshotSigningKey;
 use tollgate_core::snapshot::{AuthMode, Routing};
@@ -30,34 +31,69 @@ use crate::server::{self, ServeArgs};
     about = "API management inside Envoy: control plane and CLI"
 )]
 pub struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Clone, Args)]
-struct GlobalArgs {
-    /// Control plane to talk to.
+    /// The control plane the client commands talk to, http://host:port; also what
+    /// `envoy-config` points the gateway at when no --control-plane is given.
+    // Not global, so `serve --help` does not offer it: the client commands take it after their
+    // name too (`ClientArgs`).
     #[arg(
         long,
-        global = true,
         env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:7100"
+        default_value = DEFAULT_SERVER,
+        value_name = "URL"
     )]
     server: String,
-    /// Data directory: where `serve` keeps its database and secrets, and where the CLI finds
-    /// the admin token when TOLLGATE_ADMIN_TOKEN is unset.
+    /// Client commands print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Data directory: where `serve` keeps its database, secrets and lock, and where the other
+    /// commands find the admin token and snapshot signing key when their variables are unset.
     #[arg(
         long,
         global = true,
         env = "TOLLGATE_DATA_DIR",
-        default_value = "./.tollgate"
+        default_value = "./.tollgate",
+        value_name = "DIR"
     )]
     data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+    /// `--server` was on the command line before the subcommand (not from the environment).
+    #[arg(skip)]
+    server_given: bool,
+}
+
+impl Cli {
+    /// Parses the process's arguments, exiting with clap's message on a mistake.
+    pub fn from_command_line() -> Self {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.server_given = matches.value_source("server") == Some(ValueSource::CommandLine);
+        cli
+    }
+}
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7100";
+
+/// `--server` and `--json` where they are given after a client command's name. Unset, the
+/// values before it apply (`tollgate --json org list` and `tollgate org list --json` agree).
+#[derive(Debug, Clone, Args)]
+struct ClientArgs {
+    /// The control plane to talk to, http://host:port (default: --server before the command's
+    /// name, else TOLLGATE_SERVER, else http://127.0.0.1:7100).
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+}
+
+/// A command run against a control plane through its API: its `--server`/`--json` and its verb.
+#[derive(Debug, Args)]
+struct Remote<C: Subcommand> {
+    #[command(flatten)]
+    args: ClientArgs,
+    #[command(subcommand)]
+    command: C,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,37 +101,34 @@ enum Command {
     /// Run the control plane.
     Serve(ServeArgs),
     /// Organizations.
-    #[command(subcommand)]
-    Org(OrgCommand),
+    Org(Remote<OrgCommand>),
     /// Plans and plan versions.
-    #[command(subcommand)]
-    Plan(PlanCommand),
+    Plan(Remote<PlanCommand>),
     /// APIs and API versions.
-    #[command(subcommand)]
-    Api(ApiCommand),
+    Api(Remote<ApiCommand>),
     /// Clients, client versions and their API keys.
-    #[command(subcommand)]
-    Client(ClientCommand),
+    Client(Remote<ClientCommand>),
     /// Contracts between client versions and API versions.
-    #[command(subcommand)]
-    Contract(ContractCommand),
+    Contract(Remote<ContractCommand>),
     /// External token issuers gateways trust (Keycloak, Entra ID, Auth0…).
-    #[command(subcommand)]
-    Issuer(IssuerCommand),
+    Issuer(Remote<IssuerCommand>),
     /// The own token issuer's signing keys.
-    #[command(subcommand)]
-    TokenKey(TokenKeyCommand),
+    TokenKey(Remote<TokenKeyCommand>),
     /// Service accounts: client credentials for management tokens.
-    #[command(subcommand)]
-    ServiceAccount(ServiceAccountCommand),
+    ServiceAccount(Remote<ServiceAccountCommand>),
     /// Converge the catalogue towards a YAML document (idempotent; never deletes).
     Apply {
-        /// The catalogue file; `-` reads standard input.
+        /// The catalogue file (YAML); `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Print the whole catalogue as YAML that `apply` accepts.
-    Export,
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a complete Envoy bootstrap for a live-mode gateway in front of one upstream.
     EnvoyConfig(EnvoyConfigArgs),
     /// Print the public key of the snapshot signing key (env TOLLGATE_SNAPSHOT_SIGNING_KEY or
@@ -114,16 +147,16 @@ struct EnvoyConfigArgs {
     /// The service behind the gateway, host:port.
     #[arg(long)]
     upstream: String,
-    /// The control plane the gateway polls, http://host:port. Repeat it for each replica of a
-    /// control plane on PostgreSQL: all go into one Envoy cluster, health-checked on /healthz,
-    /// and the gateway's calls go to the live ones.
-    #[arg(
-        long = "control-plane",
-        value_name = "URL",
-        action = clap::ArgAction::Append,
-        default_value = "http://127.0.0.1:7100"
-    )]
+    /// The control plane the gateway polls, http://host:port (default: the CLI's --server,
+    /// TOLLGATE_SERVER, else http://127.0.0.1:7100). Repeat it for each replica of a control
+    /// plane on PostgreSQL: all go into one Envoy cluster, health-checked on /healthz, and the
+    /// gateway's calls go to the live ones.
+    #[arg(long = "control-plane", value_name = "URL", action = clap::ArgAction::Append)]
     control_planes: Vec<String>,
+    /// The control plane as the client commands name it; used only when no --control-plane is
+    /// given, and refused beside one (the gateway's control planes are --control-plane).
+    #[arg(long, value_name = "URL", conflicts_with = "control_planes")]
+    server: Option<String>,
     /// Envoy worker threads; Envoy takes this on its command line, so it is printed there.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
@@ -149,17 +182,30 @@ struct EnvoyConfigArgs {
 
 #[derive(Debug, Subcommand)]
 enum OrgCommand {
+    /// Create an organization.
     Create {
+        /// Its id: lowercase letters, digits and `-`, at most 64 (e.g. `acme`).
+        #[arg(value_name = "ID")]
         id: String,
+        /// Display name (default: the id).
         #[arg(long)]
         name: Option<String>,
     },
+    /// List every organization.
     List,
+    /// Show one organization.
     Get {
+        /// Its id.
+        #[arg(value_name = "ID")]
         id: String,
     },
+    /// Change an organization's display name (its id stays).
     Rename {
+        /// Its id.
+        #[arg(value_name = "ID")]
         id: String,
+        /// The new display name.
+        #[arg(value_name = "NAME")]
         name: String,
     },
 }
@@ -169,17 +215,34 @@ enum OrgCommand {
 enum OwnedCommand {
     /// Create `org/id`.
     Create {
-        /// org/id
+        /// `org/id`; the id is lowercase letters, digits and `-`, at most 64.
+        #[arg(value_name = "ORG/ID")]
         name: String,
+        /// Display name (default: the id).
         #[arg(long = "name")]
         display_name: Option<String>,
     },
     /// List an org's.
-    List { org: String },
+    List {
+        /// The organization's id.
+        #[arg(value_name = "ORG")]
+        org: String,
+    },
     /// Show `org/id`.
-    Get { name: String },
-    /// Rename `org/id`.
-    Rename { name: String, display_name: String },
+    Get {
+        /// `org/id`.
+        #[arg(value_name = "ORG/ID")]
+        name: String,
+    },
+    /// Change the display name of `org/id` (its id stays).
+    Rename {
+        /// `org/id`.
+        #[arg(value_name = "ORG/ID")]
+        name: String,
+        /// The new display name.
+        #[arg(value_name = "NAME")]
+        display_name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,29 +258,41 @@ enum PlanCommand {
 enum PlanVersionCommand {
     /// Create a draft `org/plan/version`.
     Create {
+        /// `org/plan/version`; the version is letters, digits, `.`, `_` and `-` (e.g. `2`).
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
         /// A limit such as `10000/day` (periods: second, minute, hour, day, month); repeatable.
         #[arg(long = "limit")]
         limits: Vec<String>,
-        /// Start from the limits of this existing version.
-        #[arg(long)]
+        /// Start from the limits of this existing version of the plan (its version name).
+        #[arg(long, value_name = "VERSION")]
         copy_from: Option<String>,
     },
     /// Replace a draft's limits.
     Update {
+        /// `org/plan/version`, a draft.
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
+        /// A limit such as `10000/day`; repeatable; the draft keeps only these.
         #[arg(long = "limit")]
         limits: Vec<String>,
     },
-    /// Lock a draft forever.
+    /// Lock a draft forever: only locked versions can be offered.
     Lock {
+        /// `org/plan/version`, a draft with at least one limit.
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
     },
     /// List versions of `org/plan`.
     List {
+        /// `org/plan`.
+        #[arg(value_name = "ORG/PLAN")]
         plan: String,
     },
+    /// Show a plan version: its status and limits.
     Get {
+        /// `org/plan/version`.
+        #[arg(value_name = "ORG/PLAN/VERSION")]
         name: String,
     },
 }
@@ -257,27 +332,42 @@ struct ApiVersionSettings {
 enum ApiVersionCommand {
     /// Create a draft `org/api/version`.
     Create {
+        /// `org/api/version`; the version is letters, digits, `.`, `_` and `-` (e.g. `1`).
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
         #[command(flatten)]
         settings: ApiVersionSettings,
     },
-    /// Replace a draft's settings.
+    /// Replace a draft's settings (a flag left out takes its default, as on create).
     Update {
+        /// `org/api/version`, a draft.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
         #[command(flatten)]
         settings: ApiVersionSettings,
     },
+    /// Publish a draft: gateways route its path prefix from the next snapshot.
     Publish {
+        /// `org/api/version`, a draft.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
     },
+    /// Retire a published version: gateways answer 410 on its route until another takes it.
     Retire {
+        /// `org/api/version`, a published one.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
     },
     /// List versions of `org/api`.
     List {
+        /// `org/api`.
+        #[arg(value_name = "ORG/API")]
         api: String,
     },
+    /// Show an API version: its status, routing and offered plans.
     Get {
+        /// `org/api/version`.
+        #[arg(value_name = "ORG/API/VERSION")]
         name: String,
     },
 }
@@ -295,30 +385,43 @@ enum ClientCommand {
 enum ClientVersionCommand {
     /// Create `org/client/version`; prints its API key once.
     Create {
+        /// `org/client/version`; the version is letters, digits, `.`, `_` and `-`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
     /// Issue a new key; the old one works for the grace period.
     RotateKey {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        #[arg(long)]
+        /// Seconds every earlier key keeps working (0 ends them now; at most 30 days).
+        #[arg(long, value_name = "SECONDS")]
         grace_seconds: u64,
     },
     /// Revoke one key now (its id from `client version get`): gateways refuse it with the
     /// next revision, whatever grace it had.
     RevokeKey {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        #[arg(long)]
+        /// The key's id, as `client version get` lists it.
+        #[arg(long, value_name = "ID")]
         key_id: i64,
     },
     /// Issue OAuth client credentials (for POST /oauth/token); prints the secret once.
     Credentials {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        /// How long earlier credentials keep working.
-        #[arg(long, default_value_t = 0)]
+        /// Seconds earlier credentials keep working (default 0: they stop now; at most 30
+        /// days).
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
         grace_seconds: u64,
     },
     /// Revoke every credential: its tokens stop working at the gateways.
     RevokeCredentials {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
     /// Identities at external issuers that act as this client version.
@@ -326,9 +429,14 @@ enum ClientVersionCommand {
     Subject(SubjectCommand),
     /// List versions of `org/client`.
     List {
+        /// `org/client`.
+        #[arg(value_name = "ORG/CLIENT")]
         client: String,
     },
+    /// Show a client version: its keys (ids and expiry, never the keys themselves).
     Get {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
 }
@@ -337,35 +445,48 @@ enum ClientVersionCommand {
 enum ContractCommand {
     /// Contract `org/client/version` with an API version through one of its plans.
     Create {
+        /// `org/client/version`: the caller.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
-        /// org/api/version
-        #[arg(long)]
+        /// `org/api/version`: what it may call.
+        #[arg(long, value_name = "ORG/API/VERSION")]
         api: String,
-        /// org/plan/version, one the API version offers (a draft or missing version is
-        /// refused); or org/plan for the version of that plan it offers.
-        #[arg(long)]
+        /// `org/plan/version`, one the API version offers (a draft or missing version is
+        /// refused); or `org/plan` for the version of that plan it offers.
+        #[arg(long, value_name = "ORG/PLAN[/VERSION]")]
         plan: String,
     },
     /// List a client version's contracts.
     List {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
     },
+    /// Show one contract.
     Get {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
+        /// The contract's id, as `contract list` shows it.
+        #[arg(value_name = "ID")]
         id: u64,
     },
-    /// Revoke a contract.
+    /// Revoke a contract: gateways answer 403 to its calls from the next revision.
     Delete {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         client_version: String,
+        /// The contract's id, as `contract list` shows it.
+        #[arg(value_name = "ID")]
         id: u64,
     },
 }
 
 pub fn main(cli: Cli) -> ExitCode {
     let command = match cli.command {
-        Command::Serve(args) => return serve(args, cli.global.data_dir),
+        Command::Serve(args) => return serve(args, cli.data_dir),
         Command::SnapshotPublicKey => {
-            return match snapshot_public_key(&cli.global.data_dir) {
+            return match snapshot_public_key(&cli.data_dir) {
                 Ok(key) => {
                     println!("{key}");
                     ExitCode::SUCCESS
@@ -377,7 +498,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::EnvoyConfig(args) => {
-            return match envoy_config(&args, &cli.global.data_dir) {
+            return match envoy_config(&args, &cli.server, cli.server_given, &cli.data_dir) {
                 Ok(config) => {
                     print!("{config}");
                     ExitCode::SUCCESS
@@ -390,7 +511,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         other => other,
     };
-    match run(&cli.global, command) {
+    match run(&cli.server, cli.json, &cli.data_dir, command) {
         Ok(output) => {
             if !output.is_empty() {
                 println!("{output}");
@@ -451,7 +572,29 @@ fn snapshot_public_key(data_dir: &std::path::Path) -> Result<String, String> {
 
 /// The bootstrap as YAML, with the command line to run it. It holds no secret: the gateway
 /// trusts the control plane's public key and reads the gateway token from its environment.
-fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<String, String> {
+/// `server` is the CLI's (`--server` before the subcommand, TOLLGATE_SERVER or the default).
+fn envoy_config(
+    args: &EnvoyConfigArgs,
+    server: &str,
+    server_given: bool,
+    data_dir: &std::path::Path,
+) -> Result<String, String> {
+    // The gateway's control planes are --control-plane; without one, the control plane this
+    // CLI talks to, so `tollgate envoy-config` agrees with `tollgate org list` about where the
+    // control plane is. Both on the command line is refused rather than one silently losing.
+    if server_given && !args.control_planes.is_empty() {
+        return Err(
+            "--server and --control-plane: the gateway's control planes are \
+                    --control-plane; --server is used only without one, so give one of them"
+                .to_owned(),
+        );
+    }
+    let (control_planes, from_server) = if args.control_planes.is_empty() {
+        let server = args.server.as_deref().unwrap_or(server);
+        (vec![server.to_owned()], true)
+    } else {
+        (args.control_planes.clone(), false)
+    };
     let keys = if args.snapshot_public_keys.is_empty() {
         vec![snapshot_public_key(data_dir)?]
     } else {
@@ -463,13 +606,19 @@ fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<St
         wasm: &wasm,
         listen: &args.listen,
         upstream: &args.upstream,
-        control_planes: &args.control_planes,
+        control_planes: &control_planes,
         admin: &args.admin,
         snapshot_public_keys: &keys,
         unmatched: &args.unmatched,
         failure_mode: &args.failure_mode,
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| {
+        if from_server {
+            format!("{e} (no --control-plane was given, so the CLI's --server / TOLLGATE_SERVER was used)")
+        } else {
+            e.to_string()
+        }
+    })?;
     let yaml = yaml_serde::to_string(&bootstrap).map_err(|e| e.to_string())?;
     let admin = match bootstrap["admin"]["address"]["pipe"]["path"].as_str() {
         Some(path) => format!(
@@ -489,35 +638,64 @@ fn envoy_config(args: &EnvoyConfigArgs, data_dir: &std::path::Path) -> Result<St
     ))
 }
 
-fn run(global: &GlobalArgs, command: Command) -> Result<String, ClientError> {
-    let token = read_secret(SecretKind::AdminToken, &global.data_dir)
+fn run(
+    server: &str,
+    json: bool,
+    data_dir: &std::path::Path,
+    command: Command,
+) -> Result<String, ClientError> {
+    // The flags after the command's name, else those before it.
+    let client = match &command {
+        Command::Org(c) => &c.args,
+        Command::Plan(c) => &c.args,
+        Command::Api(c) => &c.args,
+        Command::Client(c) => &c.args,
+        Command::Contract(c) => &c.args,
+        Command::Issuer(c) => &c.args,
+        Command::TokenKey(c) => &c.args,
+        Command::ServiceAccount(c) => &c.args,
+        Command::Apply { client, .. } | Command::Export { client } => client,
+        Command::Serve(_) | Command::EnvoyConfig(_) | Command::SnapshotPublicKey => {
+            return Ok(String::new())
+        }
+    };
+    let server = client.server.as_deref().unwrap_or(server);
+    let out = Output {
+        json: json || client.json,
+    };
+    let token = read_secret(SecretKind::AdminToken, data_dir)
         .map_err(|e| ClientError::Other(e.to_string()))?
         .ok_or_else(|| {
             ClientError::Other(format!(
                 "no admin token: set TOLLGATE_ADMIN_TOKEN or pass --data-dir to where the \
                  server wrote admin-token (looked in {})",
-                global.data_dir.display()
+                data_dir.display()
             ))
         })?;
-    let api = ApiClient::new(&global.server, &token);
-    let out = Output { json: global.json };
+    let api = ApiClient::new(server, &token);
     match command {
         Command::Serve(_) | Command::EnvoyConfig(_) | Command::SnapshotPublicKey => {
             Ok(String::new())
         }
-        Command::Org(c) => org(&api, &out, c),
-        Command::Plan(PlanCommand::Owned(c)) => owned(&api, &out, "plans", c),
-        Command::Plan(PlanCommand::Version(c)) => plan_version(&api, &out, c),
-        Command::Api(ApiCommand::Owned(c)) => owned(&api, &out, "apis", c),
-        Command::Api(ApiCommand::Version(c)) => api_version(&api, &out, c),
-        Command::Client(ClientCommand::Owned(c)) => owned(&api, &out, "clients", c),
-        Command::Client(ClientCommand::Version(c)) => client_version(&api, &out, c),
-        Command::Contract(c) => contract(&api, &out, c),
-        Command::Issuer(c) => tokens::issuer(&api, &out, c),
-        Command::TokenKey(c) => tokens::token_key(&api, &out, c),
-        Command::ServiceAccount(c) => tokens::service_account(&api, &out, c),
-        Command::Apply { file } => apply(&api, &out, &file),
-        Command::Export => export(&api, &out),
+        Command::Org(c) => org(&api, &out, c.command),
+        Command::Plan(c) => match c.command {
+            PlanCommand::Owned(c) => owned(&api, &out, "plans", c),
+            PlanCommand::Version(c) => plan_version(&api, &out, c),
+        },
+        Command::Api(c) => match c.command {
+            ApiCommand::Owned(c) => owned(&api, &out, "apis", c),
+            ApiCommand::Version(c) => api_version(&api, &out, c),
+        },
+        Command::Client(c) => match c.command {
+            ClientCommand::Owned(c) => owned(&api, &out, "clients", c),
+            ClientCommand::Version(c) => client_version(&api, &out, c),
+        },
+        Command::Contract(c) => contract(&api, &out, c.command),
+        Command::Issuer(c) => tokens::issuer(&api, &out, c.command),
+        Command::TokenKey(c) => tokens::token_key(&api, &out, c.command),
+        Command::ServiceAccount(c) => tokens::service_account(&api, &out, c.command),
+        Command::Apply { file, .. } => apply(&api, &out, &file),
+        Command::Export { .. } => export(&api, &out),
     }
 }
 

@@ -14,20 +14,31 @@ use super::{output, pretty, version_ref, Output};
 pub enum SubjectCommand {
     /// Map an identity at an external issuer to `org/client/version`.
     Add {
+        /// `org/client/version` the identity acts as.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        #[arg(long)]
+        /// The external issuer's `iss` URL, as `issuer create` registered it.
+        #[arg(long, value_name = "URL")]
         issuer: String,
         /// The value of the issuer's client claim (e.g. its `sub`).
         #[arg(long)]
         value: String,
     },
+    /// List the identities that act as `org/client/version`.
     List {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
     },
+    /// Remove one identity: its tokens stop acting as the client version.
     Delete {
+        /// `org/client/version`.
+        #[arg(value_name = "ORG/CLIENT/VERSION")]
         name: String,
-        #[arg(long)]
+        /// The issuer's `iss` URL.
+        #[arg(long, value_name = "URL")]
         issuer: String,
+        /// The value of its client claim, as `subject add` was given it.
         #[arg(long)]
         value: String,
     },
@@ -38,37 +49,52 @@ pub enum IssuerCommand {
     /// Trust an external issuer's tokens at the gateways.
     Create {
         /// Its `iss` URL.
+        #[arg(value_name = "URL")]
         issuer: String,
         /// Accepted `aud`; repeatable.
         #[arg(long = "audience", required = true)]
         audiences: Vec<String>,
         /// Its JWKS document (the file its jwks_uri serves); `-` reads standard input.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         jwks_file: PathBuf,
         /// The claim naming the client.
         #[arg(long, default_value = "sub")]
         client_claim: String,
         /// Refuse its tokens valid for longer than this (seconds; default one day).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         max_token_lifetime: Option<u64>,
     },
-    /// Replace its audiences, keys and client claim.
+    /// Replace its audiences, keys, client claim and token lifetime cap (all of them, as on
+    /// create).
     Update {
+        /// Its `iss` URL.
+        #[arg(value_name = "URL")]
         issuer: String,
+        /// Accepted `aud`; repeatable; replaces the list.
         #[arg(long = "audience", required = true)]
         audiences: Vec<String>,
-        #[arg(long)]
+        /// Its JWKS document; `-` reads standard input; replaces the keys.
+        #[arg(long, value_name = "FILE")]
         jwks_file: PathBuf,
+        /// The claim naming the client.
         #[arg(long, default_value = "sub")]
         client_claim: String,
-        #[arg(long)]
+        /// Refuse its tokens valid for longer than this (seconds; default one day).
+        #[arg(long, value_name = "SECONDS")]
         max_token_lifetime: Option<u64>,
     },
+    /// List the external issuers gateways trust (tollgate's own is always trusted).
     List,
+    /// Show one issuer.
     Get {
+        /// Its `iss` URL.
+        #[arg(value_name = "URL")]
         issuer: String,
     },
+    /// Stop trusting an issuer (refused while subjects name it).
     Delete {
+        /// Its `iss` URL.
+        #[arg(value_name = "URL")]
         issuer: String,
     },
 }
@@ -85,16 +111,25 @@ pub enum TokenKeyCommand {
 pub enum ServiceAccountCommand {
     /// Create an account for automation; prints its client credentials once.
     Create {
+        /// Its id: lowercase letters, digits and `-`.
+        #[arg(value_name = "ID")]
         id: String,
         /// tollgate:admin or tollgate:read; repeatable.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
+    /// List the service accounts and their scopes.
     List,
+    /// Show one service account.
     Get {
+        /// Its id.
+        #[arg(value_name = "ID")]
         id: String,
     },
+    /// Delete a service account: its credentials and tokens are refused at once.
     Delete {
+        /// Its id.
+        #[arg(value_name = "ID")]
         id: String,
     },
 }
