@@ -25,9 +25,13 @@ const SNAPSHOT_KEY: &str = "cmVwbGljYXMtc25hcHNob3Qta2V5LTAxMjM0NTY3ODk";
 const SECRETS_KEY: &str = "replicas-secrets-key-0123456789abcdef";
 
 fn replicas(database: &str) -> (Server, Server) {
-    let url = postgres_server::shared().create_database(database);
+    replicas_on(&postgres_server::shared().create_database(database))
+}
+
+/// Two replicas on the database at `url`, with the shared secrets.
+fn replicas_on(url: &str) -> (Server, Server) {
     let env = [
-        ("TOLLGATE_DATABASE_URL", url.as_str()),
+        ("TOLLGATE_DATABASE_URL", url),
         ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("TOLLGATE_GATEWAY_TOKEN", GATEWAY_TOKEN),
         ("TOLLGATE_SNAPSHOT_SIGNING_KEY", SNAPSHOT_KEY),
@@ -316,15 +320,7 @@ fn a_replica_given_another_secrets_key_refuses_to_start() {
 fn while_postgresql_is_down_replicas_say_degraded_and_serve_what_they_hold() {
     // A cluster of its own: this test stops it.
     let mut cluster = postgres_server::PostgresServer::start();
-    let url = cluster.create_database("replicas_down");
-    let env = [
-        ("TOLLGATE_DATABASE_URL", url.as_str()),
-        ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("TOLLGATE_GATEWAY_TOKEN", GATEWAY_TOKEN),
-        ("TOLLGATE_SNAPSHOT_SIGNING_KEY", SNAPSHOT_KEY),
-        (SECRETS_KEY_ENV, SECRETS_KEY),
-    ];
-    let (a, b) = (Server::start_with_env(&env), Server::start_with_env(&env));
+    let (a, b) = replicas_on(&cluster.create_database("replicas_down"));
     a.seed();
     propagation(&a, &b);
     let held = b.revision();
@@ -333,11 +329,14 @@ fn while_postgresql_is_down_replicas_say_degraded_and_serve_what_they_hold() {
 
     cluster.stop();
     let stopped = Instant::now();
-    for s in [&a, &b] {
-        common::wait_until(Duration::from_secs(20), "/healthz to say degraded", || {
-            health(s).status == 503
-        });
-    }
+    let both_answer = |status: u16, deadline: u64, what: &str| {
+        for s in [&a, &b] {
+            common::wait_until(Duration::from_secs(deadline), what, || {
+                health(s).status == status
+            });
+        }
+    };
+    both_answer(503, 20, "/healthz to say degraded");
     println!(
         "both replicas degraded {:?} after PostgreSQL stopped",
         stopped.elapsed()
@@ -360,11 +359,7 @@ fn while_postgresql_is_down_replicas_say_degraded_and_serve_what_they_hold() {
 
     cluster.restart();
     let restarted = Instant::now();
-    for s in [&a, &b] {
-        common::wait_until(Duration::from_secs(30), "/healthz to say ok again", || {
-            health(s).status == 200
-        });
-    }
+    both_answer(200, 30, "/healthz to say ok again");
     println!(
         "both replicas ok {:?} after PostgreSQL restarted",
         restarted.elapsed()
