@@ -39,7 +39,7 @@ from . import envoy as e
 from .context import REPO, Bench
 from .processes import wait_until
 from .report import SectionReport, table
-from .scale import API, LIMITS, ORG, PLAN, PREFIX, mib, percentile, rss_bytes, timings
+from .scale import API, LIMITS, ORG, PLAN, PREFIX, churn_contract, mib, percentile, rss_bytes, timings
 
 NOTES = REPO / "bench" / "notes" / "replicas.md"
 PATH = scale.PATH
@@ -164,21 +164,13 @@ def write_storm(planes: list[live.ControlPlane], writers: int, n: int, seconds: 
     samples: list[float] = []
     errors: list[BaseException] = []
 
-    def writer(w: int) -> None:
-        cp, client = planes[w % len(planes)], bulk.client_id(n + w)
-        try:
-            while not stop.is_set():
-                started = time.monotonic()
-                made = cp.contract(ORG, client, API, PLAN)
-                middle = time.monotonic()
-                cp.delete_contract(ORG, client, made)
-                ended = time.monotonic()
-                with lock:
-                    samples.extend([(middle - started) * 1000, (ended - middle) * 1000])
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    threads = [
+        threading.Thread(
+            target=churn_contract,
+            args=(planes[w % len(planes)], bulk.client_id(n + w), stop, samples, lock, errors),
+        )
+        for w in range(writers)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()

@@ -439,20 +439,6 @@ def writes(bench: Bench, loaded: Loaded) -> Writes:
     storm_write_ms: list[float] = []
     errors: list[BaseException] = []
 
-    def writer(w: int) -> None:
-        client = bulk.client_id(n + 4 + w)
-        try:
-            while not stop.is_set():
-                started = time.monotonic()
-                made = cp.contract(ORG, client, API, PLAN)
-                middle = time.monotonic()
-                cp.delete_contract(ORG, client, made)
-                ended = time.monotonic()
-                with lock:
-                    storm_write_ms.extend([(middle - started) * 1000, (ended - middle) * 1000])
-        except BaseException as error:  # reported below
-            errors.append(error)
-
     admin = {"authorization": f"Bearer {live.SECRETS['TOLLGATE_ADMIN_TOKEN']}"}
     reads = {"GET /healthz": "/healthz", f"GET /v1/orgs/{ORG}": f"/v1/orgs/{ORG}"}
     read_ms: dict[str, list[float]] = {what: [] for what in reads}
@@ -469,7 +455,10 @@ def writes(bench: Bench, loaded: Loaded) -> Writes:
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)] + [threading.Thread(target=reader)]
+    churn = (stop, storm_write_ms, lock, errors)
+    threads = [
+        threading.Thread(target=churn_contract, args=(cp, bulk.client_id(n + 4 + w), *churn)) for w in range(WRITERS)
+    ] + [threading.Thread(target=reader)]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -488,6 +477,29 @@ def writes(bench: Bench, loaded: Loaded) -> Writes:
         + ", ".join(f"{what} p99 {percentile(ms, 99):.1f} ms" for what, ms in read_ms.items())
     )
     return result
+
+
+def churn_contract(
+    cp: live.ControlPlane,
+    client: str,
+    stop: threading.Event,
+    samples: list[float],
+    lock: threading.Lock,
+    errors: list[BaseException],
+) -> None:
+    """Creates and deletes a contract of `client` on `cp` back to back until `stop`, each
+    write's milliseconds into `samples`; an error ends it, kept in `errors` for the caller."""
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            made = cp.contract(ORG, client, API, PLAN)
+            middle = time.monotonic()
+            cp.delete_contract(ORG, client, made)
+            ended = time.monotonic()
+            with lock:
+                samples.extend([(middle - started) * 1000, (ended - middle) * 1000])
+    except BaseException as error:  # reported by the caller
+        errors.append(error)
 
 
 def mib(n: float) -> str:
