@@ -16,7 +16,8 @@
 //! - [`decision`], [`problem`]: the verdict for one request and its RFC 9457 body;
 //! - [`token`]: JWT bearer tokens verified against the snapshot's trusted issuers;
 //! - [`gateway`]: one request end to end over a request-headers trait the filter implements;
-//! - [`header_map`]: the proxy-wasm header-map encoding (every header in one host call).
+//! - [`header_map`]: the proxy-wasm header-map encoding (every header in one host call);
+//! - [`usage`]: per-minute usage tallies and the reports gateways ship to the control plane.
 
 pub mod config;
 pub mod decision;
@@ -38,6 +39,7 @@ pub mod signing;
 pub mod snapshot;
 pub mod time;
 pub mod token;
+pub mod usage;
 
 #[cfg(test)]
 mod testkit;
