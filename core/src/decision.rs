@@ -77,6 +77,8 @@ pub struct Denial {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub problem: Problem,
+    /// The contract a rate-limited request was counted against (for usage).
+    pub contract: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,7 @@ pub enum Verdict {
     Public,
     /// A contract admitted the request and counted it.
     Allow {
+        contract: u64,
         client: String,
         plan: String,
         /// The verified `sub` of a bearer token (principal propagation).
@@ -251,6 +254,7 @@ pub fn decide<S: SharedStore + ?Sized>(
     match leases.admit(store, &counter_key(grant.contract), &limits, now_ms) {
         Ok(counted) => match counted.admission {
             Admission::Admitted(rate) => Verdict::Allow {
+                contract: grant.contract,
                 client: found.client.to_owned(),
                 plan: grant.plan.to_owned(),
                 subject,
@@ -286,6 +290,7 @@ pub fn decide<S: SharedStore + ?Sized>(
                         .push(("ratelimit-policy", policy(&limits, &status, now_ms)));
                 }
                 d.headers.push(("retry-after", retry_after.to_string()));
+                d.contract = Some(grant.contract);
                 Verdict::Deny(d)
             }
         },
@@ -360,6 +365,7 @@ pub fn deny(reason: Reason, problem: Problem) -> Denial {
         status: problem.status,
         headers: Vec::new(),
         problem,
+        contract: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! tests; the filter implements the trait with proxy-wasm host calls.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::config::{FailureMode, FilterConfig, LoadedConfig, Unmatched};
 use crate::decision::{
@@ -94,6 +95,10 @@ pub struct Handled {
     pub reason: Reason,
     pub outcome: Outcome,
     pub cas_retries: u32,
+    /// The API version that served the path (`None`: none did, or no catalogue yet).
+    pub api: Option<Arc<str>>,
+    /// The contract the request was counted against (allowed or rate limited).
+    pub contract: Option<u64>,
 }
 
 impl Handled {
@@ -102,15 +107,25 @@ impl Handled {
             reason,
             outcome: Outcome::Forward { response_headers },
             cas_retries: 0,
+            api: None,
+            contract: None,
         }
     }
 
     fn respond(denial: Denial) -> Self {
         Handled {
             reason: denial.reason,
+            contract: denial.contract,
             outcome: Outcome::Respond(denial),
             cas_retries: 0,
+            api: None,
         }
+    }
+
+    /// The same, for API version `api`.
+    fn on(mut self, api: &Arc<str>) -> Self {
+        self.api = Some(api.clone());
+        self
     }
 }
 
@@ -214,17 +229,20 @@ where
         leases,
         &config.challenges,
     );
-    let (reason, identity, response_headers, cas_retries) = match verdict {
-        Verdict::Deny(denial) => return Ok(Handled::respond(denial)),
+    let (reason, identity, response_headers, cas_retries, contract) = match verdict {
+        Verdict::Deny(denial) => return Ok(Handled::respond(denial).on(&route.id)),
         Verdict::Wait(wanted) => {
             return Ok(Handled {
                 reason: Reason::Allow,
+                contract: Some(wanted.contract),
                 outcome: Outcome::Wait(wanted),
                 cas_retries: 0,
+                api: Some(route.id.clone()),
             })
         }
-        Verdict::Public => (Reason::Public, None, Vec::new(), 0),
+        Verdict::Public => (Reason::Public, None, Vec::new(), 0, None),
         Verdict::Allow {
+            contract,
             client,
             plan,
             subject,
@@ -235,6 +253,7 @@ where
             Some((client, plan, subject)),
             rate_limit_headers(settings.rate_limit_headers, &rate),
             cas_retries,
+            Some(contract),
         ),
     };
 
@@ -275,6 +294,8 @@ where
         reason,
         outcome: Outcome::Forward { response_headers },
         cas_retries,
+        api: Some(route.id.clone()),
+        contract,
     })
 }
 

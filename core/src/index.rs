@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::fleet::FleetSettings;
 use crate::host::{catalogue_host, request_host};
@@ -42,7 +43,8 @@ pub struct ApiRef(u32);
 
 #[derive(Debug)]
 pub struct ApiRoute {
-    pub id: String,
+    /// `org/api/version`, shared with the usage rows that name it.
+    pub id: Arc<str>,
     pub status: ApiStatus,
     pub public: bool,
     pub forward_api_key: bool,
@@ -384,7 +386,7 @@ impl RouteIndex {
                 }
             }
             apis.push(ApiRoute {
-                id: api.id.clone(),
+                id: Arc::from(api.id.as_str()),
                 status: api.status,
                 public: api.public,
                 forward_api_key: api.forward_api_key,
@@ -495,7 +497,7 @@ impl RouteIndex {
     fn find_id(&self, id: &str) -> Option<ApiRef> {
         self.apis
             .iter()
-            .position(|a| a.id == id)
+            .position(|a| &*a.id == id)
             .map(|i| ApiRef(index_u32(i)))
     }
 

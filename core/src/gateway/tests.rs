@@ -617,3 +617,42 @@ fn host_calls_per_decision() {
     println!("allow from a lease, bucket cached: {} host calls", leased.1);
     assert_eq!(leased, (Reason::Allow, 8));
 }
+
+#[test]
+fn each_decision_names_its_api_version_and_contract_for_usage() {
+    let (cfg, mut store) = config("", &acme());
+    let mut book = LeaseBook::new();
+    let mut send = |path: &str, key: Option<&str>| {
+        let extra: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+        let handled =
+            handle_request(&cfg, &mut request(path, &extra), &mut store, &mut book, NOW).unwrap();
+        (handled.reason, handled.api.as_deref().map(str::to_owned), handled.contract)
+    };
+    let orders = Some("acme/orders/1".to_owned());
+    // Bronze allows 2 a minute: both admitted and the refusal are the contract's.
+    for _ in 0..2 {
+        assert_eq!(
+            send("/orders/v1", Some(BRONZE_KEY)),
+            (Reason::Allow, orders.clone(), Some(2))
+        );
+    }
+    assert_eq!(
+        send("/orders/v1", Some(BRONZE_KEY)),
+        (Reason::RateLimited, orders.clone(), Some(2))
+    );
+    // Without a contract, the cause is recorded against the API version alone.
+    assert_eq!(
+        send("/orders/v1", Some("no-such-key")),
+        (Reason::InvalidKey, orders.clone(), None)
+    );
+    assert_eq!(send("/orders/v1", None), (Reason::MissingKey, orders, None));
+    assert_eq!(
+        send("/billing", Some(GOLD_KEY)),
+        (Reason::NoContract, Some("acme/billing/1".to_owned()), None)
+    );
+    assert_eq!(
+        send("/status", None),
+        (Reason::Public, Some("acme/status/1".to_owned()), None)
+    );
+    assert_eq!(send("/nowhere", None), (Reason::Unmatched, None, None));
+}

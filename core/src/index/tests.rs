@@ -5,7 +5,7 @@ use crate::snapshot::*;
 use crate::testkit::*;
 
 fn routed(index: &RouteIndex, host: &str, path: &str) -> Option<String> {
-    index.route(host, path).map(|a| index.api(a).id.clone())
+    index.route(host, path).map(|a| index.api(a).id.to_string())
 }
 
 fn routes(s: &Snapshot) -> RouteIndex {
