@@ -61,6 +61,10 @@ pub struct FilterConfig {
     pub key_query_param: String,
     #[serde(default)]
     pub rate_limit_headers: RateLimitHeaders,
+    /// Live mode: tally every decision and report it to the control plane (`GET /v1/usage`).
+    /// Static mode has no one to report to and tallies nothing.
+    #[serde(default = "default_usage")]
+    pub usage: bool,
     /// Static mode: the catalogue itself.
     pub snapshot: Option<Snapshot>,
     /// Live mode: where the catalogue comes from.
@@ -110,6 +114,9 @@ pub struct ControlPlane {
     /// How often each worker looks for a newer snapshot in shared data.
     #[serde(default = "default_worker_refresh_ms")]
     pub worker_refresh_ms: u32,
+    /// How often the singleton ships usage to the control plane (at most every 5 s).
+    #[serde(default = "default_usage_report_ms")]
+    pub usage_report_ms: u32,
 }
 
 fn default_snapshot_path() -> String {
@@ -144,6 +151,16 @@ fn default_retry_max_ms() -> u32 {
 
 fn default_worker_refresh_ms() -> u32 {
     20
+}
+
+fn default_usage() -> bool {
+    true
+}
+
+pub const MAX_USAGE_REPORT_MS: u32 = 5_000;
+
+fn default_usage_report_ms() -> u32 {
+    MAX_USAGE_REPORT_MS
 }
 
 fn default_key_header() -> String {
@@ -326,6 +343,12 @@ fn check_control_plane(cp: &ControlPlane) -> Result<(), ConfigError> {
     }
     if cp.worker_refresh_ms == 0 || cp.worker_refresh_ms > 60_000 {
         return Err(field("worker_refresh_ms", "must be between 1 and 60000"));
+    }
+    if !(100..=MAX_USAGE_REPORT_MS).contains(&cp.usage_report_ms) {
+        return Err(field(
+            "usage_report_ms",
+            "must be between 100 and 5000 (usage reaches the control plane within 5 s)",
+        ));
     }
     Ok(())
 }

@@ -52,6 +52,13 @@ pub struct UsageReport {
     pub rows: Vec<UsageRow>,
 }
 
+impl UsageReport {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data: encoding cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
 /// One minute of one API version and contract (or cause).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -351,6 +358,14 @@ impl Outbox {
         if self.queued.front().is_some_and(|r| r.seq == seq) {
             self.queued.pop_front();
         }
+    }
+
+    /// Gives up the oldest report (the control plane refused it as malformed); its rows are
+    /// counted as dropped. How many rows it had.
+    pub fn drop_front(&mut self) -> usize {
+        let rows = self.queued.pop_front().map_or(0, |r| r.rows.len());
+        self.dropped_rows = self.dropped_rows.saturating_add(rows as u64);
+        rows
     }
 
     /// Reports cut and not yet acknowledged.

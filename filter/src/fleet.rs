@@ -26,7 +26,7 @@ use crate::host::{self, HeaderMap, SharedData};
 const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A random u64 (std seeds `RandomState` from the host's entropy).
-fn random(salt: u64) -> u64 {
+pub fn random(salt: u64) -> u64 {
     RandomState::new().hash_one((host::now_ms().unwrap_or(0), salt))
 }
 
@@ -91,6 +91,17 @@ fn call(
     path: &str,
     body: &[u8],
 ) -> Result<u32, String> {
+    post(control_plane, authorization, path, body, CALL_TIMEOUT)
+}
+
+/// `POST`s `body` (JSON) to the control plane with the gateway token; the call's token.
+pub fn post(
+    control_plane: &ControlPlane,
+    authorization: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u32, String> {
     let headers = vec![
         (":method", "POST"),
         (":path", path),
@@ -103,7 +114,7 @@ fn call(
         headers,
         Some(body),
         Vec::new(),
-        CALL_TIMEOUT,
+        timeout,
     )
     .map_err(|status| format!("cannot call cluster {}: {status:?}", control_plane.cluster))
 }

@@ -85,6 +85,24 @@ extern "C" {
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
     ) -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_resolve_shared_queue(
+        vm_id_data: *const u8,
+        vm_id_size: usize,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -118,6 +136,11 @@ impl HeaderMap {
     /// The headers of the request being decided.
     pub fn request() -> Self {
         HeaderMap(REQUEST_HEADERS)
+    }
+
+    /// The headers of the upstream's response to the request.
+    pub fn response() -> Self {
+        HeaderMap(RESPONSE_HEADERS)
     }
 
     /// The headers of the response to the poller's snapshot request.
@@ -336,4 +359,57 @@ pub fn gateway_authorization(control_plane: &ControlPlane) -> Result<String, Str
                  in vm_config.environment_variables.host_env_keys"
             )
         })
+}
+
+const STATUS_EMPTY: u32 = 7;
+
+/// Registers (or finds again) this VM's shared queue `name`; its id.
+pub fn register_queue(name: &str) -> Result<u32, StoreError> {
+    let mut id = 0;
+    // SAFETY: pointers are valid for the call.
+    match unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) } {
+        STATUS_OK => Ok(id),
+        other => Err(failed("register_shared_queue", other)),
+    }
+}
+
+/// The id of shared queue `name` of `vm_id`; `None` while nobody has registered it.
+pub fn resolve_queue(vm_id: &str, name: &str) -> Result<Option<u32>, StoreError> {
+    let mut id = 0;
+    // SAFETY: pointers are valid for the call.
+    let status = unsafe {
+        proxy_resolve_shared_queue(
+            vm_id.as_ptr(),
+            vm_id.len(),
+            name.as_ptr(),
+            name.len(),
+            &mut id,
+        )
+    };
+    match status {
+        STATUS_OK => Ok(Some(id)),
+        STATUS_NOT_FOUND => Ok(None),
+        other => Err(failed("resolve_shared_queue", other)),
+    }
+}
+
+pub fn enqueue(queue: u32, value: &[u8]) -> Result<(), StoreError> {
+    // SAFETY: pointers are valid for the call.
+    match unsafe { proxy_enqueue_shared_queue(queue, value.as_ptr(), value.len()) } {
+        STATUS_OK => Ok(()),
+        other => Err(failed("enqueue_shared_queue", other)),
+    }
+}
+
+/// The next message on `queue`; `None` when it is empty.
+pub fn dequeue(queue: u32) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointers are valid for the call; the host fills data/size on Ok.
+    match unsafe { proxy_dequeue_shared_queue(queue, &mut data, &mut size) } {
+        // SAFETY: on Ok the host allocated `size` bytes through our allocator.
+        STATUS_OK => Ok(Some(unsafe { adopt(data, size) })),
+        STATUS_EMPTY => Ok(None),
+        other => Err(failed("dequeue_shared_queue", other)),
+    }
 }

@@ -13,6 +13,7 @@ mod host;
 mod lease;
 mod metrics;
 mod poller;
+mod usage;
 mod worker;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -74,6 +75,12 @@ impl RootContext for Root {
                 log::error!("tollgate: invalid configuration: {e}");
                 false
             }
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Root::Poller(p) = self {
+            p.on_queue_ready(queue_id);
         }
     }
 

@@ -141,3 +141,26 @@ impl PollerMetrics {
         }
     }
 }
+
+/// What the singleton counts of usage reporting.
+pub struct UsageMetrics {
+    /// Reports the control plane acknowledged.
+    pub reports: Metric,
+    /// Reports not sent or not acknowledged (each is sent again).
+    pub failures: Metric,
+    /// Rows given up (a full outbox, a refused report); never silently.
+    pub dropped: Metric,
+    /// Reports waiting for an acknowledgement.
+    pub unacknowledged: Metric,
+}
+
+impl UsageMetrics {
+    pub fn define() -> Self {
+        UsageMetrics {
+            reports: Metric::counter("tollgate_usage_reports_total"),
+            failures: Metric::counter("tollgate_usage_report_failures_total"),
+            dropped: Metric::counter("tollgate_usage_dropped_rows_total"),
+            unacknowledged: Metric::gauge("tollgate_usage_unacknowledged_reports"),
+        }
+    }
+}

@@ -25,6 +25,7 @@ use tollgate_core::signing::{TrustedKeys, SIGNATURE_HEADER};
 
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::PollerMetrics;
+use crate::usage::Shipper;
 
 /// How often the poller checks whether a retry is due.
 const TICK: Duration = Duration::from_millis(50);
@@ -47,11 +48,14 @@ pub struct Poller {
     /// The key-directory buckets the revision being received changes (over all its pages),
     /// published with it so that workers evict exactly those from their caches.
     changed: Changed,
+    /// Usage reporting (`usage` on): the workers' tallies, shipped to the control plane.
+    usage: Option<Shipper>,
 }
 
 impl Poller {
     pub fn configure(bytes: &[u8]) -> Result<Self, ConfigError> {
         let config = LoadedConfig::parse(bytes)?.config;
+        let usage_on = config.settings.usage;
         let Some(control_plane) = config.settings.control_plane else {
             return Err(ConfigError {
                 field: "control_plane".into(),
@@ -77,6 +81,7 @@ impl Poller {
             control_plane.path
         );
         Ok(Poller {
+            usage: usage_on.then(|| Shipper::new(&control_plane)),
             backoff: Backoff::new(control_plane.retry_initial_ms, control_plane.retry_max_ms),
             authorization,
             trusted_keys,
@@ -94,6 +99,16 @@ impl Poller {
         let now = host::now_ms().unwrap_or(u64::MAX);
         if self.in_flight.is_none() && now >= self.next_poll_at_ms {
             self.poll();
+        }
+        if let Some(usage) = &mut self.usage {
+            usage.on_tick(&self.control_plane, &self.authorization, now);
+        }
+    }
+
+    /// A worker handed over a usage tally.
+    pub fn on_queue_ready(&mut self, queue: u32) {
+        if let Some(usage) = &mut self.usage {
+            usage.on_queue_ready(queue);
         }
     }
 
@@ -130,6 +145,11 @@ impl Poller {
     }
 
     pub fn on_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        if let Some(usage) = &mut self.usage {
+            if usage.on_response(token, num_headers, &self.control_plane, &self.authorization) {
+                return;
+            }
+        }
         if self.in_flight != Some(token) {
             return;
         }

@@ -22,10 +22,13 @@ use tollgate_core::lease::LeaseBook;
 use tollgate_core::limits::Counting;
 use tollgate_core::problem::{self, Problem};
 use tollgate_core::shared::SharedStore;
+use tollgate_core::usage::RowKey;
 
 use crate::fleet::{Asking, Watch};
 use crate::host::{self, HeaderMap, SharedData};
 use crate::metrics::RequestMetrics;
+use crate::usage::WorkerUsage;
+use tollgate_core::gateway::RequestHeaders;
 
 /// Static mode has nothing to refresh; the tick only flushes metric tallies.
 const STATIC_TICK: Duration = Duration::from_secs(1);
@@ -49,6 +52,8 @@ pub struct WorkerRoot {
     authorization: Rc<Option<String>>,
     /// The contracts this worker took grants for, and its own calls to the broker.
     watch: Rc<RefCell<Watch>>,
+    /// This worker's usage tally (live mode with `usage` on).
+    usage: Option<Rc<RefCell<WorkerUsage>>>,
 }
 
 impl WorkerRoot {
@@ -68,7 +73,20 @@ impl WorkerRoot {
         let authorization = live
             .as_ref()
             .and_then(|cp| crate::host::gateway_authorization(cp).ok());
+        let usage = match (&live, config.settings.usage) {
+            (Some(_), true) => {
+                match host::property("plugin_vm_id") {
+                    Ok(Some(vm_id)) => Some(Rc::new(RefCell::new(WorkerUsage::new(vm_id)))),
+                    other => {
+                        log::warn!("tollgate: usage not tallied: the plugin's vm_id is unknown ({other:?})");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut root = WorkerRoot {
+            usage,
             revision: config.routes.as_ref().map(|r| r.revision()),
             config: Rc::new(config),
             metrics: Rc::new(RequestMetrics::define()),
@@ -104,6 +122,11 @@ impl WorkerRoot {
             self.metrics.key_cache(hits, misses);
         }
         self.metrics.flush();
+        if let (Some(usage), Ok(now_ms)) = (&self.usage, host::now_ms()) {
+            if let Ok(mut usage) = usage.try_borrow_mut() {
+                usage.on_tick(now_ms);
+            }
+        }
         if self.config.settings.control_plane.is_some() {
             self.refresh();
         }
@@ -234,6 +257,9 @@ impl WorkerRoot {
             watch: self.watch.clone(),
             asking: None,
             asks: 0,
+            usage: self.usage.clone(),
+            arrived_ms: None,
+            answered: None,
         }
     }
 }
@@ -253,6 +279,11 @@ pub struct RequestContext {
     /// The grant this request is held for.
     asking: Option<Asking>,
     asks: u8,
+    usage: Option<Rc<RefCell<WorkerUsage>>>,
+    /// When the request was first decided (the gateway's clock).
+    arrived_ms: Option<u64>,
+    /// The usage row of a forwarded request, whose response is still to be counted.
+    answered: Option<RowKey>,
 }
 
 impl Context for RequestContext {
@@ -294,6 +325,7 @@ impl HttpContext for RequestContext {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.count_response();
         for (name, value) in std::mem::take(&mut self.response_headers) {
             if let Err(e) = host::add_response_header(name, &value) {
                 log::warn!("tollgate: {}", e.0);
@@ -307,10 +339,11 @@ impl RequestContext {
     /// How this request counts, and its stamp: the gateway's clock, or counting fleet-wide
     /// the broker's as reckoned from it (`stamp`: the broker's, from the answer just received).
     fn counting(
-        &self,
+        &mut self,
         stamp: Option<u64>,
     ) -> Result<(Counting, u64), tollgate_core::shared::StoreError> {
         let local_ms = host::now_ms()?;
+        self.arrived_ms.get_or_insert(local_ms);
         let Some(settings) = self.config.routes.as_ref().and_then(|r| r.fleet()) else {
             return Ok((Counting::Alone, local_ms));
         };
@@ -330,7 +363,8 @@ impl RequestContext {
 
     /// Decides the request (again, after a grant: `stamp`), forwarding, answering or holding it.
     fn decide(&mut self, stamp: Option<u64>) -> Action {
-        let handled = self.counting(stamp).and_then(|(counting, now_ms)| {
+        let counted = self.counting(stamp);
+        let handled = counted.and_then(|(counting, now_ms)| {
             let leases = &mut *crate::lease::book(&self.leases)?;
             leases.set_counting(counting);
             let mut shared = SharedData;
@@ -354,18 +388,24 @@ impl RequestContext {
                     now_ms,
                 ),
             }
+            .map(|handled| (handled, now_ms))
         });
         match handled {
-            Ok(handled) => match handled.outcome {
+            Ok((handled, now_ms)) => match handled.outcome {
                 // Not decided yet: counted once it is.
-                Outcome::Wait(wanted) => self.ask(wanted),
+                Outcome::Wait(wanted) => self.ask(wanted, handled.api, now_ms),
                 Outcome::Forward { response_headers } => {
                     self.metrics.request(handled.reason, handled.cas_retries);
+                    let row =
+                        self.count_decision(handled.reason, handled.api, handled.contract, now_ms);
+                    // The upstream's answer to a request for an API is counted too.
+                    self.answered = row.filter(|r| r.api.is_some());
                     self.response_headers = response_headers;
                     Action::Continue
                 }
                 Outcome::Respond(denial) => {
                     self.metrics.request(handled.reason, handled.cas_retries);
+                    self.count_decision(handled.reason, handled.api, handled.contract, now_ms);
                     respond(&denial)
                 }
             },
@@ -388,9 +428,15 @@ impl RequestContext {
 
     /// Holds the request while the broker is asked for `wanted`; decides it under the fallback
     /// when the broker cannot even be called.
-    fn ask(&mut self, wanted: GrantWanted) -> Action {
+    fn ask(&mut self, wanted: GrantWanted, api: Option<Arc<str>>, now_ms: u64) -> Action {
         if self.asks >= MAX_ASKS {
             self.metrics.request(Reason::CounterUnavailable, 0);
+            self.count_decision(
+                Reason::CounterUnavailable,
+                api,
+                Some(wanted.contract),
+                now_ms,
+            );
             return respond(&deny(
                 Reason::CounterUnavailable,
                 Problem::new(
@@ -421,6 +467,38 @@ impl RequestContext {
                 self.broker_failed(&why);
                 self.decide(None)
             }
+        }
+    }
+
+    /// Adds the decision to the worker's usage tally; its row.
+    fn count_decision(
+        &self,
+        reason: Reason,
+        api: Option<Arc<str>>,
+        contract: Option<u64>,
+        now_ms: u64,
+    ) -> Option<RowKey> {
+        let mut usage = self.usage.as_ref()?.try_borrow_mut().ok()?;
+        let row = RowKey::at(now_ms, api, contract);
+        usage.tally.decided(row.clone(), reason);
+        Some(row)
+    }
+
+    /// Adds the upstream's status and the latency to the forwarded request's row.
+    fn count_response(&mut self) {
+        let (Some(row), Some(arrived_ms), Some(usage)) =
+            (self.answered.take(), self.arrived_ms, &self.usage)
+        else {
+            return;
+        };
+        let status = HeaderMap::response()
+            .get(":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        let latency_ms = host::now_ms().map_or(0, |now| now.saturating_sub(arrived_ms));
+        if let Ok(mut usage) = usage.try_borrow_mut() {
+            usage.tally.answered(row, status, latency_ms);
         }
     }
 

@@ -626,7 +626,11 @@ fn each_decision_names_its_api_version_and_contract_for_usage() {
         let extra: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
         let handled =
             handle_request(&cfg, &mut request(path, &extra), &mut store, &mut book, NOW).unwrap();
-        (handled.reason, handled.api.as_deref().map(str::to_owned), handled.contract)
+        (
+            handled.reason,
+            handled.api.as_deref().map(str::to_owned),
+            handled.contract,
+        )
     };
     let orders = Some("acme/orders/1".to_owned());
     // Bronze allows 2 a minute: both admitted and the refusal are the contract's.
